@@ -1,0 +1,230 @@
+"""The one place that knows how each architecture is laid out.
+
+Every method in interp reads and writes the same named **sites** (see :data:`SITES`), and asks
+the adapter for weights in one canonical orientation (``W_U: [d_model, vocab]``,
+``W_out: [d_mlp, d_model]``, ``W_O: [head, d_head, d_model]`` …).  Nothing outside this file
+(and the engines, which translate sites into their own hook points) reaches into
+``model.model.layers[i].mlp.down_proj``.
+
+The adapter holds references to the *original* weight tensors and modules, captured when the
+model is loaded: the TransformerLens bridge later wraps the same modules in place, and the
+parameters stay the same objects, so the adapter keeps working under every engine.
+
+Supported families:
+
+* ``llama`` (also ``mistral``, ``qwen2``): pre-norm RMSNorm blocks, rotary positions,
+  grouped-query attention, gated (SwiGLU) MLP.  The default model is Llama.
+* ``gpt2``: pre-norm LayerNorm blocks, learned positions, fused QKV (``Conv1D``), GELU MLP.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from .errors import LayerIndexError, SiteError, UnsupportedArchitectureError
+
+#: site name -> (has a layer index, shape, what it is).  Shapes use the names of ModelAdapter.
+SITES: dict[str, tuple[bool, str, str]] = {
+    "embed": (False, "batch pos d_model", "token-embedding output (no positional embedding)"),
+    "resid_pre": (True, "batch pos d_model", "residual stream entering the block"),
+    "resid_mid": (True, "batch pos d_model", "residual stream after attention, before the MLP"),
+    "resid_post": (True, "batch pos d_model", "residual stream leaving the block"),
+    "attn_out": (True, "batch pos d_model", "attention output added to the residual"),
+    "mlp_out": (True, "batch pos d_model", "MLP output added to the residual"),
+    "mlp_post": (True, "batch pos d_mlp", "MLP neuron activations: the input of the down-projection"),
+    "attn_z": (True, "batch pos head d_head", "per-head attention-weighted values, before W_O"),
+    "head_out": (True, "batch pos head d_model", "per-head outputs z_h W_O^h (read only, derived)"),
+    "attn_pattern": (True, "batch head query key", "attention probabilities (read only)"),
+    "attn_scores": (True, "batch head query key", "pre-softmax scores (edit: block edges only)"),
+}
+
+#: sites an engine provides natively; the others are derived by :mod:`interp.model`.
+PRIMITIVE_SITES = ("embed", "resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out",
+                   "mlp_post", "attn_z", "attn_pattern", "attn_scores")
+
+#: order of sites inside one block, as they are computed (nnsight must touch them in this order)
+SITE_ORDER = {s: i for i, s in enumerate(
+    ["resid_pre", "attn_scores", "attn_z", "attn_out", "attn_pattern", "resid_mid",
+     "mlp_post", "mlp_out", "resid_post"])}
+
+
+def check_site(site: str) -> None:
+    if site not in SITES:
+        raise SiteError(f"unknown site {site!r}; valid sites: {', '.join(SITES)}")
+
+
+@dataclass(frozen=True)
+class _Layout:
+    family: str
+    layers: str
+    embed: str
+    pos_embed: str | None
+    final_norm: str
+    attn: str
+    o_proj: str
+    ln1: str
+    ln2: str
+    mlp: str
+    down: str
+    up: str
+    gate: str | None
+
+
+_LLAMA = _Layout("llama", "model.layers", "model.embed_tokens", None, "model.norm", "self_attn",
+                 "self_attn.o_proj", "input_layernorm", "post_attention_layernorm", "mlp",
+                 "mlp.down_proj", "mlp.up_proj", "mlp.gate_proj")
+_GPT2 = _Layout("gpt2", "transformer.h", "transformer.wte", "transformer.wpe", "transformer.ln_f",
+                "attn", "attn.c_proj", "ln_1", "ln_2", "mlp", "mlp.c_proj", "mlp.c_fc", None)
+
+LAYOUTS: dict[str, _Layout] = {"llama": _LLAMA, "mistral": _LLAMA, "qwen2": _LLAMA, "gpt2": _GPT2}
+
+
+def _get(root: nn.Module, path: str) -> nn.Module:
+    mod = root
+    for part in path.split("."):
+        mod = getattr(mod, part)
+    return mod
+
+
+class ModelAdapter:
+    """Architecture facts and canonical weights of one loaded Hugging Face causal LM."""
+
+    def __init__(self, hf_model: nn.Module):
+        cfg = hf_model.config
+        model_type = getattr(cfg, "model_type", None)
+        if model_type not in LAYOUTS:
+            raise UnsupportedArchitectureError(
+                f"architecture {model_type!r} ({type(hf_model).__name__}) has no interp adapter; "
+                f"supported model types: {', '.join(sorted(LAYOUTS))}")
+        self.model_type: str = model_type
+        self.layout = LAYOUTS[model_type]
+        self.family = self.layout.family
+        lay = self.layout
+        self.blocks: list[nn.Module] = list(_get(hf_model, lay.layers))
+        self.n_layers = len(self.blocks)
+        if self.family == "gpt2":
+            self.n_heads = cfg.n_head
+            self.n_kv_heads = cfg.n_head
+            self.d_model = cfg.n_embd
+            self.n_ctx = cfg.n_positions
+        else:
+            self.n_heads = cfg.num_attention_heads
+            self.n_kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+            self.d_model = cfg.hidden_size
+            self.n_ctx = cfg.max_position_embeddings
+        self.d_head = getattr(cfg, "head_dim", None) or self.d_model // self.n_heads
+        self.embed_module = _get(hf_model, lay.embed)
+        self.final_norm_module = _get(hf_model, lay.final_norm)
+        self.lm_head = hf_model.get_output_embeddings()
+        self.vocab_size = self.lm_head.weight.shape[0]
+        # references to the original modules, kept before any engine wraps them
+        self.attn = [_get(b, lay.attn) for b in self.blocks]
+        self.o_proj = [_get(b, lay.o_proj) for b in self.blocks]
+        self.ln1 = [_get(b, lay.ln1) for b in self.blocks]
+        self.ln2 = [_get(b, lay.ln2) for b in self.blocks]
+        self.mlp = [_get(b, lay.mlp) for b in self.blocks]
+        self.down = [_get(b, lay.down) for b in self.blocks]
+        self.up = [_get(b, lay.up) for b in self.blocks]
+        self.gate = [_get(b, lay.gate) for b in self.blocks] if lay.gate else None
+        self.d_mlp = self.W_out(0).shape[0]
+
+    # ------------------------------------------------------------------ checks
+    def check_layer(self, layer: int) -> int:
+        """Return ``layer`` as a non-negative index, or raise a clear error."""
+        if not isinstance(layer, int) or not -self.n_layers <= layer < self.n_layers:
+            raise LayerIndexError(
+                f"layer {layer!r} out of range: the model has {self.n_layers} layers "
+                f"(valid: 0..{self.n_layers - 1}, or negative from the end)")
+        return layer % self.n_layers
+
+    def site_shape(self, site: str) -> str:
+        check_site(site)
+        return SITES[site][1]
+
+    # ------------------------------------------------------------------ weights
+    def _linear_in_out(self, mod: nn.Module) -> Tensor:
+        """Weight as [in, out] whatever the module type (nn.Linear stores [out, in])."""
+        w = mod.weight
+        return w if self.family == "gpt2" else w.T
+
+    def W_out(self, layer: int) -> Float[Tensor, "d_mlp d_model"]:
+        """Down-projection: row i is neuron i's value vector (what it writes)."""
+        return self._linear_in_out(self.down[self.check_layer(layer)])
+
+    def W_in(self, layer: int) -> Float[Tensor, "d_model d_mlp"]:
+        """Up-projection (``c_fc`` for GPT-2): column i is what neuron i reads."""
+        return self._linear_in_out(self.up[self.check_layer(layer)])
+
+    def W_gate(self, layer: int) -> Float[Tensor, "d_model d_mlp"] | None:
+        """Gate projection of gated MLPs, else None."""
+        return None if self.gate is None else self._linear_in_out(self.gate[self.check_layer(layer)])
+
+    def W_O(self, layer: int) -> Float[Tensor, "head d_head d_model"]:
+        w = self._linear_in_out(self.o_proj[self.check_layer(layer)])
+        return w.reshape(self.n_heads, self.d_head, self.d_model)
+
+    def b_O(self, layer: int) -> Float[Tensor, "d_model"]:
+        b = getattr(self.o_proj[self.check_layer(layer)], "bias", None)
+        return torch.zeros(self.d_model, dtype=self.W_U.dtype, device=self.W_U.device) if b is None else b
+
+    def W_V(self, layer: int) -> Float[Tensor, "head d_model d_head"]:
+        """Value weights per *query* head (GQA key/value heads repeated to match)."""
+        layer = self.check_layer(layer)
+        attn = self.attn[layer]
+        if self.family == "gpt2":
+            w = attn.c_attn.weight[:, 2 * self.d_model:]  # Conv1D: [in, 3*d]
+        else:
+            w = attn.v_proj.weight.T
+        w = w.reshape(self.d_model, self.n_kv_heads, self.d_head).permute(1, 0, 2)
+        return w.repeat_interleave(self.n_heads // self.n_kv_heads, dim=0)
+
+    def b_V(self, layer: int) -> Float[Tensor, "head d_head"]:
+        layer = self.check_layer(layer)
+        attn = self.attn[layer]
+        if self.family == "gpt2":
+            b = attn.c_attn.bias[2 * self.d_model:]
+        else:
+            b = getattr(attn.v_proj, "bias", None)
+            if b is None:
+                return torch.zeros(self.n_heads, self.d_head, dtype=self.W_U.dtype, device=self.W_U.device)
+        b = b.reshape(self.n_kv_heads, self.d_head)
+        return b.repeat_interleave(self.n_heads // self.n_kv_heads, dim=0)
+
+    @property
+    def W_U(self) -> Float[Tensor, "d_model vocab"]:
+        return self.lm_head.weight.T
+
+    @property
+    def b_U(self) -> Float[Tensor, "vocab"] | None:
+        return getattr(self.lm_head, "bias", None)
+
+    @property
+    def W_E(self) -> Float[Tensor, "vocab d_model"]:
+        return self.embed_module.weight
+
+    # ------------------------------------------------------------------ functions
+    def final_norm(self, h: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
+        """The model's real final norm (RMSNorm / LayerNorm with its learned gain)."""
+        return self.final_norm_module(h)
+
+    def unembed(self, h: Float[Tensor, "... d_model"], *, norm: bool = True) -> Float[Tensor, "... vocab"]:
+        """Logits of a residual-stream vector: final norm (optional) then the LM head."""
+        x = self.final_norm(h) if norm else h
+        out = x @ self.W_U
+        return out if self.b_U is None else out + self.b_U
+
+    def ln1_fn(self, layer: int) -> Callable[[Tensor], Tensor]:
+        return self.ln1[self.check_layer(layer)]
+
+    def describe(self) -> dict:
+        return {
+            "model_type": self.model_type, "family": self.family, "n_layers": self.n_layers,
+            "n_heads": self.n_heads, "n_kv_heads": self.n_kv_heads, "d_model": self.d_model,
+            "d_head": self.d_head, "d_mlp": self.d_mlp, "vocab_size": self.vocab_size,
+            "n_ctx": self.n_ctx,
+        }

@@ -1,0 +1,65 @@
+"""Every failure a user can cause has its own exception class, and each message names the fix.
+
+All of them derive from :class:`InterpError`, so a script can catch the family, and from the
+built-in class a caller would expect (``ValueError`` for bad arguments, ``LookupError`` for
+names that do not exist, ``ImportError`` for missing packages), so plain ``except ValueError``
+keeps working.  Checks run before any tensor work starts: a user never sees a traceback from
+inside torch for an input we could have validated.
+"""
+
+from __future__ import annotations
+
+
+class InterpError(Exception):
+    """Base class of every error raised on purpose by interp."""
+
+
+class ModelNotFoundError(InterpError, LookupError):
+    """A model name is neither a local directory, a cached id, nor reachable on the hub."""
+
+
+class DefaultModelMissingError(InterpError, ImportError):
+    """The package that ships the embedded default model is not installed."""
+
+
+class UnsupportedArchitectureError(InterpError, ValueError):
+    """The model's architecture has no adapter."""
+
+
+class EngineError(InterpError, ValueError):
+    """An engine name is unknown or an engine cannot do what was asked."""
+
+
+class SiteError(InterpError, KeyError):
+    """A site name is unknown or used in a way it does not support."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class LayerIndexError(InterpError, IndexError):
+    """A layer (or head, neuron, position) index is out of range."""
+
+
+class PromptError(InterpError, ValueError):
+    """A prompt is empty, too long for the model, or otherwise unusable."""
+
+
+class SpanNotFoundError(InterpError, ValueError):
+    """A substring (a subject, a context) is not in the prompt."""
+
+
+class InterventionError(InterpError, ValueError):
+    """An edit of an intervention plan is malformed."""
+
+
+class CacheShardError(InterpError, ValueError):
+    """A shard of an on-disk activation cache is corrupt or does not match its manifest."""
+
+
+class ResultMissingError(InterpError, FileNotFoundError):
+    """A figure or report needs a result file that has not been computed yet."""
+
+
+class DatasetError(InterpError, ValueError):
+    """A dataset file is missing, of unknown format, or has no usable rows."""

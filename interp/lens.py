@@ -1,0 +1,94 @@
+"""Logit lens (nostalgebraist 2020): read the next-token distribution from every layer.
+
+Each layer's ``resid_post`` is passed through the model's **real** final norm (with its learned
+gain) and unembedding — the same two modules the model's own last layer goes through — so the
+last layer's lens equals the model's output distribution exactly (tested).  Batched prompts are
+left-padded and read at prompt-relative positions, so a batch gives the same grid as each prompt
+alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from .results import Result
+
+
+@dataclass
+class LensResult(Result):
+    """Logit lens of one prompt: ``probs[layer, pos]`` of the top token ``top_ids[layer, pos]``."""
+
+    stem = "lens"
+    tensor_fields = ("top_ids", "top_probs", "target_probs")
+
+    prompt: str
+    tokens: list[str]
+    layers: list[int]
+    top_ids: Int[Tensor, "layer pos"]
+    top_probs: Float[Tensor, "layer pos"]
+    top_tokens: list[list[str]]
+    target: str | None = None
+    target_probs: Float[Tensor, "layer pos"] | None = None
+    model: str = ""
+
+    def figure(self):
+        import plotly.graph_objects as go
+
+        from .figures import SEQUENTIAL, style
+
+        z = self.top_probs.float().numpy()
+        xt = [f"{i}:{t!r}"[:18] for i, t in enumerate(self.tokens)]
+        fig = go.Figure(go.Heatmap(
+            z=z, x=list(range(len(self.tokens))), y=self.layers, colorscale=SEQUENTIAL, zmin=0, zmax=1,
+            text=[[t[:10] for t in row] for row in self.top_tokens], texttemplate="%{text}",
+            textfont=dict(size=9), colorbar=dict(title="p(top-1)"),
+            hovertemplate="layer %{y}, pos %{x}<br>top %{text}: p=%{z:.3f}<extra></extra>"))
+        fig.update_xaxes(title="input token (position: text)", tickvals=list(range(len(xt))), ticktext=xt,
+                         tickangle=-45)
+        fig.update_yaxes(title="layer (resid_post)")
+        return style(fig, title=f"Logit lens — {self.model}", width=max(700, 70 * len(self.tokens) + 200),
+                     height=max(500, 18 * len(self.layers) + 200))
+
+
+def lens_probs(model, prompts: str | Sequence[str], positions: Sequence[int] | None = None,
+               layers: Sequence[int] | None = None) -> Float[Tensor, "batch layer pos vocab"]:
+    """Per-layer next-token probabilities for a batch, at prompt-relative ``positions``."""
+    a = model.adapter
+    batch = model.tokenize(prompts)
+    if positions is None:
+        if batch.size > 1 and len(set(batch.lengths)) > 1:
+            positions = [-1]
+        else:
+            positions = list(range(batch.lengths[0]))
+    out = model.run(batch, reads="resid_post", layers=layers, positions=positions, logits="none",
+                    cache_device=None)
+    h = out.cache.stack("resid_post")  # layer batch pos d
+    with torch.no_grad():
+        probs = a.unembed(h.to(model.device)).float().softmax(-1)
+    return probs.permute(1, 0, 2, 3).cpu()
+
+
+def logit_lens(model, prompt: str, *, target: str | None = None,
+               layers: Sequence[int] | None = None) -> LensResult:
+    """Logit lens over every layer × position of ``prompt``.
+
+    Args:
+        target: a token string (e.g. ``" Paris"``) whose probability is also recorded.
+    """
+    layers = list(range(model.n_layers)) if layers is None else [model.adapter.check_layer(l) for l in layers]
+    n = model.tokenize(prompt).lengths[0]
+    probs = lens_probs(model, prompt, list(range(n)), layers)[0]  # layer pos vocab
+    top_p, top_i = probs.max(-1)
+    tok = model.tokenizer
+    top_tokens = [[tok.decode([int(i)]) for i in row] for row in top_i]
+    tp = None
+    if target is not None:
+        tid, _ = model.encode_target(target)
+        tp = probs[..., tid]
+    return LensResult(prompt, model.to_str_tokens(prompt), layers, top_i, top_p, top_tokens, target, tp,
+                      model.name)

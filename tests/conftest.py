@@ -1,0 +1,86 @@
+"""Shared fixtures.
+
+* ``tiny(arch, engine)`` builds a random-weight model of a given family (``llama`` with
+  grouped-query attention, ``gpt2``) from a fixed seed, so every engine gets identical weights
+  (each call builds a fresh instance: the TransformerLens bridge wraps modules in place).
+  It uses the default model's tokenizer (offline), with a small vocabulary-sized embedding.
+* ``default_model`` is the real embedded SmolLM2-135M-Instruct, loaded once per session
+  (engine ``hf``); ``default_engines`` loads it once per engine.
+* ``DATA`` is ``../shared/data`` (real evaluation sets, read-only, never copied in).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+DATA = Path(os.environ.get("INTERP_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+
+_TOKENIZER = None
+
+
+def default_tokenizer():
+    global _TOKENIZER
+    if _TOKENIZER is None:
+        from transformers import AutoTokenizer
+
+        from interp.loading import default_model_dir
+        _TOKENIZER = AutoTokenizer.from_pretrained(str(default_model_dir()))
+    return _TOKENIZER
+
+
+def tiny_hf(arch: str = "llama", seed: int = 0, n_layers: int = 3):
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    vocab = len(default_tokenizer())
+    if arch == "llama":
+        cfg = LlamaConfig(vocab_size=vocab, hidden_size=48, intermediate_size=96, num_hidden_layers=n_layers,
+                          num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=128,
+                          attn_implementation="eager", tie_word_embeddings=False, pad_token_id=2,
+                          bos_token_id=1, eos_token_id=2)
+        m = LlamaForCausalLM(cfg)
+    elif arch == "gpt2":
+        cfg = GPT2Config(vocab_size=vocab, n_embd=48, n_layer=n_layers, n_head=4, n_positions=128,
+                         attn_implementation="eager", bos_token_id=1, eos_token_id=2)
+        m = GPT2LMHeadModel(cfg)
+    else:
+        raise ValueError(arch)
+    m.eval()
+    for p in m.parameters():
+        p.requires_grad_(False)
+    return m
+
+
+def tiny(arch: str = "llama", engine: str = "hf", seed: int = 0, n_layers: int = 3):
+    from interp.model import Model
+    return Model(tiny_hf(arch, seed, n_layers), default_tokenizer(), engine, name=f"tiny-{arch}")
+
+
+@pytest.fixture(scope="session")
+def default_model():
+    import interp
+    return interp.load()
+
+
+_ENGINE_MODELS: dict = {}
+
+
+@pytest.fixture(scope="session")
+def default_engines():
+    """The default model once per engine: {"hf": Model, "transformer_lens": ..., "nnsight": ...}."""
+    import interp
+    if not _ENGINE_MODELS:
+        for e in ("hf", "transformer_lens", "nnsight"):
+            _ENGINE_MODELS[e] = interp.load(engine=e)
+    return _ENGINE_MODELS
+
+
+@pytest.fixture
+def data_dir() -> Path:
+    if not DATA.exists():
+        pytest.fail(f"evaluation data not found at {DATA}; set INTERP_DATA to ../shared/data")
+    return DATA
