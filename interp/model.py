@@ -171,8 +171,10 @@ class Model:
                 ``[batch, pos, vocab]``, ``"none"``, or a function of the last-token logits
                 applied per chunk (to reduce a large sweep on the fly).
             max_rows: rows per forward (default ``self.max_rows``).
-            keep_grad: keep the autograd graph (cached tensors stay on the model's device and
-                are not detached; call ``retain_grad`` on them through ``extra['grad_points']``).
+            keep_grad: keep the autograd graph: every read site's *full* tensor (``positions`` is
+                ignored) is kept on the model's device with ``.grad`` enabled, and the logits are
+                not detached, so ``metric(out.logits).backward()`` fills ``out.cache[p].grad``
+                (attribution patching).  Use one chunk (``max_rows`` ≥ batch size).
         """
         if plan is not None:
             batch = plan.batch  # a plan carries its own rows
@@ -220,14 +222,20 @@ class Model:
         def keep(point, x):
             if x.shape[0] != b.size:
                 raise RuntimeError("engine returned a tensor without the batch axis")
+            if keep_grad:
+                # the stored tensor must be the one the model goes on with, so its .grad is the
+                # gradient of anything computed from the logits: full tensor, no gather
+                if x.requires_grad:
+                    x.retain_grad()
+                else:
+                    x.requires_grad_(True)
+                store[point] = x
+                return
             if point[0] == "attn_pattern":
                 y = x if cols is None else x[torch.arange(b.size, device=x.device)[:, None], :, cols]  # b n h k
             else:
                 y = x if cols is None else x[torch.arange(b.size, device=x.device)[:, None], cols]
-            if keep_grad:
-                store[point] = y
-            else:
-                store[point] = y.detach().to(cache_device) if cache_device else y.detach()
+            store[point] = y.detach().to(cache_device) if cache_device else y.detach()
 
         read_points = set()
         for site, layer in pts:
