@@ -192,17 +192,26 @@ class Model:
         if progress and len(chunks) > 1:
             from tqdm.auto import tqdm
             it = tqdm(chunks, desc="forward", unit="chunk")
+        if keep_grad and len(chunks) > 1:
+            from .errors import InterventionError
+            raise InterventionError(f"keep_grad=True needs one forward: {batch.size} rows exceed "
+                                    f"max_rows={rows}; pass max_rows={batch.size} or fewer rows")
         ctx = torch.enable_grad() if keep_grad else torch.no_grad()
         with ctx:
             for own, sub in it:
                 lg, cache = self._run_one(sub, pts, positions, logits, keep_grad, cache_device)
                 n = len(own)
+                full = n == sub.batch.size
                 if lg is not None:
-                    parts_logits.append(lg[:n])
+                    parts_logits.append(lg if full else lg[:n])
                 for p in pts:
-                    parts_cache[p].append(cache[p][:n])
-        out_logits = torch.cat(parts_logits) if parts_logits else None
-        data = {p: torch.cat(v) for p, v in parts_cache.items()}
+                    parts_cache[p].append(cache[p] if full else cache[p][:n])
+        if len(chunks) == 1:  # no copies: with keep_grad these are the model's own tensors
+            out_logits = parts_logits[0] if parts_logits else None
+            data = {p: v[0] for p, v in parts_cache.items()}
+        else:
+            out_logits = torch.cat(parts_logits) if parts_logits else None
+            data = {p: torch.cat(v) for p, v in parts_cache.items()}
         return RunOutput(batch, out_logits, ActivationCache(data, list(positions) if positions is not None else None))
 
     def _run_one(self, plan: InterventionPlan, pts, positions, logits, keep_grad, cache_device):
