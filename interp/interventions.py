@@ -76,8 +76,9 @@ class _Group:
 class CompiledPlan:
     """Edits grouped per hook point as index tensors; applied by :meth:`apply`."""
 
-    def __init__(self, groups: dict[tuple[str, int | None], list[_Group]]):
+    def __init__(self, groups: dict[tuple[str, int | None], list[_Group]], n_heads: int | None = None):
         self.groups = groups
+        self.n_heads = n_heads
 
     @property
     def points(self) -> list[tuple[str, int | None]]:
@@ -89,7 +90,7 @@ class CompiledPlan:
             return x
         site = point[0]
         if site == "attn_scores":
-            return _apply_block(x, groups)
+            return _apply_block(x, groups, self.n_heads)
         x = x.clone()
         # read every row-sourced value before anything at this point is written
         sourced = [None if g.src_rows is None else
@@ -107,11 +108,17 @@ class CompiledPlan:
         return x
 
 
-def _apply_block(scores: Tensor, groups: list[_Group]) -> Tensor:
-    """``scores``: [batch, head or 1, query, key] additive mask or pre-softmax scores."""
+def _apply_block(scores: Tensor, groups: list[_Group], n_heads: int | None = None) -> Tensor:
+    """``scores``: [batch, head or 1, query, key] additive mask or pre-softmax scores.
+
+    A per-head block on a head-less additive mask (hf / nnsight engines) expands the mask to
+    ``n_heads``: the attention adds it to the scores by broadcasting either way.
+    """
     need_heads = any(g.unit is not None for g in groups)
     if need_heads and scores.shape[1] == 1:
-        raise InterventionError("per-head blocking needs the head axis of the scores")
+        if n_heads is None:
+            raise InterventionError("per-head blocking needs the head axis of the scores")
+        scores = scores.expand(scores.shape[0], n_heads, *scores.shape[2:])
     scores = scores.clone()
     low = torch.finfo(scores.dtype).min
     for g in groups:
@@ -251,7 +258,7 @@ class InterventionPlan:
                 groups[(site, layer)].append(_Group(op, rows, torch.tensor([it[1] for it in items]),
                                                     unit, vals, None))
         _check_blocks(groups, self.batch)
-        return CompiledPlan(dict(groups))
+        return CompiledPlan(dict(groups), unit_sizes.get("attn_scores"))
 
     # -------------------------------------------------------------- chunking
     def chunks(self, max_rows: int) -> list[tuple[list[int], "InterventionPlan"]]:
