@@ -63,3 +63,7 @@ class ResultMissingError(InterpError, FileNotFoundError):
 
 class DatasetError(InterpError, ValueError):
     """A dataset file is missing, of unknown format, or has no usable rows."""
+
+
+class CheckpointMismatchError(InterpError, ValueError):
+    """Two checkpoints (or their neuron maps) do not have the same shapes, so neurons do not correspond."""
