@@ -17,6 +17,9 @@ from pathlib import Path
 #: modules that define ``register(sub, common)``; each adds its subcommands
 COMMAND_MODULES = [
     "interp.cli",
+    "interp.neurons.cli",
+    "interp.mediation.cli",
+    "interp.attention.cli",
 ]
 
 
@@ -82,7 +85,29 @@ def _cmd_lens(args) -> dict:
     return summary
 
 
+def _cmd_figures(args) -> dict:
+    import time
+
+    from .report import run_figures
+    t = time.perf_counter()
+    model = None if args.redraw else load_model(args)
+    argv = " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith(("interp", "__main__.py")) else ""
+    path = run_figures(model, args.out or "figures", quick=args.quick, redraw=args.redraw,
+                       only=args.only.split(",") if args.only else None,
+                       command=f"interp {argv}".strip() if argv else "interp figures")
+    summary = {"report": str(path), **json.loads((path.parent / "report.json").read_text()),
+               "total_seconds": round(time.perf_counter() - t, 1)}
+    if not args.json:
+        print(f"wrote {path} in {summary['total_seconds']} s")
+    return summary
+
+
 def register(sub, common) -> None:
+    p = sub.add_parser("figures", parents=[common], help="run the standard analyses, write figures/ and REPORT.md")
+    p.add_argument("--quick", action="store_true", help="small settings: finishes in minutes on 2 cores")
+    p.add_argument("--redraw", action="store_true", help="redraw from saved results only (no model)")
+    p.add_argument("--only", default=None, help="comma-separated sections: lens,mediation,attention,neurons,probes")
+    p.set_defaults(func=_cmd_figures)
     p = sub.add_parser("info", parents=[common], help="model, engine, architecture, sites, sizes")
     p.set_defaults(func=_cmd_info)
     p = sub.add_parser("lens", parents=[common], help="logit lens of a prompt")
@@ -107,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         summary = args.func(args)
-    except InterpError as e:
+    except (InterpError, ValueError) as e:
         print(f"interp {args.command}: error: {e}", file=sys.stderr)
         return 2
     if args.json:
