@@ -1,0 +1,491 @@
+"""Attention knockout (Geva et al. 2023, "Dissecting Recall of Factual Associations").
+
+**What is blocked.**  For a *target* position ``t`` (the last token by default) and a set of
+*source* positions ``S``, the edge ``t → s`` is cut for every ``s ∈ S`` in every layer of a
+window: the pre-softmax score ``[t, s]`` is set to the dtype's most negative value, so the
+softmax renormalises over the keys that remain (the core's ``InterventionPlan.block``; all heads
+unless ``heads=`` names some).  A set that covers every key the target can see (``0..t``) is
+refused: the softmax would have nothing to attend to, and "near-uniform over nothing" is what
+Geva's notebook quirk returns, not a knockout.
+
+**Windows.**  The sweep over layers puts a window of ``k`` consecutive layers around each centre
+layer ``ℓ``: layers ``ℓ − (k−1)//2 … ℓ + k//2``, clipped to the model (so windows at the ends are
+shorter, as in Geva's code).  The default ``k`` is the odd number nearest to ``n_layers / 5``
+(ties go up): 9 for 48-layer GPT-2 XL (Geva's setting), 7 for the 30-layer default model,
+1 for a 3-layer tiny model.  An odd ``k`` makes the window centred.
+
+**Source sets** (:func:`source_positions`): ``subject`` (the subject's tokens), ``non_subject``
+(positions before the target outside the subject), ``last`` (the target itself), ``context``
+(a retrieved passage's tokens, for the RAG condition), ``non_context`` (before the target,
+outside the context), or explicit prompt-relative positions.
+
+**Batching.**  Every (source set, centre layer) is one row of a single
+:class:`~interp.interventions.InterventionPlan`, plus one clean row: all layers × sets run as one
+chunked forward, never one forward per layer (``benchmarks/bench_attention.py`` measures both).
+
+**Metric.**  Probability of the clean top-1 token (or a given ``answer``) after the knockout
+and its relative change ``(p_knock − p_clean) / p_clean`` (Geva report it × 100); optionally the
+answer's rank.
+
+**Eager attention.**  Blocking edits the scores an *eager* attention adds the mask to; sdpa and
+flash kernels would ignore or bypass the edit.  :func:`ensure_eager` switches a non-eager model
+to eager (with a warning) or, with ``switch=False``, refuses with :class:`~interp.errors.EngineError`.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from ..errors import EngineError, InterventionError, LayerIndexError, SpanNotFoundError
+from ..interventions import InterventionPlan
+from ..results import Result
+
+NAMED_SETS = ("subject", "non_subject", "last", "context", "non_context")
+DEFAULT_SETS = ("subject", "non_subject", "last")
+
+
+# ----------------------------------------------------------------------------- checks
+def attn_implementation(model) -> str:
+    cfg = model.hf.config
+    return getattr(cfg, "_attn_implementation", None) or getattr(cfg, "attn_implementation", None) or "eager"
+
+
+def ensure_eager(model, *, switch: bool = True) -> None:
+    """Make sure attention edits reach the scores: switch the model to eager, or refuse.
+
+    sdpa / flash attention never materialise the score matrix the knockout edits, so a knockout
+    there would silently return unedited numbers.
+    """
+    impl = attn_implementation(model)
+    if impl == "eager":
+        return
+    if not switch:
+        raise EngineError(
+            f"the model uses {impl!r} attention, whose scores cannot be edited, so a knockout would "
+            f"return unedited numbers; load it with attn_implementation='eager' (interp.load does) "
+            f"or call ensure_eager(model) to switch it")
+    if model.engine_name == "transformer_lens":
+        raise EngineError(
+            f"the model uses {impl!r} attention under the transformer_lens engine, which was booted "
+            f"from it; load the model with attn_implementation='eager' (interp.load does)")
+    try:
+        if hasattr(model.hf, "set_attn_implementation"):
+            model.hf.set_attn_implementation("eager")
+        else:
+            model.hf.config._attn_implementation = "eager"
+    except Exception as e:  # noqa: BLE001 - any failure means we cannot guarantee edits land
+        raise EngineError(f"could not switch {impl!r} attention to eager ({type(e).__name__}: {e}); "
+                          f"reload the model with attn_implementation='eager'") from None
+    if attn_implementation(model) != "eager":
+        raise EngineError(f"the model still reports {attn_implementation(model)!r} attention after "
+                          f"switching; reload it with attn_implementation='eager'")
+    warnings.warn(f"attention knockout: switched the model from {impl!r} to eager attention "
+                  f"(sdpa/flash kernels cannot be edited)", stacklevel=3)
+
+
+def default_window(n_layers: int) -> int:
+    """Odd number of layers nearest to ``n_layers / 5`` (ties up), at least 1, at most n_layers."""
+    x = n_layers / 5
+    k = 2 * math.floor((x - 1) / 2 + 0.5) + 1  # nearest odd, .5 rounds up
+    return max(1, min(k, n_layers if n_layers % 2 else n_layers - 1))
+
+
+def window_layers(centre: int, window: int, n_layers: int) -> list[int]:
+    """Layers of the window of ``window`` layers around ``centre``, clipped to the model."""
+    lo = centre - (window - 1) // 2
+    return [l for l in range(lo, lo + window) if 0 <= l < n_layers]
+
+
+def check_window(window: int | None, n_layers: int) -> int:
+    if window is None:
+        return default_window(n_layers)
+    if not isinstance(window, int) or isinstance(window, bool):
+        raise LayerIndexError(f"window must be an integer number of layers, not {window!r}")
+    if window < 1:
+        raise LayerIndexError(f"window={window}: a window has at least 1 layer")
+    if window > n_layers:
+        raise LayerIndexError(
+            f"window={window} is larger than the model ({n_layers} layers); use 1..{n_layers} "
+            f"(default {default_window(n_layers)}, about a fifth of the layers)")
+    return window
+
+
+def check_target(target: int, n_tokens: int) -> int:
+    """Prompt-relative target → non-negative index, with a specific error."""
+    if not isinstance(target, int) or isinstance(target, bool) or not -n_tokens <= target < n_tokens:
+        raise LayerIndexError(
+            f"target position {target!r} out of range: the prompt has {n_tokens} tokens "
+            f"(valid: 0..{n_tokens - 1}, or negative from the end, e.g. -1 for the last token)")
+    return target % n_tokens
+
+
+def _span(model, prompt: str, text: str | None, what: str, occurrence: int = 0) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    if not isinstance(text, str) or not text.strip():
+        raise SpanNotFoundError(f"the {what} is empty: give the {what}'s text as it occurs in the prompt")
+    try:
+        return model.token_span(prompt, text, occurrence)
+    except SpanNotFoundError as e:
+        raise SpanNotFoundError(f"{what} {text!r} not found in the prompt: {e}") from None
+
+
+def source_positions(model, prompt: str, sources: Iterable, *, target: int = -1,
+                     subject: str | None = None, context: str | None = None,
+                     subject_occurrence: int = 0
+                     ) -> tuple[int, dict[str, list[int]], tuple | None, tuple | None]:
+    """Resolve source sets to prompt-relative positions.
+
+    Args:
+        sources: names from :data:`NAMED_SETS`, or ``(name, positions)`` pairs / a dict
+            ``{name: positions}`` of explicit prompt-relative positions, or one list of ints.
+    Returns:
+        ``(target, {name: positions}, subject_range, context_range)`` with a non-negative target.
+    """
+    n = model.tokenize(prompt).lengths[0]
+    t = check_target(target, n)
+    subj = _span(model, prompt, subject, "subject", subject_occurrence)
+    ctx = _span(model, prompt, context, "context")
+    if isinstance(sources, str):
+        sources = [s.strip() for s in sources.split(",") if s.strip()]
+    if isinstance(sources, dict):
+        items = list(sources.items())
+    else:
+        sources = list(sources)
+        if sources and all(isinstance(s, int) and not isinstance(s, bool) for s in sources):
+            items = [("positions", sources)]
+        elif not sources:
+            items = [("empty", [])]
+        else:
+            items = [(s, None) if isinstance(s, str) else tuple(s) for s in sources]
+    out: dict[str, list[int]] = {}
+    for name, pos in items:
+        if pos is None:
+            if name not in NAMED_SETS:
+                raise InterventionError(f"unknown source set {name!r}; named sets: "
+                                        f"{', '.join(NAMED_SETS)} (or give explicit positions)")
+            if name in ("subject", "non_subject") and subj is None:
+                raise SpanNotFoundError(f"source set {name!r} needs subject=: the subject's text in the prompt")
+            if name in ("context", "non_context") and ctx is None:
+                raise SpanNotFoundError(f"source set {name!r} needs context=: the retrieved passage's "
+                                        f"text in the prompt")
+            if name == "subject":
+                pos = [p for p in range(*subj) if p <= t]
+                if not pos:
+                    raise SpanNotFoundError(f"subject {subject!r} (tokens {subj[0]}..{subj[1] - 1}) lies "
+                                            f"after the target position {t}: the target cannot see it")
+            elif name == "non_subject":
+                pos = [p for p in range(t) if not subj[0] <= p < subj[1]]
+            elif name == "last":
+                pos = [t]
+            elif name == "context":
+                pos = [p for p in range(*ctx) if p <= t]
+                if not pos:
+                    raise SpanNotFoundError(f"context (tokens {ctx[0]}..{ctx[1] - 1}) lies after the "
+                                            f"target position {t}: the target cannot see it")
+            else:
+                pos = [p for p in range(t) if not ctx[0] <= p < ctx[1]]
+        else:
+            pos = list(pos.tolist() if isinstance(pos, Tensor) else pos)
+            norm = []
+            for p in pos:
+                if not isinstance(p, int) or not -n <= p < n:
+                    raise LayerIndexError(f"source position {p!r} of set {name!r} out of range for a "
+                                          f"prompt of {n} tokens (valid: 0..{n - 1} or negative)")
+                p %= n
+                if p > t:
+                    raise InterventionError(
+                        f"source position {p} of set {name!r} comes after the target position {t}: "
+                        f"the target never attends to later tokens, so there is no edge to block")
+                norm.append(p)
+            pos = sorted(set(norm))
+        if set(range(t + 1)) <= set(pos):
+            raise InterventionError(
+                f"source set {name!r} covers every position the target (position {t}) can attend "
+                f"to (0..{t}): blocking them all would leave its softmax with nothing to attend to; "
+                f"leave at least one position out (e.g. the target itself — 'non_subject' excludes "
+                f"it — or the first token)")
+        out[str(name)] = pos
+    return t, out, subj, ctx
+
+
+# ----------------------------------------------------------------------------- core
+def build_plan(model, prompt: str, target: int, row_keys: Sequence[Sequence[int]],
+               row_layers: Sequence[Sequence[int]], heads: Sequence[int] | None = None
+               ) -> InterventionPlan:
+    """A plan of ``len(row_keys)`` copies of ``prompt``; row r blocks target → row_keys[r] in row_layers[r]."""
+    base = model.tokenize(prompt)
+    plan = InterventionPlan(base.select([0] * len(row_keys)))
+    for r, (keys, layers) in enumerate(zip(row_keys, row_layers)):
+        if not keys:
+            continue
+        for l in layers:
+            if heads is None:
+                plan.block(l, r, [target], keys)
+            else:
+                for h in heads:
+                    plan.block(l, r, [target], keys, head=h)
+    return plan
+
+
+def knockout_logits(model, prompt: str, row_keys: Sequence[Sequence[int]],
+                    row_layers: Sequence[Sequence[int]], *, target: int = -1,
+                    heads: Sequence[int] | None = None, max_rows: int | None = None
+                    ) -> Float[Tensor, "row vocab"]:
+    """Logits at ``target`` for each row's knockout, all rows in one chunked forward.
+
+    Row ``r`` blocks the edges ``target → row_keys[r]`` (all heads, or ``heads``) in the layers
+    ``row_layers[r]``; a row with no keys is the clean run.  Reads the logits at the target
+    position (``logits="all"`` only when the target is not the last token).
+    """
+    ensure_eager(model)
+    n = model.tokenize(prompt).lengths[0]
+    t = check_target(target, n)
+    if heads is not None:
+        heads = [int(h) for h in heads]
+        for h in heads:
+            if not 0 <= h < model.adapter.n_heads:
+                raise LayerIndexError(f"head {h} out of range 0..{model.adapter.n_heads - 1}")
+    for layers in row_layers:
+        for l in layers:
+            model.adapter.check_layer(l)
+    plan = build_plan(model, prompt, t, row_keys, row_layers, heads)
+    if t == n - 1:
+        return model.run(plan=plan, max_rows=max_rows).logits.float()
+    col = plan.batch.abs_pos(0, t)
+    return model.run(plan=plan, logits="all", max_rows=max_rows).logits[:, col].float()
+
+
+@dataclass
+class KnockoutResult(Result):
+    """Knockout sweep of one prompt: ``p_knockout[set][i]`` for the window centred on ``layers[i]``."""
+
+    stem = "knockout"
+
+    prompt: str
+    tokens: list[str]
+    target: int
+    subject_range: list[int] | None
+    context_range: list[int] | None
+    window: int
+    layers: list[int]
+    windows: list[list[int]]
+    heads: list[int] | None
+    answer: str
+    answer_id: int
+    p_clean: float
+    rank_clean: int
+    sources: dict[str, list[int]]
+    p_knockout: dict[str, list[float]]
+    relative_change: dict[str, list[float]]
+    rank_knockout: dict[str, list[int]] = field(default_factory=dict)
+    model: str = ""
+    engine: str = ""
+
+    def figure(self):
+        """One line per source set over the centre layer (Geva et al. 2023, Fig. 2)."""
+        import plotly.graph_objects as go
+
+        from ..figures import style
+        fig = go.Figure()
+        for name, rel in self.relative_change.items():
+            fig.add_trace(go.Scatter(x=self.layers, y=[100 * v for v in rel], mode="lines+markers",
+                                     name=f"{name} → target ({len(self.sources[name])} tok)"))
+        fig.add_hline(y=0, line=dict(color="#888", width=1))
+        fig.update_xaxes(title=f"centre layer of a {self.window}-layer window")
+        fig.update_yaxes(title=f"% change of p({self.answer!r})")
+        return style(fig, title=f"Attention knockout — {self.model} · p_clean={self.p_clean:.3f}")
+
+
+def attention_knockout(model, prompt: str, sources: Iterable = DEFAULT_SETS, *, target: int = -1,
+                       window: int | None = None, layers: Sequence[int] | None = None,
+                       heads: Sequence[int] | None = None, subject: str | None = None,
+                       context: str | None = None, answer: str | None = None,
+                       subject_occurrence: int = 0, max_rows: int | None = None) -> KnockoutResult:
+    """Block target → source edges in a window of layers around each layer (Geva et al. 2023).
+
+    Args:
+        sources: named sets (``subject``, ``non_subject``, ``last``, ``context``,
+            ``non_context``), ``{name: positions}``, or one list of prompt-relative positions.
+        target: prompt-relative query position whose edges are cut (default the last token).
+        window: layers per window (default :func:`default_window`: odd, ≈ n_layers / 5).
+        layers: centre layers to sweep (default all).
+        heads: block only these heads (default all heads).
+        subject / context: text of the subject / retrieved passage in the prompt.
+        answer: token to track (default: the clean top-1 prediction, as Geva).
+    Returns:
+        :class:`KnockoutResult`; all ``len(sets) × len(layers)`` knockouts plus the clean row run
+        as rows of one chunked forward.
+    """
+    a = model.adapter
+    window = check_window(window, a.n_layers)
+    t, sets, subj, ctx = source_positions(model, prompt, sources, target=target, subject=subject,
+                                          context=context, subject_occurrence=subject_occurrence)
+    centres = list(range(a.n_layers)) if layers is None else [a.check_layer(l) for l in layers]
+    wins = [window_layers(c, window, a.n_layers) for c in centres]
+    row_keys: list[list[int]] = [[]]
+    row_layers: list[list[int]] = [[]]
+    for name, pos in sets.items():
+        for w in wins:
+            row_keys.append(pos)
+            row_layers.append(w)
+    logits = knockout_logits(model, prompt, row_keys, row_layers, target=t, heads=heads, max_rows=max_rows)
+    if answer is None:
+        aid = int(logits[0].argmax())
+    else:
+        aid, _ = model.encode_target(answer)
+    probs = logits.softmax(-1)[:, aid]
+    ranks = (logits > logits[:, aid:aid + 1]).sum(-1)
+    p0 = float(probs[0])
+    pk, rel, rk = {}, {}, {}
+    for i, name in enumerate(sets):
+        sl = slice(1 + i * len(centres), 1 + (i + 1) * len(centres))
+        pk[name] = probs[sl].tolist()
+        rel[name] = [(p - p0) / p0 if p0 > 0 else float("nan") for p in pk[name]]
+        rk[name] = ranks[sl].tolist()
+    return KnockoutResult(
+        prompt=prompt, tokens=model.to_str_tokens(prompt), target=t,
+        subject_range=list(subj) if subj else None, context_range=list(ctx) if ctx else None,
+        window=window, layers=centres, windows=wins, heads=None if heads is None else list(heads),
+        answer=model.tokenizer.decode([aid]), answer_id=aid, p_clean=p0, rank_clean=int(ranks[0]),
+        sources=sets, p_knockout=pk, relative_change=rel, rank_knockout=rk, model=model.name,
+        engine=model.engine_name)
+
+
+# ----------------------------------------------------------------------------- dataset sweep
+@dataclass
+class KnockoutSweepResult(Result):
+    """Mean ± standard error of the relative change per source set per centre layer over facts."""
+
+    stem = "knockout_sweep"
+
+    dataset: str
+    layers: list[int]
+    window: int
+    sources: list[str]
+    n_known: int
+    n_scanned: int
+    fact_rows: list[int]
+    mean: dict[str, list[float]]
+    sem: dict[str, list[float]]
+    mean_p_clean: float
+    frac_below_half: dict[str, list[float]] = field(default_factory=dict)
+    model: str = ""
+
+    def figure(self):
+        import plotly.graph_objects as go
+
+        from ..figures import COLORS, style
+        fig = go.Figure()
+        for i, name in enumerate(self.sources):
+            m = [100 * v for v in self.mean[name]]
+            s = [100 * v for v in self.sem[name]]
+            c = COLORS[i % len(COLORS)]
+            fig.add_trace(go.Scatter(x=self.layers, y=m, mode="lines+markers", name=f"{name} → last",
+                                     line=dict(color=c),
+                                     error_y=dict(type="data", array=s, visible=True, color=c)))
+        fig.add_hline(y=0, line=dict(color="#888", width=1))
+        fig.update_xaxes(title=f"centre layer of a {self.window}-layer window")
+        fig.update_yaxes(title="% change of p(clean top-1), mean ± s.e.")
+        return style(fig, title=f"Attention knockout over {self.n_known} known facts — {self.model}")
+
+
+def knockout_sweep(model, dataset: str | Path | Sequence, out_dir: str | Path, *,
+                   sources: Sequence[str] = DEFAULT_SETS, window: int | None = None,
+                   n_facts: int | None = 40, max_scan: int | None = None, scan_batch: int = 32,
+                   require_known: bool = True, progress: bool = True) -> KnockoutSweepResult:
+    """Knockout sweep over the facts a model knows; mean relative change ± s.e. per set per layer.
+
+    A fact is *known* when the model's clean top-1 next token is the first token of
+    ``" " + attribute``; the tracked token is that prediction (Geva et al.).  Facts are scanned
+    in dataset order (clean forwards batched ``scan_batch`` at a time) until ``n_facts`` known
+    ones were swept.  Every fact's outcome (also "not known") is written to
+    ``out_dir/items.jsonl`` through :class:`~interp.sweep.Checkpoint`, so a killed sweep resumes.
+
+    Args:
+        dataset: a known_1000-style file path, or a list of :class:`~interp.datasets.Fact`.
+        n_facts: stop after this many known facts (None: all).
+        max_scan: scan at most this many facts.
+        require_known: False sweeps every fact (tracking the clean top-1 whatever it is).
+    """
+    from ..datasets import load_known_facts
+    from ..sweep import Checkpoint
+
+    a = model.adapter
+    window = check_window(window, a.n_layers)
+    for s in sources:
+        if s not in ("subject", "non_subject", "last"):
+            raise InterventionError(f"dataset sweeps use the sets subject, non_subject, last; not {s!r}")
+    if isinstance(dataset, (str, Path)):
+        facts, _ = load_known_facts(dataset)
+        name = str(dataset)
+    else:
+        facts, name = list(dataset), "facts"
+    if max_scan is not None:
+        facts = facts[:max_scan]
+    ck = Checkpoint(out_dir, {"method": "attention_knockout", "model": model.name, "window": window,
+                              "sources": list(sources), "dataset": Path(name).name,
+                              "metric": "relative change of p(clean top-1)",
+                              "require_known": require_known})
+    known_done = [k for k, v in ck.results() if v.get("known")]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=n_facts, desc="knockout facts", unit="fact", initial=len(known_done))
+    n_known = len(known_done)
+    i = 0
+    while i < len(facts) and (n_facts is None or n_known < n_facts):
+        block = [f for f in facts[i:i + scan_batch] if f.row not in ck]
+        i += scan_batch
+        if not block:
+            continue
+        lg = model.run([f.prompt for f in block]).logits.float()
+        for f, row in zip(block, lg):
+            if n_facts is not None and n_known >= n_facts:
+                break
+            want, _ = model.encode_target(" " + f.attribute.strip())
+            top = int(row.argmax())
+            if require_known and top != want:
+                ck.add(f.row, {"known": False, "top": top, "want": want})
+                continue
+            try:
+                r = attention_knockout(model, f.prompt, sources, subject=f.subject, window=window,
+                                       answer=None)
+            except (SpanNotFoundError, InterventionError) as e:
+                ck.add(f.row, {"known": False, "error": str(e)})
+                continue
+            ck.add(f.row, {"known": True, "p_clean": r.p_clean, "rel": r.relative_change,
+                           "answer": r.answer})
+            n_known += 1
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    return summarise_sweep(ck, name, list(range(a.n_layers)), window, list(sources), model.name)
+
+
+def summarise_sweep(ck, dataset: str, layers, window, sources, model_name) -> KnockoutSweepResult:
+    rows, recs = [], []
+    for k, v in ck.results():
+        if v.get("known"):
+            rows.append(int(k))
+            recs.append(v)
+    mean, sem, below = {}, {}, {}
+    for s in sources:
+        x = torch.tensor([r["rel"][s] for r in recs], dtype=torch.float64).reshape(len(recs), len(layers))
+        mean[s] = x.mean(0).tolist() if len(recs) else [float("nan")] * len(layers)
+        sem[s] = (x.std(0, unbiased=True) / math.sqrt(len(recs))).tolist() if len(recs) > 1 \
+            else [float("nan")] * len(layers)
+        below[s] = (x < -0.5).double().mean(0).tolist() if len(recs) else [float("nan")] * len(layers)
+    pc = sum(r["p_clean"] for r in recs) / max(1, len(recs))
+    return KnockoutSweepResult(dataset=dataset, layers=layers, window=window, sources=sources,
+                               n_known=len(recs), n_scanned=len(ck), fact_rows=rows, mean=mean,
+                               sem=sem, mean_p_clean=pc, frac_below_half=below, model=model_name)

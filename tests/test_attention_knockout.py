@@ -1,0 +1,236 @@
+"""Attention knockout: invariants, a hand-written reference forward, engine parity, bad input."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+
+from conftest import default_tokenizer, tiny, tiny_hf
+from interp.attention import (KnockoutResult, attention_knockout, default_window, ensure_eager,
+                              knockout_logits, knockout_sweep)
+from interp.attention.knockout import window_layers
+from interp.datasets import Fact
+from interp.errors import EngineError, InterventionError, LayerIndexError, SpanNotFoundError
+from interp.model import Model
+
+PROMPT = "The Eiffel Tower is located in the city of"
+SUBJ = "The Eiffel Tower"
+
+
+# ----------------------------------------------------------------------------- invariants
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_empty_source_set_changes_nothing(arch):
+    m = tiny(arch)
+    clean = m.run(PROMPT).logits.float()
+    # row 0: no edit; row 1: an empty source set in every layer; row 2: a real knockout
+    lg = knockout_logits(m, PROMPT, [[], [], [0, 1]], [[], [0, 1, 2], [1]])
+    assert torch.equal(lg[1], lg[0])              # same forward: bitwise equal
+    assert torch.allclose(lg[0], clean[0], atol=1e-6)  # other batch size: equal up to BLAS order
+    assert not torch.allclose(lg[2], lg[0], atol=1e-6)
+    r = attention_knockout(m, PROMPT, [], window=3)
+    assert r.sources == {"empty": []}
+    assert all(p == r.p_clean for p in r.p_knockout["empty"])
+    assert all(v == 0.0 for v in r.relative_change["empty"])
+
+
+def _rms(x, w, eps):
+    return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+
+
+def _rotate_half(x):
+    h = x.shape[-1] // 2
+    return torch.cat([-x[..., h:], x[..., :h]], -1)
+
+
+def manual_llama_logits(hf, ids: torch.Tensor, target: int, blocked: list[int], layers: set[int]):
+    """Llama forward written out by hand (RMSNorm, rotary, GQA, SwiGLU) for one unpadded prompt.
+
+    In the layers ``layers`` the score of ``target → s`` for ``s ∈ blocked`` is masked before
+    the softmax.  Returns the logits at ``target``.
+    """
+    cfg = hf.config
+    n = ids.shape[0]
+    H, KV = cfg.num_attention_heads, cfg.num_key_value_heads
+    d = cfg.hidden_size // H
+    theta = (getattr(cfg, "rope_parameters", None) or {}).get("rope_theta", getattr(cfg, "rope_theta", 10000.0))
+    inv = 1.0 / theta ** (torch.arange(0, d, 2).float() / d)
+    ang = torch.arange(n).float()[:, None] * inv[None]
+    cos, sin = torch.cat([ang, ang], -1).cos(), torch.cat([ang, ang], -1).sin()
+    x = hf.model.embed_tokens.weight[ids]
+    mask = torch.full((n, n), float("-inf")).triu(1)
+    for li, blk in enumerate(hf.model.layers):
+        at = blk.self_attn
+        h = _rms(x, blk.input_layernorm.weight, cfg.rms_norm_eps)
+        q = (h @ at.q_proj.weight.T).view(n, H, d).transpose(0, 1)
+        k = (h @ at.k_proj.weight.T).view(n, KV, d).transpose(0, 1)
+        v = (h @ at.v_proj.weight.T).view(n, KV, d).transpose(0, 1)
+        q = q * cos + _rotate_half(q) * sin
+        k = k * cos + _rotate_half(k) * sin
+        k, v = k.repeat_interleave(H // KV, 0), v.repeat_interleave(H // KV, 0)
+        s = q @ k.transpose(1, 2) / math.sqrt(d) + mask
+        if li in layers:
+            s[:, target, blocked] = float("-inf")
+        o = (s.softmax(-1) @ v).transpose(0, 1).reshape(n, H * d)
+        x = x + o @ at.o_proj.weight.T
+        h2 = _rms(x, blk.post_attention_layernorm.weight, cfg.rms_norm_eps)
+        mlp = blk.mlp
+        x = x + (torch.nn.functional.silu(h2 @ mlp.gate_proj.weight.T) * (h2 @ mlp.up_proj.weight.T)) \
+            @ mlp.down_proj.weight.T
+    x = _rms(x, hf.model.norm.weight, cfg.rms_norm_eps)
+    return (x @ hf.lm_head.weight.T)[target]
+
+
+def test_block_all_but_self_matches_hand_written_reference():
+    hf = tiny_hf("llama", seed=1)
+    m = Model(hf, default_tokenizer(), "hf", name="tiny-llama")
+    ids = torch.tensor(m.tokenize(PROMPT).token_ids(0))
+    n = len(ids)
+    # the hand-written forward reproduces the model itself
+    assert torch.allclose(manual_llama_logits(hf, ids, n - 1, [], set()), m.run(PROMPT).logits[0], atol=1e-4)
+    for t in (n - 1, 4):
+        ref = manual_llama_logits(hf, ids, t, list(range(t)), {0, 1, 2})
+        lg = knockout_logits(m, PROMPT, [list(range(t))], [[0, 1, 2]], target=t)[0]
+        assert torch.allclose(lg, ref, atol=1e-4), (t, (lg - ref).abs().max())
+        # and the result object: one window of all 3 layers, source = every edge but t → t
+        r = attention_knockout(m, PROMPT, {"all_but_self": list(range(t))}, target=t, window=3, layers=[1])
+        assert r.p_knockout["all_but_self"][0] == pytest.approx(float(ref.softmax(-1)[r.answer_id]), abs=1e-5)
+    # one layer only
+    ref = manual_llama_logits(hf, ids, n - 1, [0, 2, 3], {1})
+    lg = knockout_logits(m, PROMPT, [[0, 2, 3]], [[1]])[0]
+    assert torch.allclose(lg, ref, atol=1e-4)
+
+
+def test_per_head_block_on_gqa_matches_reference_shape():
+    """Blocking every head one by one equals blocking all heads at once (GQA tiny llama)."""
+    m = tiny("llama")
+    a = attention_knockout(m, PROMPT, ["subject"], subject=SUBJ, window=1)
+    b = attention_knockout(m, PROMPT, ["subject"], subject=SUBJ, window=1, heads=range(m.adapter.n_heads))
+    assert a.relative_change["subject"] == pytest.approx(b.relative_change["subject"], abs=1e-6)
+    c = attention_knockout(m, PROMPT, ["subject"], subject=SUBJ, window=1, heads=[0])
+    assert c.p_knockout["subject"] != a.p_knockout["subject"]
+
+
+# ----------------------------------------------------------------------------- engines
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_engines_agree(arch):
+    res = {}
+    for eng in ("hf", "transformer_lens", "nnsight"):
+        m = tiny(arch, eng)
+        full = attention_knockout(m, PROMPT, ["subject", "non_subject", "last"], subject=SUBJ, window=1)
+        head = attention_knockout(m, PROMPT, ["non_subject"], subject=SUBJ, window=3, heads=[1, 3])
+        res[eng] = (full, head)
+    for eng in ("transformer_lens", "nnsight"):
+        for r_hf, r_e in zip(res["hf"], res[eng]):
+            assert r_e.answer_id == r_hf.answer_id
+            for s in r_hf.p_knockout:
+                assert r_e.p_knockout[s] == pytest.approx(r_hf.p_knockout[s], abs=1e-4), (eng, s)
+                assert r_e.relative_change[s] == pytest.approx(r_hf.relative_change[s], abs=1e-4), (eng, s)
+
+
+# ----------------------------------------------------------------------------- eager attention
+def test_sdpa_model_is_switched_or_refused():
+    eager = tiny("llama")
+    ref = attention_knockout(eager, PROMPT, ["subject"], subject=SUBJ, window=1)
+    hf = tiny_hf("llama")
+    hf.set_attn_implementation("sdpa")
+    m = Model(hf, default_tokenizer(), "hf", name="tiny-llama")
+    with pytest.raises(EngineError, match="sdpa"):
+        ensure_eager(m, switch=False)
+    with pytest.warns(UserWarning, match="switched the model from 'sdpa' to eager"):
+        r = attention_knockout(m, PROMPT, ["subject"], subject=SUBJ, window=1)
+    assert hf.config._attn_implementation == "eager"
+    assert r.p_knockout["subject"] == pytest.approx(ref.p_knockout["subject"], abs=1e-6)
+
+
+# ----------------------------------------------------------------------------- windows and sets
+def test_default_window_and_clipping():
+    assert default_window(48) == 9  # Geva et al.: GPT-2 XL
+    assert default_window(30) == 7
+    assert default_window(3) == 1 and default_window(1) == 1
+    assert all(default_window(n) % 2 == 1 for n in range(1, 100))
+    assert window_layers(0, 7, 30) == [0, 1, 2, 3]
+    assert window_layers(15, 7, 30) == list(range(12, 19))
+    assert window_layers(29, 7, 30) == [26, 27, 28, 29]
+
+
+def test_named_sets_and_result_roundtrip(tmp_path):
+    m = tiny("llama")
+    r = attention_knockout(m, PROMPT, ["subject", "non_subject", "last"], subject=SUBJ)
+    n = len(r.tokens)
+    assert r.subject_range == [0, 4] or r.subject_range[0] == 0
+    s0, s1 = r.subject_range
+    assert r.sources["subject"] == list(range(s0, s1))
+    assert r.sources["non_subject"] == [p for p in range(n - 1) if not s0 <= p < s1]
+    assert r.sources["last"] == [n - 1]
+    assert r.window == 1 and r.layers == [0, 1, 2] and r.windows == [[0], [1], [2]]
+    for s in r.p_knockout:
+        assert r.relative_change[s] == pytest.approx([(p - r.p_clean) / r.p_clean for p in r.p_knockout[s]])
+    r.save(tmp_path)
+    back = KnockoutResult.load(tmp_path)
+    assert back.p_knockout == r.p_knockout and back.tokens == r.tokens
+    fig = back.figure()
+    assert len(fig.data) == 3
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_bad_input():
+    m = tiny("llama")
+    with pytest.raises(SpanNotFoundError, match="not found in the prompt"):
+        attention_knockout(m, PROMPT, ["subject"], subject="Big Ben")
+    with pytest.raises(SpanNotFoundError, match="empty"):
+        attention_knockout(m, PROMPT, ["subject"], subject="  ")
+    with pytest.raises(SpanNotFoundError, match="needs subject="):
+        attention_knockout(m, PROMPT, ["subject"])
+    with pytest.raises(LayerIndexError, match="target position 40 out of range"):
+        attention_knockout(m, PROMPT, ["last"], target=40)
+    with pytest.raises(LayerIndexError, match="larger than the model"):
+        attention_knockout(m, PROMPT, ["last"], window=4)
+    with pytest.raises(LayerIndexError, match="at least 1"):
+        attention_knockout(m, PROMPT, ["last"], window=0)
+    n = m.tokenize(PROMPT).lengths[0]
+    with pytest.raises(InterventionError, match="covers every position the target"):
+        attention_knockout(m, PROMPT, {"everything": list(range(n))})
+    with pytest.raises(InterventionError, match="covers every position the target"):
+        attention_knockout(m, PROMPT, ["last"], target=0)  # the first token sees only itself
+    with pytest.raises(InterventionError, match="comes after the target"):
+        attention_knockout(m, PROMPT, {"late": [5]}, target=3)
+    with pytest.raises(InterventionError, match="unknown source set"):
+        attention_knockout(m, PROMPT, ["objects"])
+
+
+# ----------------------------------------------------------------------------- dataset sweep
+def test_sweep_resumes(tmp_path):
+    m = tiny("llama")
+    facts = [Fact("The Eiffel Tower is located in the city of", "The Eiffel Tower", "Paris", 0),
+             Fact("Danish pastry was created in the country of", "Danish pastry", "Denmark", 1),
+             Fact("The capital of Roman Republic is", "Roman Republic", "Rome", 2)]
+    a = knockout_sweep(m, facts, tmp_path / "a", n_facts=2, require_known=False, progress=False)
+    assert a.n_known == 2 and a.fact_rows == [0, 1]
+    b = knockout_sweep(m, facts, tmp_path / "a", n_facts=3, require_known=False, progress=False)
+    full = knockout_sweep(m, facts, tmp_path / "b", n_facts=3, require_known=False, progress=False)
+    assert b.n_known == 3 and b.fact_rows == full.fact_rows
+    for s in full.mean:
+        assert b.mean[s] == pytest.approx(full.mean[s], abs=1e-9)
+        assert b.sem[s] == pytest.approx(full.sem[s], abs=1e-9)
+    with open(tmp_path / "a" / "items.jsonl") as f:
+        assert len(f.readlines()) == 3
+    # the tiny random model knows none of them: nothing is swept, every row is recorded
+    c = knockout_sweep(m, facts, tmp_path / "c", n_facts=3, progress=False)
+    assert c.n_known == 0 and c.n_scanned == 3
+
+
+# ----------------------------------------------------------------------------- real model
+@pytest.mark.slow
+def test_default_model_geva_ordering(default_model):
+    r = attention_knockout(default_model, PROMPT, ["subject", "last"], subject=SUBJ,
+                           layers=[5, 22])
+    assert r.answer.strip() == "Paris"
+    early, late = 0, 1
+    # subject → last matters in the upper-middle layers, far less early; last → last barely
+    assert r.relative_change["subject"][late] < -0.5
+    assert r.relative_change["subject"][late] < r.relative_change["subject"][early] - 0.3
+    assert max(abs(v) for v in r.relative_change["last"]) < 0.2
