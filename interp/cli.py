@@ -18,6 +18,7 @@ from pathlib import Path
 COMMAND_MODULES = [
     "interp.cli",
     "interp.neurons.cli",
+    "interp.neurons.cli",
     "interp.mediation.cli",
     "interp.attention.cli",
 ]

@@ -1,0 +1,246 @@
+"""CLI: ``interp neurons decode|search|stats|clamp`` and ``interp concepts find|compare``.
+
+Every command writes its result (JSON + safetensors) and figure under ``--out`` and, with
+``--json``, prints a stable JSON summary.  ``neurons decode`` also writes ``DIR/neurons.json``: a
+list with one entry per (layer, neuron, direction) holding ``layer``, ``neuron``, ``direction``,
+``top_tokens``, ``top_ids``, ``top_scores`` (and ``bottom_tokens``/``bottom_scores``).
+"""
+
+from __future__ import annotations
+
+import json
+
+from ..cli import load_model, out_dir, save_result
+from ..errors import InterpError
+
+
+def _pairs(items, what="layer:index") -> list[tuple[int, int]]:
+    out = []
+    for s in items or []:
+        try:
+            l, i = s.split(":")
+            out.append((int(l), int(i)))
+        except ValueError:
+            raise InterpError(f"{s!r} is not {what} (e.g. 20:1090)") from None
+    return out
+
+
+# ---------------------------------------------------------------------- neurons
+def _cmd_decode(args) -> dict:
+    from .decode import decode_neurons
+    model = load_model(args)
+    nmap = decode_neurons(model, layers=args.layers, directions=args.directions, k=args.top_k,
+                          final_norm=args.final_norm, bottom=not args.no_bottom, progress=not args.json)
+    out = out_dir(args, "neurons")
+    paths = save_result(nmap, None, args, "neurons")
+    entries = nmap.entries(model.tokenizer)
+    table = out / "neurons.json"
+    table.write_text(json.dumps(entries, ensure_ascii=False, separators=(",", ":")))
+    paths["table"] = str(table)
+    summary = {"model": nmap.model, "layers": nmap.layers, "directions": nmap.directions, "k": nmap.k,
+               "final_norm": nmap.final_norm, "n_entries": len(entries), "seconds": round(nmap.seconds, 3),
+               "sample": entries[:3], "files": paths}
+    if not args.json:
+        print(f"decoded {len(entries)} neuron directions in {nmap.seconds:.1f} s → {table}")
+        for e in entries[:5]:
+            print(f"L{e['layer']} N{e['neuron']} {e['direction']}: {e['top_tokens'][:8]}")
+    return summary
+
+
+def _load_or_decode(args, model):
+    from .decode import NeuronMap, decode_neurons
+    if args.map:
+        return NeuronMap.load(args.map, make_hint="interp neurons decode --out DIR")
+    return decode_neurons(model, layers=args.layers, directions=[args.direction] if args.direction else None,
+                          k=args.top_k, final_norm=args.final_norm, progress=not args.json)
+
+
+def _cmd_search(args) -> dict:
+    from .decode import resolve_tokens, vocab_strings
+    model = load_model(args)
+    query = args.word if args.word is not None else args.token
+    if query is None:
+        raise InterpError("give --token ' Paris' (one token) or --word paris")
+    ids = resolve_tokens(model.tokenizer, query, word=args.word is not None)
+    nmap = _load_or_decode(args, model)
+    hits = nmap.search(ids, direction=args.direction, side=args.side, limit=args.limit)
+    vocab = vocab_strings(model.tokenizer, nmap.vocab_size)
+    for h in hits:
+        h["token"] = vocab[h["token_id"]]
+    out = out_dir(args, "neurons")
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "search.json"
+    summary = {"query": query, "token_ids": ids, "tokens": [vocab[i] for i in ids], "side": args.side,
+               "k": nmap.k, "final_norm": nmap.final_norm, "n_hits": len(hits), "hits": hits}
+    path.write_text(json.dumps(summary, ensure_ascii=False, indent=1))
+    summary["files"] = {"result": str(path)}
+    if not args.json:
+        if not hits:
+            print(f"no neuron has {query!r} in its top-{nmap.k} tokens")
+        for h in hits[:20]:
+            print(f"L{h['layer']:2d} N{h['neuron']:5d} {h['direction']:4s} rank {h['rank']:3d} "
+                  f"score {h['score']:.3f}  {h['token']!r}")
+    return summary
+
+
+def _cmd_stats(args) -> dict:
+    from .stats import neuron_stats
+    model = load_model(args)
+    out = out_dir(args, "neuron_stats")
+    ck = out / "state" if args.resume else None
+    st = neuron_stats(model, args.corpus, threshold=args.threshold, mode=args.mode, layers=args.layers,
+                      text_field=args.text_field, max_len=args.max_len, batch_size=args.batch_size,
+                      max_tokens=args.max_tokens, checkpoint_dir=ck, progress=not args.json)
+    paths = save_result(st, "neuron_stats", args, "neuron_stats")
+    summary = {"model": st.model, "n_tokens": st.n_tokens, "n_windows": st.n_windows, "threshold": st.threshold,
+               "mode": st.mode, "layers": st.layers, "per_layer": st.per_layer,
+               "totals": {"dead": int(st.dead.sum()), "token_detector": int(st.token_detector.sum()),
+                          "positional": int(st.positional.sum())}, "files": paths}
+    if not args.json:
+        print(f"{st.n_tokens} tokens; dead {summary['totals']['dead']}, token detectors "
+              f"{summary['totals']['token_detector']}, positional {summary['totals']['positional']}")
+    return summary
+
+
+def _cmd_clamp(args) -> dict:
+    from .clamp import clamp_effect
+    model = load_model(args)
+    res = clamp_effect(model, args.prompt, _pairs(args.neuron, "layer:neuron"), args.value, args.target,
+                       positions=args.positions)
+    paths = save_result(res, "neuron_clamp", args, "neuron_clamp")
+    summary = {"prompt": args.prompt, "neurons": res.neurons, "values": res.values, "target": res.target,
+               "p_clean": res.p_clean.tolist(), "p_clamped": res.p_clamped.tolist(), "files": paths}
+    if not args.json:
+        for v, p in zip(res.values, res.p_clamped[:, 0].tolist()):
+            print(f"value {v:g}: p({res.target!r}) {float(res.p_clean[0]):.3g} → {p:.3g}")
+    return summary
+
+
+# ---------------------------------------------------------------------- concepts
+def _cmd_find(args) -> dict:
+    from ..concepts.vectors import find_concept_vectors
+    from .decode import NeuronMap
+    model = load_model(args)
+    nmap = NeuronMap.load(args.map) if args.map else None
+    res = find_concept_vectors(model, args.concept, terms=args.terms, k=args.top_k, nmap=nmap, layers=args.layers,
+                               limit=args.limit, progress=not args.json)
+    paths = save_result(res, "concept_candidates" if res.candidates else None, args, "concepts")
+    if not args.json:
+        print(res.message)
+        for c in res.candidates[:10]:
+            print(f"L{c['layer']}:{c['index']} score {c['score']:.2f} matched {c['matched'][:5]}")
+    return {"concept": res.concept, "terms": res.terms, "k": res.k, "n_candidates": len(res.candidates),
+            "message": res.message, "candidates": res.candidates, "files": paths}
+
+
+def _model_arg(name):
+    return None if name in (None, "default") else name
+
+
+def _cmd_compare(args) -> dict:
+    from ..concepts.unlearning import intrinsic_compare
+    from ..concepts.vectors import find_concept_vectors
+    from ..loading import load
+    from .decode import check_same_shape, compare_maps, decode_neurons
+    ma = load(_model_arg(args.model_a), device=args.device, dtype=args.dtype)
+    mb = load(_model_arg(args.model_b), device=args.device, dtype=args.dtype)
+    check_same_shape(ma.adapter, mb.adapter, args.model_a, args.model_b)
+    vectors = _pairs(args.vectors)
+    found = None
+    if args.concept and not vectors:
+        found = find_concept_vectors(ma, args.concept, terms=args.terms, k=args.top_k, layers=args.layers,
+                                     limit=args.limit)
+        vectors = [(c["layer"], c["index"]) for c in found.candidates]
+    rows = intrinsic_compare(ma, mb, vectors, k=args.top_k) if vectors else []
+    summary = {"model_a": args.model_a, "model_b": args.model_b, "k": args.top_k, "vectors": rows}
+    if found is not None:
+        summary["concept"] = {"concept": found.concept, "terms": found.terms, "message": found.message}
+    out = out_dir(args, "concepts")
+    paths = {}
+    if args.map_layers is not None:
+        kw = dict(layers=args.map_layers, k=10, bottom=False)
+        cmp = compare_maps(decode_neurons(ma, **kw), decode_neurons(mb, **kw))
+        cmp.model_a, cmp.model_b = args.model_a, args.model_b
+        paths = save_result(cmp, "neuron_map_comparison", args, "concepts")
+        summary["maps"] = {"layers": cmp.layers, "top1_unchanged": cmp.top1_unchanged,
+                           "overall_top1_unchanged": cmp.overall_top1_unchanged}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "concept_compare.json").write_text(json.dumps(summary, indent=1))
+    paths["result"] = str(out / "concept_compare.json")
+    summary["files"] = paths
+    if not args.json:
+        if not rows:
+            print("no vectors compared (give --vectors L:I ... or --concept C)")
+        for r in rows:
+            print(f"L{r['layer']}:{r['index']} cos {r['cosine']:.4f} relL2 {r['rel_l2']:.4f} "
+                  f"Jaccard@{args.top_k} {r['jaccard']:.3f}")
+    return summary
+
+
+def register(sub, common) -> None:
+    p = sub.add_parser("neurons", help="MLP neurons: decode through the LM head, search, statistics, clamp")
+    ns = p.add_subparsers(dest="neurons_command", required=True)
+
+    q = ns.add_parser("decode", parents=[common], help="top/bottom tokens of every neuron direction")
+    q.add_argument("--layers", type=int, nargs="*", default=None)
+    q.add_argument("--top-k", type=int, default=10)
+    q.add_argument("--directions", nargs="*", default=None, choices=["out", "up", "gate"])
+    q.add_argument("--final-norm", default="none", choices=["none", "gain"])
+    q.add_argument("--no-bottom", action="store_true")
+    q.set_defaults(func=_cmd_decode)
+
+    q = ns.add_parser("search", parents=[common], help="which neurons promote a token?")
+    q.add_argument("--token", default=None, help="one token, e.g. ' Paris'")
+    q.add_argument("--word", default=None, help="a word: every token spelling it (any case/space)")
+    q.add_argument("--map", default=None, help="directory of a saved map (interp neurons decode --out DIR)")
+    q.add_argument("--layers", type=int, nargs="*", default=None)
+    q.add_argument("--top-k", type=int, default=10)
+    q.add_argument("--direction", default=None, choices=["out", "up", "gate"])
+    q.add_argument("--final-norm", default="none", choices=["none", "gain"])
+    q.add_argument("--side", default="top", choices=["top", "bottom"])
+    q.add_argument("--limit", type=int, default=50)
+    q.set_defaults(func=_cmd_search)
+
+    q = ns.add_parser("stats", parents=[common], help="frequency, dead, token-detector, positional neurons")
+    q.add_argument("--corpus", required=True, help="file (.json/.jsonl/.txt) or directory of texts")
+    q.add_argument("--text-field", default=None)
+    q.add_argument("--threshold", type=float, default=0.1)
+    q.add_argument("--mode", default="abs", choices=["abs", "pos"])
+    q.add_argument("--layers", type=int, nargs="*", default=None)
+    q.add_argument("--max-tokens", type=int, default=None)
+    q.add_argument("--max-len", type=int, default=128)
+    q.add_argument("--batch-size", type=int, default=8)
+    q.add_argument("--resume", action="store_true", help="save/resume running state in OUT/state")
+    q.set_defaults(func=_cmd_stats)
+
+    q = ns.add_parser("clamp", parents=[common], help="clamp neurons, measure a token's probability")
+    q.add_argument("--prompt", required=True)
+    q.add_argument("--neuron", nargs="+", required=True, help="layer:neuron pairs, e.g. 20:1090")
+    q.add_argument("--value", type=float, nargs="+", default=[10.0])
+    q.add_argument("--target", required=True)
+    q.add_argument("--positions", type=int, nargs="*", default=None)
+    q.set_defaults(func=_cmd_clamp)
+
+    p = sub.add_parser("concepts", help="concept vectors (ConceptVectors): find, compare checkpoints")
+    cs = p.add_subparsers(dest="concepts_command", required=True)
+    q = cs.add_parser("find", parents=[common], help="value vectors whose top-k tokens match a concept")
+    q.add_argument("--concept", required=True)
+    q.add_argument("--terms", nargs="*", default=None)
+    q.add_argument("--top-k", type=int, default=200)
+    q.add_argument("--layers", type=int, nargs="*", default=None)
+    q.add_argument("--map", default=None, help="saved map with direction out, final_norm none, k ≥ --top-k")
+    q.add_argument("--limit", type=int, default=20)
+    q.set_defaults(func=_cmd_find)
+
+    q = cs.add_parser("compare", parents=[common], help="intrinsic comparison of two checkpoints")
+    q.add_argument("--model-a", required=True, help="'default', an HF id or a local directory")
+    q.add_argument("--model-b", required=True)
+    q.add_argument("--vectors", nargs="*", default=None, help="layer:index pairs")
+    q.add_argument("--concept", default=None, help="find vectors for this concept on model A")
+    q.add_argument("--terms", nargs="*", default=None)
+    q.add_argument("--layers", type=int, nargs="*", default=None)
+    q.add_argument("--limit", type=int, default=5)
+    q.add_argument("--top-k", type=int, default=200)
+    q.add_argument("--map-layers", type=int, nargs="*", default=None,
+                   help="also compare the neuron maps (top-1 unchanged per layer) on these layers")
+    q.set_defaults(func=_cmd_compare)
