@@ -18,7 +18,6 @@ from pathlib import Path
 COMMAND_MODULES = [
     "interp.cli",
     "interp.neurons.cli",
-    "interp.neurons.cli",
     "interp.mediation.cli",
     "interp.attention.cli",
 ]
