@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "interp.neurons.cli",
     "interp.mediation.cli",
     "interp.attention.cli",
+    "probes.cli",
 ]
 
 

@@ -1,0 +1,578 @@
+"""ROME causal tracing (Meng et al. 2022, kmeng01/rome ``experiments/causal_trace.py``) as batched rows.
+
+Design note
+-----------
+One trace is one :class:`~interp.interventions.InterventionPlan` over copies of the prompt:
+
+* row 0 is the **clean** run (no edit);
+* ``samples`` rows are the **corrupted** baseline: Gaussian noise ``ν·ε`` is *added* to the
+  token-embedding output (site ``embed`` — no positional embedding is touched) at the subject
+  positions only;
+* for every restoration (kind, layer, token) there are ``samples`` more rows, each carrying the
+  *same* noise draw as the baseline row of the same sample index (ε is drawn once per trace from
+  ``seed``; row ``s`` of every block reuses ``ε[s]``), plus ``set`` edits that copy the clean
+  value from row 0 of the same forward (``source_row=0``).  Because every restoration sees the
+  identical noise, the grid is smooth and "restore nothing" reproduces ``p_corrupt`` exactly.
+
+The probability of the target is reduced on the fly (``logits=fn`` keeps one number per row),
+so a 30-layer × 10-token × 10-sample × 3-kind grid (≈9,000 rows) runs in fixed memory, chunked
+by ``max_rows``.  Restorations at tokens *before* the first corrupted token are not run: those
+states are identical in the clean and corrupted runs (causal attention), so their restored
+probability is exactly ``p_corrupt`` and is filled in as such.
+
+Conventions (where ROME's paper and code differ, the code is followed):
+
+* ``hidden`` restores ``resid_post`` of one layer (the block output); ``mlp`` / ``attn``
+  restore ``mlp_out`` / ``attn_out`` of the token over a window of layers
+  ``range(l − window//2, l + ceil(window/2))`` clipped to the model — ROME's code
+  ``range(l-5, l+5)`` for ``window=10`` (the paper's text says ``[l−4, l+5]``).
+* noise ``"3sd"`` = 3 × one scalar standard deviation over all entries of the embeddings of the
+  subject tokens of a set of subjects (ROME: its known_1000 subjects; here: the subjects of the
+  dataset being traced, or ``noise_subjects=``), falling back to the whole embedding matrix for a
+  single trace with no subject set.  A float is an absolute scale.
+* the target defaults to the clean top-1 token; a target string of several tokens is traced by
+  its **first** token, with a warning and ``target_multi_token=True`` in the result.
+* a subject occurring twice: the first occurrence by default, or ``occurrence=k`` (0-based,
+  ``-1`` = last).
+* indirect effect (IE) = p_restored − p_corrupt; total effect (TE) = p_clean − p_corrupt.
+
+Dataset sweeps (:func:`trace_dataset`) keep the facts the model knows (ROME: the clean greedy
+token, stripped, equals the attribute; or ``min_p``: p(attribute's first token) ≥ threshold),
+trace each one (resumable, one JSONL line per fact) and average IE over facts by ROME's token
+categories with standard errors (std / √n over facts).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from ..errors import InterventionError, PromptError
+from ..interventions import InterventionPlan
+from ..results import Result
+
+KINDS = {"hidden": "resid_post", "mlp": "mlp_out", "attn": "attn_out"}
+#: ROME's token categories for average effects (notebooks/average_causal_effects)
+CATEGORIES = ("first_subject", "middle_subject", "last_subject", "first_subsequent", "further", "last")
+CATEGORY_LABELS = {"first_subject": "First subject token", "middle_subject": "Middle subject tokens",
+                   "last_subject": "Last subject token", "first_subsequent": "First subsequent token",
+                   "further": "Further tokens", "last": "Last token"}
+WINDOW_CONVENTION = "ROME code: range(l - window//2, l + ceil(window/2)) clipped, e.g. [l-5, l+4] for 10"
+
+
+def window_layers(layer: int, window: int, n_layers: int) -> list[int]:
+    """Layers restored for a window centred on ``layer`` (ROME code convention, clipped)."""
+    return list(range(max(0, layer - window // 2), min(n_layers, layer - (-window // 2))))
+
+
+def check_settings(kinds, window: int, samples: int) -> tuple[str, ...]:
+    kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
+    bad = [k for k in kinds if k not in KINDS]
+    if bad or not kinds:
+        raise InterventionError(f"unknown trace kind(s) {bad or kinds}; choose from {', '.join(KINDS)}")
+    if not isinstance(window, int) or window <= 0:
+        raise InterventionError(f"window must be a positive number of layers, not {window!r} "
+                                f"(ROME uses 10; 1 restores a single layer)")
+    if not isinstance(samples, int) or samples <= 0:
+        raise InterventionError(f"samples must be a positive number of noise draws, not {samples!r} "
+                                f"(ROME uses 10)")
+    return kinds
+
+
+# ----------------------------------------------------------------------------- noise
+def noise_level(model, subjects: Sequence[str] | None = None, factor: float = 3.0) -> float:
+    """ROME's "3sd": ``factor`` × the std of all entries of the subjects' token embeddings.
+
+    With no subjects, the std over the whole embedding matrix is used instead.
+    """
+    W_E = model.adapter.W_E
+    with torch.no_grad():
+        if subjects:
+            ids = []
+            for s in subjects:
+                ids.extend(model.tokenizer(s, add_special_tokens=False)["input_ids"])
+            if not ids:
+                raise PromptError("the noise subjects tokenise to nothing")
+            emb = W_E[torch.tensor(ids, device=W_E.device)]
+        else:
+            emb = W_E
+        return float(factor * emb.float().std())
+
+
+def resolve_noise(model, noise, subjects=None) -> float:
+    if isinstance(noise, str):
+        s = noise.strip().lower()
+        if s.endswith("sd"):
+            try:
+                f = float(s[:-2] or 1)
+            except ValueError:
+                raise InterventionError(f"noise {noise!r}: use '3sd' or a float") from None
+            return noise_level(model, subjects, f)
+        try:
+            return float(s)
+        except ValueError:
+            raise InterventionError(f"noise {noise!r}: use '3sd', 'Ksd' or an absolute float") from None
+    if isinstance(noise, (int, float)) and noise >= 0:
+        return float(noise)
+    raise InterventionError(f"noise must be '3sd' or a non-negative float, not {noise!r}")
+
+
+# ----------------------------------------------------------------------------- setup
+@dataclass
+class TraceSetup:
+    """Everything a trace's rows need: the text, spans, target and the noise draws."""
+
+    text: str
+    tokens: list[str]
+    subject_range: tuple[int, int]
+    corrupt_positions: list[int]
+    target: str
+    target_id: int
+    target_multi_token: bool
+    noise: Tensor  # [samples, n_corrupt, d_model], already scaled
+    noise_level: float
+    context_range: tuple[int, int] | None = None
+    question_start: int = 0
+
+
+def prepare_trace(model, prompt: str, subject: str, target: str | None = None, *, samples: int = 10,
+                  noise="3sd", seed: int = 0, occurrence: int = 0, context: str | None = None,
+                  corrupt: str | None = None, noise_subjects: Sequence[str] | None = None,
+                  template: str | None = None) -> TraceSetup:
+    """Resolve spans, the target and the noise draws of one trace (no forward except for the target)."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise PromptError("the prompt is empty: give the factual prompt, e.g. 'The Eiffel Tower is in'")
+    if not isinstance(subject, str) or not subject.strip():
+        raise PromptError("the subject is empty: give the subject as it appears in the prompt")
+    if subject not in prompt:
+        from ..errors import SpanNotFoundError
+        raise SpanNotFoundError(f"subject {subject!r} does not occur in the prompt {prompt!r}: check "
+                                f"spelling, case and spacing")
+    context_range = None
+    q_char = 0
+    if context is not None:
+        from .rag import rag_prompt
+        text, q_char, _ = rag_prompt(prompt, context, template=template)
+        occ_before = text[:q_char].count(subject)
+        n_in_q = prompt.count(subject)
+        occ = occurrence if occurrence >= 0 else n_in_q + occurrence
+        if not 0 <= occ < n_in_q:
+            from ..errors import SpanNotFoundError
+            raise SpanNotFoundError(f"subject {subject!r} occurs {n_in_q} time(s) in the question; "
+                                    f"occurrence={occurrence} does not exist")
+        subject_range = model.token_span(text, subject, occ_before + occ)
+        context_range = model.token_span(text, context.strip(), 0)
+    else:
+        text = prompt
+        subject_range = model.token_span(text, subject, occurrence)
+    corrupt = corrupt or ("subject+context" if context is not None else "subject")
+    if corrupt == "subject":
+        cpos = list(range(*subject_range))
+    elif corrupt == "subject+context":
+        if context_range is None:
+            raise InterventionError("corrupt='subject+context' needs a context")
+        cpos = sorted(set(range(*subject_range)) | set(range(*context_range)))
+    else:
+        raise InterventionError(f"corrupt must be 'subject' or 'subject+context', not {corrupt!r}")
+    tokens = model.to_str_tokens(text)
+    q_start = 0
+    if context is not None:
+        b = model.tokenize(text)
+        q_start = next(i for i, (a, e) in enumerate(b.offsets[0]) if e > q_char)
+    multi = False
+    if target is None:
+        tid = int(model.run(text).logits[0].argmax())
+        target = model.tokenizer.decode([tid])
+    else:
+        tid, multi = model.encode_target(target)
+        if multi:
+            first = model.tokenizer.decode([tid])
+            warnings.warn(f"target {target!r} has several tokens; tracing its first token {first!r} "
+                          f"(target_multi_token=True in the result)", stacklevel=3)
+    level = resolve_noise(model, noise, noise_subjects)
+    g = torch.Generator().manual_seed(int(seed))
+    eps = torch.randn(samples, len(cpos), model.adapter.d_model, generator=g)
+    return TraceSetup(text, tokens, subject_range, cpos, target, tid, multi, eps * level, level,
+                      context_range, q_start)
+
+
+# ----------------------------------------------------------------------------- rows
+Restoration = Sequence[tuple[str, int, Sequence[int]]]
+
+
+def restoration_probs(model, setup: TraceSetup, restorations: Sequence[Restoration], *,
+                      max_rows: int | None = None, progress: bool = False
+                      ) -> tuple[float, float, Float[Tensor, "n_restorations"]]:
+    """p_clean, p_corrupt and, per restoration, the mean target probability over noise samples.
+
+    A restoration is a list of ``(site, layer, positions)`` whose clean values are copied into
+    the corrupted rows.  All rows run in one chunked ``model.run`` (row 0 clean, then
+    ``samples`` baseline rows, then ``samples`` rows per restoration, sample ``s`` always using
+    the noise draw ``ε[s]``).
+    """
+    S = setup.noise.shape[0]
+    n_rows = 1 + S * (1 + len(restorations))
+    batch = model.tokenize([setup.text]).select([0] * n_rows)
+    plan = InterventionPlan(batch)
+    cpos = setup.corrupt_positions
+    edits = plan.edits
+    from ..interventions import Edit
+    for block in range(1 + len(restorations)):
+        restore = restorations[block - 1] if block else ()
+        for s in range(S):
+            r = 1 + block * S + s
+            edits.append(Edit("embed", None, r, cpos, "add", setup.noise[s]))
+            for site, layer, pos in restore:
+                edits.append(Edit(site, layer, r, list(pos), "set", None, 0))
+    tid = setup.target_id
+    out = model.run(plan=plan, logits=lambda lg: lg.float().softmax(-1)[:, tid], max_rows=max_rows,
+                    progress=progress)
+    p = out.logits.cpu().double()
+    p_clean = float(p[0])
+    blocks = p[1:].view(1 + len(restorations), S).mean(1)
+    return p_clean, float(blocks[0]), blocks[1:].float()
+
+
+def grid_restorations(kind: str, n_layers: int, positions: Sequence[int], window: int
+                      ) -> list[tuple[int, int, Restoration]]:
+    """(layer, token, restoration) for every cell of one kind's grid."""
+    site = KINDS[kind]
+    out = []
+    for l in range(n_layers):
+        lays = [l] if kind == "hidden" else window_layers(l, window, n_layers)
+        for t in positions:
+            out.append((l, t, [(site, k, [t]) for k in lays]))
+    return out
+
+
+# ----------------------------------------------------------------------------- result
+@dataclass
+class CausalTraceResult(Result):
+    """One causal trace: per kind a layers × tokens grid of restored target probability."""
+
+    stem = "trace"
+
+    prompt: str
+    subject: str
+    tokens: list[str]
+    subject_range: list[int]
+    target: str
+    target_id: int
+    p_clean: float
+    p_corrupt: float
+    kinds: list[str]
+    layers: list[int]
+    p_restored: dict  # kind -> [layer][token] (None for tokens not traced)
+    indirect_effect: dict  # kind -> [layer][token]
+    settings: dict
+    seed: int
+    target_multi_token: bool = False
+    traced_positions: list[int] = field(default_factory=list)
+    context: str | None = None
+    context_range: list[int] | None = None
+    model: str = ""
+
+    @property
+    def total_effect(self) -> float:
+        return self.p_clean - self.p_corrupt
+
+    def grid(self, kind: str, effect: bool = False) -> Float[Tensor, "layer token"]:
+        src = self.indirect_effect if effect else self.p_restored
+        return torch.tensor([[float("nan") if v is None else v for v in row] for row in src[kind]])
+
+    def figure(self):
+        return trace_figure(self)
+
+
+def causal_trace(model, prompt: str, subject: str, target: str | None = None, *,
+                 kinds: Sequence[str] = ("hidden", "mlp", "attn"), window: int = 10, samples: int = 10,
+                 noise: str | float = "3sd", seed: int = 0, occurrence: int = 0,
+                 context: str | None = None, corrupt: str | None = None,
+                 noise_subjects: Sequence[str] | None = None, positions: Sequence[int] | None = None,
+                 template: str | None = None, max_rows: int | None = None,
+                 progress: bool = False) -> CausalTraceResult:
+    """ROME causal trace of ``prompt`` (Meng et al. 2022, Fig. 1 / ``calculate_hidden_flow``).
+
+    Args:
+        subject: text of the subject in the prompt (first occurrence, or ``occurrence=k``).
+        target: answer token to track (default: clean top-1); several tokens → first token.
+        kinds: any of ``hidden`` (resid_post, one layer), ``mlp`` / ``attn`` (module output
+            over ``window`` layers, ROME-code window ``[l-w//2, l+ceil(w/2))`` clipped).
+        samples: noise draws; noise: ``"3sd"`` (× std of subject embeddings — of
+            ``noise_subjects`` if given, else the embedding matrix) or an absolute float.
+        context: a retrieved context placed before the question (see :mod:`.rag`); the subject
+            range then refers to the question's subject; ``corrupt`` = ``"subject"`` or
+            ``"subject+context"`` (default with a context, as Wadhwa et al. 2024).
+        positions: tokens to trace (default: all; with a context: the question's tokens).
+
+    Returns:
+        :class:`CausalTraceResult` with ``p_restored[kind]`` of shape [layers][tokens].
+    """
+    kinds = check_settings(kinds, window, samples)
+    setup = prepare_trace(model, prompt, subject, target, samples=samples, noise=noise, seed=seed,
+                          occurrence=occurrence, context=context, corrupt=corrupt,
+                          noise_subjects=noise_subjects, template=template)
+    n = len(setup.tokens)
+    L = model.n_layers
+    if positions is None:
+        positions = list(range(setup.question_start, n))
+    positions = sorted({p % n for p in positions})
+    first_c = min(setup.corrupt_positions)
+    run_pos = [t for t in positions if t >= first_c]
+    cells, rests = [], []
+    for kind in kinds:
+        for l, t, r in grid_restorations(kind, L, run_pos, window):
+            cells.append((kind, l, t))
+            rests.append(r)
+    p_clean, p_corrupt, probs = restoration_probs(model, setup, rests, max_rows=max_rows, progress=progress)
+    grids = {k: [[None] * n for _ in range(L)] for k in kinds}
+    for k in kinds:
+        for l in range(L):
+            for t in positions:
+                if t < first_c:
+                    grids[k][l][t] = p_corrupt  # unaffected by the noise: restoring changes nothing
+    for (k, l, t), p in zip(cells, probs.tolist()):
+        grids[k][l][t] = p
+    ie = {k: [[None if v is None else v - p_corrupt for v in row] for row in g] for k, g in grids.items()}
+    settings = {"kinds": list(kinds), "window": window, "window_convention": WINDOW_CONVENTION,
+                "samples": samples, "noise": noise, "noise_level": setup.noise_level,
+                "noise_site": "embed (token embedding output, subject positions)",
+                "corrupt": corrupt or ("subject+context" if context is not None else "subject"),
+                "corrupt_positions": setup.corrupt_positions, "occurrence": occurrence,
+                "engine": model.engine_name, "target_rule": "clean top-1" if target is None else "given",
+                "metric": "mean over noise samples of softmax(last-token logits)[target]"}
+    return CausalTraceResult(prompt, subject, setup.tokens, list(setup.subject_range), setup.target,
+                             setup.target_id, p_clean, p_corrupt, list(kinds), list(range(L)), grids, ie,
+                             settings, seed, setup.target_multi_token, positions, context,
+                             list(setup.context_range) if setup.context_range else None, model.name)
+
+
+# ----------------------------------------------------------------------------- figures
+_KIND_SCALE = {"hidden": "Purples", "mlp": "Greens", "attn": "Reds"}
+_KIND_TITLE = {"hidden": "single restored layer (resid_post)", "mlp": "restored MLP (window)",
+               "attn": "restored attention (window)"}
+
+
+def trace_figure(res: CausalTraceResult):
+    """ROME-style heatmaps (tokens down, layers across; subject tokens starred), one per kind."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    from ..figures import style
+
+    pos = res.traced_positions or list(range(len(res.tokens)))
+    b, e = res.subject_range
+    labels = [f"{t}: {res.tokens[t]!r}{' *' if b <= t < e else ''}"[:24] for t in pos]
+    fig = make_subplots(rows=1, cols=len(res.kinds), shared_yaxes=True, horizontal_spacing=0.08,
+                        subplot_titles=[_KIND_TITLE[k] for k in res.kinds])
+    for i, k in enumerate(res.kinds):
+        g = res.grid(k)[:, pos].numpy()
+        fig.add_trace(go.Heatmap(
+            z=g, x=res.layers, y=labels, colorscale=_KIND_SCALE[k], zmin=res.p_corrupt,
+            zmax=max(float(torch.nan_to_num(torch.tensor(g), nan=0).max()), res.p_corrupt + 1e-6),
+            colorbar=dict(title=f"p({res.target!r})" if i == 0 else "", x=1.0 + 0.06 * i, len=0.8),
+            hovertemplate="layer %{x}<br>%{y}<br>p=%{z:.4f}<extra>" + k + "</extra>"), 1, i + 1)
+        fig.update_xaxes(title_text="layer" if k == "hidden" else "centre of window", row=1, col=i + 1)
+    fig.update_yaxes(autorange="reversed")
+    title = (f"Causal trace — {res.model}: target {res.target!r}, p_clean={res.p_clean:.3f}, "
+             f"p_corrupt={res.p_corrupt:.3f}")
+    return style(fig, title=title, width=380 * len(res.kinds) + 260, height=max(420, 26 * len(pos) + 200))
+
+
+# ----------------------------------------------------------------------------- dataset sweep
+def fact_categories(subject_range: Sequence[int], n: int) -> dict[str, list[int]]:
+    """ROME's token categories for a prompt of ``n`` tokens with subject ``[b, e)``.
+
+    first/last subject token (the same token for a one-token subject), middle subject tokens
+    (b+1..e-2), first subsequent token (e, when it is not the last token), further tokens
+    (e+1..n-2) and the last token (n-1).  Empty categories are left out for that fact.
+    """
+    b, e = subject_range
+    cats = {"first_subject": [b], "middle_subject": list(range(b + 1, e - 1)), "last_subject": [e - 1],
+            "first_subsequent": [e] if e < n - 1 else [], "further": list(range(e + 1, n - 1)),
+            "last": [n - 1]}
+    return {k: v for k, v in cats.items() if v}
+
+
+@dataclass
+class TraceSweepResult(Result):
+    """Average indirect effect by ROME token category × layer over the known facts of a dataset."""
+
+    stem = "trace_sweep"
+
+    dataset: str
+    n_rows: int
+    n_loaded: int
+    n_scanned: int
+    n_known: int
+    n_traced: int
+    skipped: list  # [row, why]
+    kinds: list[str]
+    layers: list[int]
+    categories: list[str]
+    aie: dict  # kind -> category -> [layer]
+    se: dict  # kind -> category -> [layer]
+    n_facts: dict  # category -> number of facts contributing
+    mean_p_clean: float
+    mean_p_corrupt: float
+    peaks: dict  # kind -> {category, layer, aie}
+    settings: dict
+    seed: int
+    model: str = ""
+
+    def figure(self):
+        return sweep_figure(self)
+
+
+def _aggregate(items: list[dict], kinds, n_layers):
+    sums = {k: {c: [] for c in CATEGORIES} for k in kinds}
+    for it in items:
+        cats = fact_categories(it["subject_range"], len(it["tokens"]))
+        for k in kinds:
+            g = torch.tensor(it["ie"][k], dtype=torch.float64)  # layer token
+            for c, pos in cats.items():
+                sums[k][c].append(g[:, pos].mean(1))
+    aie, se, nf = {}, {}, {}
+    for k in kinds:
+        aie[k], se[k] = {}, {}
+        for c in CATEGORIES:
+            xs = sums[k][c]
+            nf[c] = len(xs)
+            if not xs:
+                aie[k][c] = [None] * n_layers
+                se[k][c] = [None] * n_layers
+                continue
+            x = torch.stack(xs)
+            aie[k][c] = x.mean(0).tolist()
+            se[k][c] = (x.std(0, unbiased=True) / math.sqrt(len(xs))).tolist() if len(xs) > 1 else [0.0] * n_layers
+    return aie, se, nf
+
+
+def trace_dataset(model, dataset, out_dir: str | Path, *, kinds: Sequence[str] = ("hidden", "mlp", "attn"),
+                  window: int = 10, samples: int = 10, noise: str | float = "3sd", seed: int = 0,
+                  min_p: float | None = None, limit: int | None = None, max_known: int | None = None,
+                  max_rows: int | None = None, progress: bool = True) -> TraceSweepResult:
+    """Causal traces of every known fact of a known_1000-style dataset, averaged by token category.
+
+    Args:
+        dataset: a path (known_1000 JSON / JSONL, LRE, Fakepedia) or a list of
+            :class:`interp.datasets.Fact`.
+        out_dir: the sweep directory: ``items.jsonl`` + ``config.json`` (resumable: a rerun with
+            the same settings skips finished facts) and ``trace_sweep.json``.
+        min_p: known-fact rule: None → ROME's (clean top-1 token, stripped, equals the
+            attribute); a float → p(first token of " " + attribute) ≥ ``min_p``.
+        limit: scan only the first ``limit`` usable rows; ``max_known``: trace at most this many.
+
+    Rows with a missing field, a subject not in its prompt, or an error while tracing are
+    reported in ``skipped`` with their row number; the sweep goes on with the rest.
+    """
+    from ..datasets import Fact, load_known_facts
+    from ..sweep import Checkpoint
+
+    kinds = check_settings(kinds, window, samples)
+    if isinstance(dataset, (str, Path)):
+        facts, report = load_known_facts(dataset)
+        name, n_rows, skipped = str(dataset), report.n_rows, [list(s) for s in report.skipped]
+    else:
+        facts, name, n_rows, skipped = list(dataset), "<facts>", len(dataset), []
+    for r, why in skipped:
+        warnings.warn(f"dataset row {r} skipped: {why}", stacklevel=2)
+    n_loaded = len(facts)
+    if limit is not None:
+        facts = facts[:limit]
+    level = resolve_noise(model, noise, [f.subject for f in facts])
+    # known facts: one batched clean forward over all prompts
+    tok = model.tokenizer
+    prompts = [f.prompt for f in facts]
+    known: list[tuple[Fact, int]] = []
+    for i in range(0, len(prompts), 64):
+        lg = model.run(prompts[i:i + 64]).logits.float()
+        pr = lg.softmax(-1)
+        for f, row, prow in zip(facts[i:i + 64], lg, pr):
+            top = int(row.argmax())
+            if min_p is None:
+                ok = tok.decode([top]).strip() == f.attribute.strip()
+                tid = top
+            else:
+                tid, _ = model.encode_target(" " + f.attribute.strip())
+                ok = float(prow[tid]) >= min_p
+            if ok:
+                known.append((f, tid))
+    n_known = len(known)
+    if max_known is not None:
+        known = known[:max_known]
+    config = {"dataset": name, "kinds": list(kinds), "window": window, "samples": samples, "noise": noise,
+              "noise_level": round(level, 8), "seed": seed, "min_p": min_p, "model": model.name,
+              "limit": limit}
+    ck = Checkpoint(out_dir, config)
+    it = known
+    if progress:
+        from tqdm.auto import tqdm
+        it = tqdm(known, desc="trace facts", unit="fact")
+    for f, tid in it:
+        key = f"row{f.row}"
+        if key in ck:
+            continue
+        try:
+            res = causal_trace(model, f.prompt, f.subject, tok.decode([tid]), kinds=kinds, window=window,
+                               samples=samples, noise=level, seed=seed, max_rows=max_rows)
+        except Exception as e:  # noqa: BLE001 — report the row, go on with the rest
+            from ..errors import InterpError
+            if not isinstance(e, InterpError):
+                raise
+            ck.add(key, {"error": f"{type(e).__name__}: {e}", "row": f.row})
+            continue
+        ck.add(key, {"row": f.row, "tokens": res.tokens, "subject_range": res.subject_range,
+                     "p_clean": res.p_clean, "p_corrupt": res.p_corrupt, "ie": res.indirect_effect})
+    items = [v for _, v in ck.results() if "error" not in v]
+    skipped += [[v["row"], v["error"]] for _, v in ck.results() if "error" in v]
+    aie, se, nf = _aggregate(items, kinds, model.n_layers) if items else ({}, {}, {})
+    peaks = {}
+    for k in aie:
+        best = max(((c, l, v) for c in CATEGORIES for l, v in enumerate(aie[k][c]) if v is not None),
+                   key=lambda x: x[2])
+        peaks[k] = {"category": best[0], "layer": best[1], "aie": best[2]}
+    res = TraceSweepResult(name, n_rows, n_loaded, len(facts), n_known, len(items), skipped, list(kinds),
+                           list(range(model.n_layers)), list(CATEGORIES), aie, se, nf,
+                           sum(i["p_clean"] for i in items) / max(1, len(items)),
+                           sum(i["p_corrupt"] for i in items) / max(1, len(items)), peaks,
+                           {**config, "known_rule": "clean top-1 == attribute" if min_p is None
+                            else f"p(attribute) >= {min_p}", "window_convention": WINDOW_CONVENTION,
+                            "se": "std over facts / sqrt(n)",
+                            "pooling": "middle/further tokens averaged within a fact, then over facts"},
+                           seed, model.name)
+    res.save(out_dir)
+    return res
+
+
+def sweep_figure(res: TraceSweepResult):
+    """ROME's average-indirect-effect heatmaps: token category × layer, one panel per kind."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    from ..figures import style
+
+    cats = [c for c in res.categories if res.n_facts.get(c)]
+    fig = make_subplots(rows=1, cols=len(res.kinds), shared_yaxes=True, horizontal_spacing=0.07,
+                        subplot_titles=[f"AIE, {_KIND_TITLE[k]}" for k in res.kinds])
+    for i, k in enumerate(res.kinds):
+        z = [[v if v is not None else float("nan") for v in res.aie[k][c]] for c in cats]
+        s = [[v if v is not None else float("nan") for v in res.se[k][c]] for c in cats]
+        fig.add_trace(go.Heatmap(
+            z=z, x=res.layers, y=[f"{CATEGORY_LABELS[c]} (n={res.n_facts[c]})" for c in cats],
+            customdata=s, colorscale=_KIND_SCALE[k], zmin=0,
+            colorbar=dict(title="AIE" if i == 0 else "", x=1.0 + 0.06 * i, len=0.8),
+            hovertemplate="layer %{x}<br>%{y}<br>AIE=%{z:.4f} ± %{customdata:.4f}<extra>" + k + "</extra>"),
+            1, i + 1)
+        fig.update_xaxes(title_text="layer" if k == "hidden" else "centre of window", row=1, col=i + 1)
+    fig.update_yaxes(autorange="reversed")
+    return style(fig, title=(f"Average indirect effect over {res.n_traced} known facts — {res.model} "
+                             f"(p_clean={res.mean_p_clean:.3f}, p_corrupt={res.mean_p_corrupt:.3f})"),
+                 width=400 * len(res.kinds) + 300, height=460)

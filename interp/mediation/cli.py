@@ -1,0 +1,145 @@
+"""``interp trace`` (causal tracing of one prompt or a dataset) and ``interp patch`` (activation patching).
+
+Stable JSON for scripts: ``interp trace ... --out DIR`` writes ``DIR/trace.json`` (``tokens``,
+``subject_range`` [start, end), ``p_clean``, ``p_corrupt``, ``p_restored[kind]`` as
+[layers][tokens], ``indirect_effect``, ``settings``, ``seed``) and the ROME-style heatmaps
+``DIR/trace.{html,png,pdf}``; ``--dataset PATH`` writes ``DIR/trace_sweep.json`` (+ the
+resumable ``items.jsonl``) and ``DIR/trace_sweep.*``.  ``interp patch`` writes
+``DIR/patching.json`` and, with ``--atp``, ``DIR/attribution.json`` plus the Spearman
+correlation in the summary.
+"""
+
+from __future__ import annotations
+
+from ..cli import load_model, out_dir, save_result
+
+
+def _ints(s: str | None):
+    if s is None:
+        return None
+    out = []
+    for part in s.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if ":" in part or (part.count("-") == 1 and not part.startswith("-")):
+            a, b = part.replace(":", "-").split("-")
+            out.extend(range(int(a), int(b)))
+        else:
+            out.append(int(part))
+    return out
+
+
+def _noise(s: str):
+    try:
+        return float(s)
+    except ValueError:
+        return s
+
+
+def _cmd_trace(args) -> dict:
+    from ..errors import PromptError
+    from .causal_trace import causal_trace, trace_dataset
+    kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
+    model = load_model(args)
+    if args.dataset:
+        out = out_dir(args, "trace_sweep")
+        res = trace_dataset(model, args.dataset, out, kinds=kinds, window=args.window, samples=args.samples,
+                            noise=_noise(args.noise), seed=args.seed, min_p=args.min_p, limit=args.limit,
+                            max_known=args.max_known, progress=not args.json)
+        paths = save_result(res, "trace_sweep", args, "trace_sweep")
+        summary = {"dataset": res.dataset, "n_rows": res.n_rows, "n_scanned": res.n_scanned,
+                   "n_known": res.n_known, "n_traced": res.n_traced, "skipped": res.skipped[:20],
+                   "n_skipped": len(res.skipped), "peaks": res.peaks, "mean_p_clean": res.mean_p_clean,
+                   "mean_p_corrupt": res.mean_p_corrupt, "files": paths}
+        if not args.json:
+            print(f"{res.n_known} of {res.n_scanned} facts known; traced {res.n_traced}")
+            for k, pk in res.peaks.items():
+                print(f"  {k:6s} peak AIE {pk['aie']:.4f} at {pk['category']} layer {pk['layer']}")
+        return summary
+    if not args.prompt or not args.subject:
+        raise PromptError("interp trace needs --prompt and --subject (or --dataset PATH for a sweep)")
+    res = causal_trace(model, args.prompt, args.subject, args.target, kinds=kinds, window=args.window,
+                       samples=args.samples, noise=_noise(args.noise), seed=args.seed,
+                       occurrence=args.occurrence, context=args.context, progress=not args.json)
+    paths = save_result(res, "trace", args, "trace")
+    summary = {"tokens": res.tokens, "subject_range": res.subject_range, "target": res.target,
+               "target_multi_token": res.target_multi_token, "p_clean": res.p_clean,
+               "p_corrupt": res.p_corrupt, "files": paths}
+    for k in res.kinds:
+        g = res.grid(k, effect=True)
+        flat = int(g.nan_to_num(-1e9).argmax())
+        l, t = divmod(flat, g.shape[1])
+        summary[f"{k}_max_ie"] = {"layer": l, "token": t, "ie": float(g[l, t])}
+    if not args.json:
+        print(f"target {res.target!r}: p_clean={res.p_clean:.4f} p_corrupt={res.p_corrupt:.4f}")
+        for k in res.kinds:
+            m = summary[f"{k}_max_ie"]
+            print(f"  {k:6s} max IE {m['ie']:.4f} at layer {m['layer']} token {m['token']} {res.tokens[m['token']]!r}")
+    return summary
+
+
+def _cmd_patch(args) -> dict:
+    from .attribution import attribution_patching, compare_with_patching
+    from .patching import activation_patching
+    model = load_model(args)
+    sites = tuple(s.strip() for s in args.sites.split(",") if s.strip())
+    kw = dict(sites=sites, layers=_ints(args.layers), positions=_ints(args.positions), direction=args.direction,
+              metric=args.metric, answer=args.answer, wrong=args.wrong, heads=_ints(args.heads),
+              neurons=_ints(args.neurons), context=args.context)
+    res = activation_patching(model, args.clean, args.corrupt, per_position=not args.all_positions,
+                              progress=not args.json, **kw)
+    paths = save_result(res, "patching", args, "patch")
+    summary = {"tokens": res.tokens, "answer": res.answer, "wrong": res.wrong, "metric": res.metric,
+               "clean_metric": res.clean_metric, "corrupt_metric": res.corrupt_metric, "files": paths}
+    for s in res.sites:
+        e = res.normalized(s)
+        summary[f"{s}_max_normalized"] = float(e.nan_to_num(-1e9).max())
+    if args.atp:
+        atp = attribution_patching(model, args.clean, args.corrupt, **kw)
+        atp.save(out_dir(args, "patch"))
+        summary["atp_spearman"] = compare_with_patching(atp, res)
+    if not args.json:
+        print(f"{res.metric} clean={res.clean_metric:.4f} corrupt={res.corrupt_metric:.4f}")
+        for s in res.sites:
+            print(f"  {s:10s} max normalised effect {summary[f'{s}_max_normalized']:.3f}")
+        if args.atp:
+            print(f"  AtP Spearman vs patching: {summary['atp_spearman']}")
+    return summary
+
+
+def register(sub, common) -> None:
+    p = sub.add_parser("trace", parents=[common], help="ROME causal tracing of a prompt or a dataset")
+    p.add_argument("--prompt", default=None)
+    p.add_argument("--subject", default=None)
+    p.add_argument("--target", default=None, help="answer to track (default: clean top-1; first token)")
+    p.add_argument("--kinds", default="hidden,mlp,attn")
+    p.add_argument("--window", type=int, default=10)
+    p.add_argument("--samples", type=int, default=10)
+    p.add_argument("--noise", default="3sd", help="'3sd' or an absolute float")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--context", default=None, help="retrieved context placed before the prompt")
+    p.add_argument("--occurrence", type=int, default=0, help="which occurrence of the subject (0 = first)")
+    p.add_argument("--dataset", default=None, help="known_1000-style file: trace every known fact")
+    p.add_argument("--limit", type=int, default=None, help="dataset: scan only the first N rows")
+    p.add_argument("--max-known", type=int, default=None, help="dataset: trace at most N known facts")
+    p.add_argument("--min-p", type=float, default=None,
+                   help="dataset: known if p(attribute) >= this (default: clean top-1 == attribute)")
+    p.set_defaults(func=_cmd_trace)
+    p = sub.add_parser("patch", parents=[common], help="activation patching between two prompts (+ AtP)")
+    p.add_argument("--clean", required=True)
+    p.add_argument("--corrupt", required=True)
+    p.add_argument("--sites", default="resid_pre",
+                   help="comma list of resid_pre,resid_mid,resid_post,attn_out,mlp_out,head,neuron")
+    p.add_argument("--direction", default="denoise", choices=["denoise", "noise"])
+    p.add_argument("--metric", default="logit_diff", choices=["logit_diff", "prob", "logprob"])
+    p.add_argument("--answer", default=None)
+    p.add_argument("--wrong", default=None)
+    p.add_argument("--layers", default=None, help="e.g. 0-10 or 3,5,7")
+    p.add_argument("--positions", default=None, help="e.g. 0-5 or -1")
+    p.add_argument("--heads", default=None)
+    p.add_argument("--neurons", default=None)
+    p.add_argument("--all-positions", action="store_true", help="unit sites: patch all positions at once")
+    p.add_argument("--context", default=None)
+    p.add_argument("--atp", action="store_true", help="also attribution patching + Spearman vs patching")
+    p.set_defaults(func=_cmd_patch)

@@ -1,0 +1,194 @@
+"""The RAG condition: a retrieved context placed before the question.
+
+Design note
+-----------
+"From RAGs to rich parameters" (Wadhwa et al. 2024) and Ghosh et al. 2024 trace the same facts
+with and without retrieved text and find that, with a context stating the answer, the subject's
+MLP states stop mediating it.  Here a context is one more argument of every method
+(``causal_trace(..., context=)``, ``activation_patching(..., context=)``): the prompt becomes
+``template.format(context=…, question=…)`` (default the paper's "Information is below: …
+Given the context information and not prior knowledge, complete the following: …"), the subject
+range is looked up **inside the question** (occurrences in the context are skipped), the
+context's token span is recorded, and the grid covers the question's tokens (the context tokens
+are not traced: restoring them would need a 100-token-wide grid and is not what the papers show).
+Following the paper, tracing with a context corrupts the subject *and* the whole context
+(``corrupt="subject+context"``); ``corrupt="subject"`` corrupts only the subject.
+
+:func:`rag_comparison` traces facts the model knows in three conditions — no context, a context
+that states the true object, and a Fakepedia counterfactual context that asserts a false one —
+and averages the indirect effects by token category; its figure puts the three side by side.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from ..results import Result
+
+RAG_TEMPLATE = ("Information is below: {context} Given the context information and not prior "
+                "knowledge, complete the following: {question}")
+CONDITIONS = ("no_context", "true_context", "counterfactual_context")
+
+
+def rag_prompt(question: str, context: str, *, template: str | None = None) -> tuple[str, int, tuple[int, int]]:
+    """The RAG prompt text, the character where the question starts, and the context's char span."""
+    from ..errors import PromptError
+    if not context or not context.strip():
+        raise PromptError("the context is empty: give the retrieved text, or no context at all")
+    template = template or RAG_TEMPLATE
+    if "{context}" not in template or "{question}" not in template:
+        raise PromptError("a RAG template needs the fields {context} and {question}")
+    ctx = context.strip()
+    text = template.format(context=ctx, question=question)
+    q = text.rindex(question)
+    c = text.index(ctx)
+    return text, q, (c, c + len(ctx))
+
+
+def first_sentences(paragraph: str, must_contain: str, max_sentences: int = 2) -> str:
+    """The first sentences of ``paragraph`` up to (and including) one that contains ``must_contain``."""
+    sents = re.split(r"(?<=[.!?])\s+", paragraph.strip())
+    out = []
+    for s in sents:
+        out.append(s)
+        if must_contain in s:
+            break
+    if not any(must_contain in s for s in out):
+        return paragraph.strip()
+    return " ".join(out[-max_sentences:])
+
+
+@dataclass
+class RagComparisonResult(Result):
+    """Average indirect effects per condition (no / true / counterfactual context) × kind × category."""
+
+    stem = "rag_comparison"
+
+    conditions: list[str]
+    kinds: list[str]
+    layers: list[int]
+    n_facts: int
+    aie: dict  # condition -> kind -> category -> [layer]
+    se: dict
+    p_clean: dict  # condition -> mean p_clean
+    p_corrupt: dict
+    answers: dict  # condition -> {"true": n, "counterfactual": n, "other": n} (clean top-1)
+    summary: dict  # condition -> {"mlp_last_subject_peak": .., "hidden_last_subject_peak": .., ...}
+    facts: list  # [subject, question, true_object, counterfactual_object]
+    settings: dict
+    model: str = ""
+
+    def figure(self):
+        return rag_figure(self)
+
+
+def _peak(curve):
+    vals = [v for v in curve if v is not None]
+    return max(vals) if vals else None
+
+
+def rag_comparison(model, fakepedia_path: str | Path, *, n_facts: int = 8, kinds=("hidden", "mlp", "attn"),
+                   window: int = 10, samples: int = 3, noise="3sd", seed: int = 0, scan: int = 120,
+                   max_rows: int | None = None, progress: bool = False) -> RagComparisonResult:
+    """Trace Fakepedia facts the model knows with no context, a true context, a counterfactual one.
+
+    * known = the clean top-1 token of the bare query is the first token of the true object
+      (scanning the first ``scan`` rows, keeping ``n_facts``);
+    * true context = the query completed with the true object ("{query} {true_object}.");
+    * counterfactual context = the first sentences of Fakepedia's ``fact_paragraph`` up to the one
+      naming the counterfactual object.
+    The target in every condition is the clean top-1 token of that condition's prompt (what the
+    model answers); ``answers`` counts whether that is the true or the counterfactual object.
+    Noise scale: "3sd" over the subjects of the scanned rows.
+    """
+    from ..datasets import read_records
+    from .causal_trace import CATEGORIES, _aggregate, causal_trace, resolve_noise
+
+    recs = [r for r in read_records(fakepedia_path)[:scan]
+            if r.get("query") and r.get("subject") and r.get("true_object") and r.get("fact_paragraph")
+            and r["subject"] in r["query"]]
+    level = resolve_noise(model, noise, [r["subject"] for r in recs])
+    tok = model.tokenizer
+    known = []
+    for i in range(0, len(recs), 32):
+        chunk = recs[i:i + 32]
+        top = model.run([r["query"] for r in chunk]).logits.argmax(-1).tolist()
+        for r, t in zip(chunk, top):
+            first, _ = model.encode_target(" " + r["true_object"])
+            if t == first:
+                known.append(r)
+    known = known[:n_facts]
+    items = {c: [] for c in CONDITIONS}
+    answers = {c: {"true": 0, "counterfactual": 0, "other": 0} for c in CONDITIONS}
+    it = known
+    if progress:
+        from tqdm.auto import tqdm
+        it = tqdm(known, desc="rag facts", unit="fact")
+    for r in it:
+        ctxs = {"no_context": None, "true_context": f"{r['query']} {r['true_object']}.",
+                "counterfactual_context": first_sentences(r["fact_paragraph"], r["counterfactual_object"])}
+        t_id, _ = model.encode_target(" " + r["true_object"])
+        c_id, _ = model.encode_target(" " + r["counterfactual_object"])
+        for c, ctx in ctxs.items():
+            res = causal_trace(model, r["query"], r["subject"], None, kinds=kinds, window=window,
+                               samples=samples, noise=level, seed=seed, context=ctx, max_rows=max_rows)
+            answers[c]["true" if res.target_id == t_id else "counterfactual" if res.target_id == c_id
+                       else "other"] += 1
+            # categories are computed on the traced (question) tokens: shift to question-relative
+            q0 = res.traced_positions[0]
+            ie = {k: [row[q0:] for row in res.indirect_effect[k]] for k in kinds}
+            items[c].append({"tokens": res.tokens[q0:], "ie": ie, "p_clean": res.p_clean,
+                             "p_corrupt": res.p_corrupt,
+                             "subject_range": [res.subject_range[0] - q0, res.subject_range[1] - q0]})
+    aie, se, summary, pc, pk = {}, {}, {}, {}, {}
+    for c in CONDITIONS:
+        if not items[c]:
+            continue
+        aie[c], se[c], _ = _aggregate(items[c], kinds, model.n_layers)
+        pc[c] = sum(i["p_clean"] for i in items[c]) / len(items[c])
+        pk[c] = sum(i["p_corrupt"] for i in items[c]) / len(items[c])
+        summary[c] = {f"{k}_{cat}_peak": _peak(aie[c][k][cat]) for k in kinds
+                      for cat in ("last_subject", "last")}
+        summary[c].update({f"{k}_{cat}_peak_layer": (max(range(model.n_layers),
+                           key=lambda l: aie[c][k][cat][l] if aie[c][k][cat][l] is not None else -1e9))
+                           for k in kinds for cat in ("last_subject", "last")})
+    return RagComparisonResult(list(CONDITIONS), list(kinds), list(range(model.n_layers)), len(known), aie, se,
+                               pc, pk, answers, summary,
+                               [[r["subject"], r["query"], r["true_object"], r["counterfactual_object"]]
+                                for r in known],
+                               {"window": window, "samples": samples, "noise": noise, "noise_level": level,
+                                "seed": seed, "template": RAG_TEMPLATE, "corrupt": "subject+context",
+                                "traced": "question tokens", "categories": list(CATEGORIES)},
+                               model.name)
+
+
+def rag_figure(res: RagComparisonResult):
+    """Side by side: AIE by layer at the last subject token (hidden, mlp) and the last token (attn)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    from ..figures import COLORS, style
+
+    conds = [c for c in res.conditions if c in res.aie]
+    titles = {"no_context": "no context", "true_context": "context states the fact",
+              "counterfactual_context": "counterfactual context (Fakepedia)"}
+    fig = make_subplots(rows=1, cols=len(conds), shared_yaxes=True, horizontal_spacing=0.05,
+                        subplot_titles=[f"{titles[c]} — p_clean {res.p_clean[c]:.2f}, "
+                                        f"p_corrupt {res.p_corrupt[c]:.2f}" for c in conds])
+    lines = [(k, cat) for k in res.kinds for cat in ("last_subject", "last")]
+    for i, c in enumerate(conds):
+        for j, (k, cat) in enumerate(lines):
+            y = res.aie[c][k][cat]
+            e = res.se[c][k][cat]
+            fig.add_trace(go.Scatter(
+                x=res.layers, y=y, mode="lines", name=f"{k} @ {cat.replace('_', ' ')} token",
+                line=dict(color=COLORS[j % len(COLORS)], dash="solid" if cat == "last_subject" else "dot"),
+                error_y=dict(type="data", array=e, visible=True, thickness=0.6),
+                legendgroup=f"{k}{cat}", showlegend=i == 0), 1, i + 1)
+        fig.update_xaxes(title_text="layer", row=1, col=i + 1)
+    fig.update_yaxes(title_text="average indirect effect", row=1, col=1)
+    return style(fig, title=f"Causal tracing with and without retrieved context — {res.model}, "
+                            f"{res.n_facts} Fakepedia facts it knows", width=1500, height=500)
