@@ -282,7 +282,8 @@ class Model:
                 raise SiteError(f"internal: derived site {p} reached the engine")
 
         ids, mask = b.input_ids.to(dev), b.attention_mask.to(dev)
-        out = self.engine.forward(ids, mask, b.position_ids.to(dev), hooks)
+        last_only = logits != "all" and b.padding_side == "left"
+        out = self.engine.forward(ids, mask, b.position_ids.to(dev), hooks, last_only=last_only)
         # derived reads
         for site, layer in pts:
             if site == "head_out":
@@ -291,12 +292,13 @@ class Model:
                 store[(site, layer)] = torch.einsum("...hd,hdm->...hm", z, W_O)
                 if ("attn_z", layer) not in pts:
                     del store[("attn_z", layer)]
-        last = b.last_positions().to(out.device)
         if logits == "none":
             lg = None
         elif logits == "all":
             lg = out
         else:
+            last = b.last_positions().to(out.device) if out.shape[1] == b.width else \
+                torch.zeros(b.size, dtype=torch.long, device=out.device)  # engine kept the last column only
             lg = out[torch.arange(b.size, device=out.device), last]
             if callable(logits):
                 lg = logits(lg)

@@ -22,8 +22,12 @@ class Engine(ABC):
     @abstractmethod
     def forward(self, input_ids: Int[Tensor, "batch pos"], attention_mask: Int[Tensor, "batch pos"],
                 position_ids: Int[Tensor, "batch pos"],
-                hooks: Mapping[Point, HookFn]) -> Float[Tensor, "batch pos vocab"]:
+                hooks: Mapping[Point, HookFn], last_only: bool = False) -> Float[Tensor, "batch pos vocab"]:
         """Run the model once, calling each hook at its point; return the logits.
+
+        ``last_only``: the caller needs only the last column's logits (left-padded batch); an
+        engine may then skip the unembedding of the other positions and return ``[batch, 1,
+        vocab]`` (the LM head is ~20% of a small model's forward).
 
         Canonical layouts: residual-type sites ``[batch, pos, d_model]``; ``mlp_post``
         ``[batch, pos, d_mlp]``; ``attn_z`` ``[batch, pos, head, d_head]``; ``attn_pattern``

@@ -23,6 +23,11 @@ import torch
 from .base import Engine, HookFn, Point
 
 
+def _keeps_logits(model) -> bool:
+    import inspect
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
 def _first(x):
     return x[0] if isinstance(x, tuple) else x
 
@@ -79,10 +84,12 @@ class HFEngine(Engine):
             return a.attn[layer].register_forward_pre_hook(sc, with_kwargs=True)
         raise KeyError(site)
 
-    def forward(self, input_ids, attention_mask, position_ids, hooks: Mapping[Point, HookFn]):
+    def forward(self, input_ids, attention_mask, position_ids, hooks: Mapping[Point, HookFn],
+                last_only: bool = False):
+        extra = {"logits_to_keep": 1} if last_only and _keeps_logits(self.model) else {}
         with ExitStack() as stack:
             for point, fn in hooks.items():
                 stack.callback(self._register(point, fn).remove)
             out = self.model(input_ids=input_ids, attention_mask=attention_mask,
-                             position_ids=position_ids, use_cache=False)
+                             position_ids=position_ids, use_cache=False, **extra)
         return out.logits

@@ -26,6 +26,7 @@ class NNsightEngine(Engine):
         from nnsight import TransformersModel
 
         self.a = adapter
+        self.hf = hf_model
         self.nm = TransformersModel(hf_model, tokenizer=tokenizer)
 
     def _envoy(self, path: str):
@@ -34,7 +35,9 @@ class NNsightEngine(Engine):
             env = env[int(part)] if part.isdigit() else getattr(env, part)
         return env
 
-    def forward(self, input_ids, attention_mask, position_ids, hooks: Mapping[Point, HookFn]):
+    def forward(self, input_ids, attention_mask, position_ids, hooks: Mapping[Point, HookFn],
+                last_only: bool = False):
+        from .hf import _keeps_logits
         lay = self.a.layout
         points = sorted(hooks, key=lambda p: (-1, 0) if p[1] is None else (p[1], SITE_ORDER[p[0]]))
         steps = []
@@ -49,8 +52,9 @@ class NNsightEngine(Engine):
             }[site]
             steps.append((site, self._envoy(path), hooks[(site, layer)]))
         a = self.a
+        extra = {"logits_to_keep": 1} if last_only and _keeps_logits(self.hf) else {}
         with self.nm.trace(input_ids=input_ids, attention_mask=attention_mask,
-                           position_ids=position_ids, use_cache=False):
+                           position_ids=position_ids, use_cache=False, **extra):
             i = 0
             while i < len(steps):
                 site, env, fn = steps[i]

@@ -57,7 +57,8 @@ class TLEngine(Engine):
             return "hook_embed"
         return _NAMES[site].format(l=layer)
 
-    def forward(self, input_ids, attention_mask, position_ids, hooks: Mapping[Point, HookFn]):
+    def forward(self, input_ids, attention_mask, position_ids, hooks: Mapping[Point, HookFn],
+                last_only: bool = False):  # the bridge always unembeds every position
         fwd = [(self.hook_name(p), (lambda f: (lambda t, hook: f(t)))(fn)) for p, fn in hooks.items()]
         return self.bridge.run_with_hooks(input_ids, fwd_hooks=fwd, attention_mask=attention_mask,
                                           position_ids=position_ids)
