@@ -1,0 +1,93 @@
+"""`interp knockout` / `interp contributions`: stable JSON files, dataset sweeps, errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import default_tokenizer, tiny_hf
+from interp.cli import COMMAND_MODULES, main
+
+PROMPT = "The Eiffel Tower is located in the city of"
+
+
+@pytest.fixture(autouse=True)
+def html_only(monkeypatch):
+    """PNG/PDF export drives a Chromium (10+ s a figure here) and is tested with the figures
+    module; these tests check the JSON and that the figure's HTML is written."""
+    import interp.figures
+    monkeypatch.setattr(interp.figures, "static_export_available", lambda: (False, "skipped in tests"))
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny_llama")
+    tiny_hf("llama").save_pretrained(d)
+    default_tokenizer().save_pretrained(d)
+    return str(d)
+
+
+def test_registered():
+    assert "interp.attention.cli" in COMMAND_MODULES
+
+
+def test_knockout_json(tiny_dir, tmp_path, capsys):
+    rc = main(["knockout", "--model", tiny_dir, "--prompt", PROMPT, "--subject", "The Eiffel Tower",
+               "--window", "1", "--out", str(tmp_path), "--json"])
+    assert rc == 0
+    data = json.loads((tmp_path / "knockout.json").read_text())
+    for key in ("tokens", "subject_range", "p_clean", "p_knockout", "relative_change", "window", "layers"):
+        assert key in data
+    assert set(data["p_knockout"]) == {"subject", "non_subject", "last"}
+    assert all(len(v) == 3 for v in data["p_knockout"].values())
+    assert data["subject_range"][0] == 0 and data["window"] == 1
+    assert (tmp_path / "knockout.html").exists()
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["p_knockout"] == data["p_knockout"]
+
+
+def test_knockout_with_context(tiny_dir, tmp_path):
+    rc = main(["knockout", "--model", tiny_dir, "--prompt", PROMPT, "--subject", "Eiffel Tower",
+               "--context", "The tower stands in Paris.", "--sources", "subject,context,last",
+               "--out", str(tmp_path)])
+    assert rc == 0
+    data = json.loads((tmp_path / "knockout.json").read_text())
+    assert data["prompt"].startswith("Information is below: The tower stands in Paris.")
+    assert data["context_range"][0] < data["subject_range"][0]
+    assert set(data["p_knockout"]) == {"subject", "context", "last"}
+
+
+def test_knockout_dataset(tiny_dir, tmp_path):
+    ds = tmp_path / "facts.json"
+    ds.write_text(json.dumps([
+        {"prompt": PROMPT, "subject": "The Eiffel Tower", "attribute": "Paris"},
+        {"prompt": "The capital of Roman Republic is", "subject": "Roman Republic", "attribute": "Rome"},
+    ]))
+    out = tmp_path / "sweep"
+    assert main(["knockout", "--model", tiny_dir, "--dataset", str(ds), "--all-facts", "--n-facts", "2",
+                 "--out", str(out), "--json"]) == 0
+    data = json.loads((out / "knockout_sweep.json").read_text())
+    assert data["n_known"] == 2 and set(data["mean"]) == {"subject", "non_subject", "last"}
+    assert len(data["sem"]["subject"]) == 3
+    assert (out / "sweep" / "items.jsonl").exists()
+
+
+def test_contributions_json(tiny_dir, tmp_path):
+    assert main(["contributions", "--model", tiny_dir, "--prompt", PROMPT, "--subject", "The Eiffel Tower",
+                 "--out", str(tmp_path), "--json"]) == 0
+    data = json.loads((tmp_path / "contributions.json").read_text())
+    for key in ("tokens", "target", "groups", "group_names", "head_src", "layer_src", "group_norm", "dla"):
+        assert key in data
+    assert data["group_names"] == ["subject", "rest"]
+    assert len(data["head_src"]) == 3 and len(data["head_src"][0]) == 6
+    assert (tmp_path / "contributions_tokens.html").exists() and (tmp_path / "contributions_heads.html").exists()
+
+
+def test_errors_exit_2(tiny_dir, tmp_path, capsys):
+    assert main(["knockout", "--model", tiny_dir, "--prompt", PROMPT, "--subject", "Big Ben",
+                 "--out", str(tmp_path)]) == 2
+    assert "Big Ben" in capsys.readouterr().err
+    assert main(["knockout", "--model", tiny_dir, "--prompt", PROMPT, "--subject", "The Eiffel Tower",
+                 "--window", "9", "--out", str(tmp_path)]) == 2
+    assert "larger than the model" in capsys.readouterr().err
