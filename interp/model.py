@@ -82,7 +82,10 @@ class Model:
         self.adapter = adapter or ModelAdapter(hf_model)
         self.engine = make_engine(engine_name, hf_model, tokenizer, self.adapter)
         self.engine_name = engine_name
-        self.max_rows = 64
+        #: rows per forward when a call gives no ``max_rows``: None sizes chunks to memory_budget
+        self.max_rows: int | None = None
+        #: bytes of activations one chunk may hold (rough estimate, see :meth:`rows_for`)
+        self.memory_budget = int(1.5 * 2**30)
 
     # ------------------------------------------------------------------ basics
     @property
@@ -170,7 +173,8 @@ class Model:
             logits: ``"last"`` → ``[batch, vocab]`` at each prompt's last token, ``"all"`` →
                 ``[batch, pos, vocab]``, ``"none"``, or a function of the last-token logits
                 applied per chunk (to reduce a large sweep on the fly).
-            max_rows: rows per forward (default ``self.max_rows``).
+            max_rows: rows per forward (default ``self.max_rows``, else as many as fit
+                ``self.memory_budget``; see :meth:`rows_for`).
             keep_grad: keep the autograd graph: every read site's *full* tensor (``positions`` is
                 ignored) is kept on the model's device with ``.grad`` enabled, and the logits are
                 not detached, so ``metric(out.logits).backward()`` fills ``out.cache[p].grad``
@@ -185,7 +189,8 @@ class Model:
         if plan is None:
             plan = InterventionPlan(batch)
         pts = self.points(reads, layers) if reads else []
-        rows = max_rows or self.max_rows
+        rows = max_rows or self.max_rows or self.rows_for(
+            batch.width, logits == "all" or self.engine_name == "transformer_lens")  # the bridge unembeds all
         chunks = plan.chunks(rows) if batch.size > rows else [(list(range(batch.size)), plan)]
         parts_logits, parts_cache = [], {p: [] for p in pts}
         it = chunks
@@ -307,6 +312,19 @@ class Model:
         if lg is not None and not keep_grad:
             lg = lg.detach()
         return lg, store
+
+    def rows_for(self, width: int, all_logits: bool = False) -> int:
+        """Rows per chunk that fit :attr:`memory_budget` for prompts of ``width`` tokens.
+
+        Estimate of the live activations of one row during a forward: a few residual-width
+        tensors and the MLP hidden tensors per position, the attention scores and probabilities
+        (heads × width²), and the logits (vocab per kept position).
+        """
+        a = self.adapter
+        item = torch.finfo(self.dtype).bits // 8
+        per_pos = 8 * a.d_model + 4 * a.d_mlp + 4 * a.n_heads * width
+        per_row = item * (width * per_pos + (width if all_logits else 1) * a.vocab_size * 2)
+        return int(max(1, min(512, self.memory_budget // max(per_row, 1))))  # bigger chunks gain nothing
 
     # ------------------------------------------------------------------ helpers
     def next_token_probs(self, prompts: str | Sequence[str]) -> Float[Tensor, "batch vocab"]:
