@@ -118,3 +118,18 @@ def test_keep_grad_gives_activation_gradients():
     assert all(x is not None and x.abs().sum() > 0 for x in g)
     with pytest.raises(InterventionError, match="one forward"):
         m.run(PROMPTS, reads=["resid_post"], keep_grad=True, max_rows=1)
+
+
+def test_memory_budget_sizes_chunks_without_changing_results():
+    m = tiny("llama")
+    prompts = [f"Sentence {i} about cats" for i in range(12)]
+    whole = m.run(prompts, reads=["resid_post"], positions=[-1], max_rows=12)
+    m.memory_budget = 1   # forces one row per chunk
+    assert m.rows_for(8) == 1
+    calls = []
+    orig = m.engine.forward
+    m.engine.forward = lambda *a, **k: calls.append(1) or orig(*a, **k)
+    small = m.run(prompts, reads=["resid_post"], positions=[-1])
+    assert len(calls) == 12
+    assert (whole.logits - small.logits).abs().max() < 1e-5
+    assert (whole.cache.stack("resid_post") - small.cache.stack("resid_post")).abs().max() < 1e-5
