@@ -6,8 +6,8 @@ concept's words among its top tokens.  The paper screened candidates with GPT-4 
 the screen is a scoring function over the top-k tokens that a user can replace:
 
 * ``token_match(token, terms) -> float`` is applied once to every vocabulary entry (fast, the
-  default: a token scores 1 when, stripped and case-folded, it equals a term or is a ≥4-letter
-  prefix of one, e.g. ``" Ital"`` for "italy");
+  default: a token scores 1 when, stripped and case-folded, it equals a term, is a prefix of one at
+  least 4 letters and 60% of it long (``" Ital"`` for "italy"), or the term plus ≤ 3 letters);
 * a vector's score is ``Σ_r match(top_r) / log2(r + 2)`` (matches near the top count more);
 * or ``score_fn(top_tokens, terms) -> float`` replaces the whole rule (called per vector).
 
@@ -60,13 +60,18 @@ def concept_terms(concept: str, extra: Sequence[str] | None = None) -> list[str]
 
 
 def default_token_match(token: str, terms: Sequence[str]) -> float:
-    """1.0 when the token (stripped, case-folded) is a term or a ≥4-letter prefix of one."""
+    """1.0 when the token (stripped, case-folded) is a term, a long prefix of one, or an inflection."""
     t = token.strip().casefold()
     if len(t) < 3:
         return 0.0
     for term in terms:
-        if t == term or (len(t) >= 4 and term.startswith(t)) or (len(term) >= 4 and t.startswith(term)
-                                                                and len(t) <= len(term) + 3):
+        if t == term:
+            return 1.0
+        # a word piece of the term ("ital" of "italy"), long enough not to be another word's stem
+        if len(t) >= max(4, 0.6 * len(term)) and term.startswith(t):
+            return 1.0
+        # an inflection of the term ("italians" of "italian")
+        if len(term) >= 4 and t.startswith(term) and len(t) <= len(term) + 3:
             return 1.0
     return 0.0
 
