@@ -72,3 +72,10 @@ def test_probe_cli_bad_input(tmp_path, tiny_cli, capsys):
     assert "nqswap" in err and "conflictqa" in err and "facts" in err
     assert main(["probe", "--dataset", f"nqswap:{tmp_path}/x", "--components", "resid,ffn",
                  "--out", str(tmp_path / "o")]) == 2
+
+
+def test_report_redraw_without_results_names_the_command(tmp_path):
+    from interp.errors import ResultMissingError
+    from probes.report import report_sections
+    with pytest.raises(ResultMissingError, match="interp probe --dataset nqswap:"):
+        report_sections(None, tmp_path, quick=True)
