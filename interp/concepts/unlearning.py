@@ -116,7 +116,7 @@ def _ascent(model, texts, *, steps, lr, max_len, batch_size, params, grad_mask=N
             for p, m in grad_mask:
                 p.grad.mul_(m)
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     for p in hf.parameters():
         p.requires_grad_(False)
     return losses
