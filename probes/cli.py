@@ -28,6 +28,8 @@ from pathlib import Path
 from interp.errors import DatasetError
 
 TASKS = ("conflict", "source")
+#: bump when the labelling rule changes, so saved labels.json files are recomputed
+LABELS_VERSION = 2
 
 
 def _parse_layers(text, n_layers: int) -> list[int] | None:
@@ -51,7 +53,7 @@ def prepare(model, dataset: str, out_dir: str | Path, *, limit: int | None = Non
             layers=None, cache_dir: str | Path | None = None, batch_size: int = 16, progress: bool = True):
     """Steps 1–4: dataset → prompts → activations → labels.  Returns ``(prompts, features, labels, cs)``."""
     from .data import load_conflicts
-    from .features import extract_features, greedy_from_resid
+    from .features import extract_features, greedy_from_resid, greedy_keys
     from .labels import Labels, source_labels
     from .prompts import build_prompts
 
@@ -70,14 +72,16 @@ def prepare(model, dataset: str, out_dir: str | Path, *, limit: int | None = Non
     lpath = out / "labels.json"
     n = len(ps.examples)
     old = json.loads(lpath.read_text()) if lpath.exists() else {}
-    if old.get("n") == n and old.get("dataset") == dataset and old.get("ids") == [e.id for e in ps.examples]:
+    if (old.get("n") == n and old.get("dataset") == dataset and old.get("ids") == [e.id for e in ps.examples]
+            and old.get("version") == LABELS_VERSION):
         labels = Labels.from_dict(old["labels"])
     else:
-        pred_ctx = greedy_from_resid(model, feats.final_resid())[:, 0]
-        pred_closed = greedy_from_resid(model, closed.final_resid())[:, 0]
-        labels = source_labels(model, ps.examples, pred_ctx[n:].tolist(), pred_ctx[:n].tolist(),
-                               pred_closed.tolist())
-        lpath.write_text(json.dumps({"n": n, "dataset": dataset, "labels": labels.to_dict(),
+        pred_ctx = greedy_from_resid(model, feats.final_resid())[:, 0].tolist()
+        pred_closed = greedy_from_resid(model, closed.final_resid())[:, 0].tolist()
+        keys_ctx = greedy_keys(model, ps.org + ps.sub, pred_ctx, batch_size=batch_size)
+        keys_closed = greedy_keys(model, ps.closed, pred_closed, batch_size=batch_size)
+        labels = source_labels(model, ps.examples, keys_ctx[n:], keys_ctx[:n], keys_closed)
+        lpath.write_text(json.dumps({"version": LABELS_VERSION, "n": n, "dataset": dataset, "labels": labels.to_dict(),
                                      "skipped_rows": cs.report.skipped,
                                      "ids": [e.id for e in ps.examples]}, indent=0))
     return ps, feats, labels, cs

@@ -109,3 +109,31 @@ def greedy_from_resid(model, final_resid: Float[Tensor, "n d_model"], k: int = 1
         h = final_resid[i:i + 256].to(model.device, model.dtype)
         out.append(a.unembed(h).float().topk(k, -1).indices.cpu())
     return torch.cat(out)
+
+
+@torch.no_grad()
+def greedy_keys(model, prompts: Sequence[str], first: Sequence[int], *, batch_size: int = 16
+                ) -> list[tuple[int, ...]]:
+    """Greedy answer keys: ``(first,)``, or ``(first, second)`` when ``first`` is bare whitespace.
+
+    The second greedy token is computed only for those rows, by one more forward of the prompt
+    with ``first`` appended (token ids, so no re-tokenisation can merge it into the prompt).
+    See :mod:`probes.labels` for why (digits are separate tokens after a bare ``" "``).
+    """
+    from interp.tokens import Batch
+
+    keys: list[tuple[int, ...]] = [(int(t),) for t in first]
+    blank = [i for i, t in enumerate(first) if model.tokenizer.decode([int(t)]).strip() == ""]
+    for j in range(0, len(blank), batch_size):
+        rows = blank[j:j + batch_size]
+        b = model.tokenize([prompts[i] for i in rows])
+        tok = torch.tensor([int(first[i]) for i in rows])[:, None]
+        if b.padding_side != "left":
+            raise SiteError("greedy_keys needs a left-padded batch")
+        ext = Batch(b.prompts, torch.cat([b.input_ids, tok], 1),
+                    torch.cat([b.attention_mask, torch.ones_like(tok)], 1), [n + 1 for n in b.lengths],
+                    [o + [(len(p), len(p))] for o, p in zip(b.offsets, b.prompts)], "left")
+        second = model.run(ext, max_rows=batch_size).logits.argmax(-1)
+        for i, s2 in zip(rows, second.tolist()):
+            keys[i] = (int(first[i]), int(s2))
+    return keys

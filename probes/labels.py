@@ -13,9 +13,13 @@ The *source* label of a conflict example is
 * ``ambiguous`` — the context's object and the memorised answer start with the same token, so
   the first token cannot tell them apart (kept apart too).
 
-The comparison is on the **first answer token** (with its leading space, as the model writes
-it after ``answer:``): one forward per prompt instead of a generation loop, which is what a CPU
-budget allows.  ``known`` marks examples whose closed-book token is the first token of the
+The comparison is on the **answer key**: the answer's first token as the model writes it after
+``answer:`` (with its leading space) — and, when that token is bare whitespace (SmolLM2 writes
+``" 23"`` as ``" "``, ``"2"``, ``"3"``), through the first non-space token.  The model's key is
+its greedy token, plus one more greedy step for rows whose first token is whitespace
+(:func:`probes.features.greedy_keys`): at most two forwards per prompt instead of a generation
+loop, which is what a CPU budget allows.  Without the second step every numeric answer would
+collide on ``" "``.  ``known`` marks examples whose closed-book token is the first token of the
 original (true) object — the paper keeps only such memorised facts; on a 135M model few are,
 so the counts are reported rather than assumed.
 
@@ -39,17 +43,35 @@ def answer_token(model, answer: str) -> int:
     return tid
 
 
+def is_blank(model, token_id: int) -> bool:
+    return model.tokenizer.decode([int(token_id)]).strip() == ""
+
+
+def answer_key(model, answer: str) -> tuple[int, ...]:
+    """Token ids of ``" " + answer`` up to and including the first non-whitespace token (≤ 2)."""
+    ids = model.tokenizer(" " + answer.strip(), add_special_tokens=False)["input_ids"]
+    if not ids:
+        model.encode_target(" " + answer.strip())  # raises the typed PromptError
+    if len(ids) > 1 and is_blank(model, ids[0]):
+        return (int(ids[0]), int(ids[1]))
+    return (int(ids[0]),)
+
+
+def _key(x) -> tuple[int, ...]:
+    return tuple(int(v) for v in x) if isinstance(x, (list, tuple)) else (int(x),)
+
+
 @dataclass
 class Labels:
     """Per-example behaviour labels and the tokens they came from."""
 
     source: list[str]
     known: list[bool]
-    pred_sub: list[int]
-    pred_org: list[int]
-    pred_closed: list[int]
-    sub_tokens: list[list[int]]
-    org_tokens: list[list[int]]
+    pred_sub: list[list[int]]
+    pred_org: list[list[int]]
+    pred_closed: list[list[int]]
+    sub_tokens: list[list[list[int]]]
+    org_tokens: list[list[list[int]]]
     counts: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -66,21 +88,25 @@ def source_labels(model, examples: Sequence[ConflictExample], pred_sub: Sequence
     """Label each conflict example ``context`` / ``memory`` / ``neither`` / ``ambiguous``.
 
     Args:
-        pred_sub, pred_org, pred_closed: the greedy first token with the substituted context,
-            with the original context and without context.
+        pred_sub, pred_org, pred_closed: the model's greedy answer key (token ids, see the module
+            note; a bare int is a one-token key) with the substituted context, with the original
+            context and without context.
     """
+    pred_sub = [_key(x) for x in pred_sub]
+    pred_org = [_key(x) for x in pred_org]
+    pred_closed = [_key(x) for x in pred_closed]
     src, known, subs, orgs = [], [], [], []
     for e, ps, pc in zip(examples, pred_sub, pred_closed):
-        st = sorted({answer_token(model, a) for a in e.sub_answers})
-        ot = sorted({answer_token(model, a) for a in e.org_answers})
+        st = sorted({answer_key(model, a) for a in e.sub_answers})
+        ot = sorted({answer_key(model, a) for a in e.org_answers})
         subs.append(st)
         orgs.append(ot)
-        known.append(int(pc) in ot)
-        if int(pc) in st:
+        known.append(pc in ot)
+        if pc in st:
             src.append("ambiguous")
-        elif int(ps) in st:
+        elif ps in st:
             src.append("context")
-        elif int(ps) == int(pc):
+        elif ps == pc:
             src.append("memory")
         else:
             src.append("neither")
@@ -88,7 +114,8 @@ def source_labels(model, examples: Sequence[ConflictExample], pred_sub: Sequence
     counts = {k: c.get(k, 0) for k in ("context", "memory", "neither", "ambiguous")}
     counts["known_closed_book"] = int(sum(known))
     counts["memory_and_known"] = int(sum(1 for s, k in zip(src, known) if s == "memory" and k))
-    counts["org_context_answer"] = int(sum(1 for po, ot in zip(pred_org, orgs) if int(po) in ot))
+    counts["org_context_answer"] = int(sum(1 for po, ot in zip(pred_org, orgs) if po in ot))
     counts["n"] = len(src)
-    return Labels(src, known, [int(x) for x in pred_sub], [int(x) for x in pred_org],
-                  [int(x) for x in pred_closed], subs, orgs, counts)
+    return Labels(src, known, [list(x) for x in pred_sub], [list(x) for x in pred_org],
+                  [list(x) for x in pred_closed], [[list(k) for k in x] for x in subs],
+                  [[list(k) for k in x] for x in orgs], counts)

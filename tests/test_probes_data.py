@@ -142,10 +142,14 @@ def test_grouped_split_no_question_on_both_sides(data_dir):
 def test_source_labels_from_behaviour():
     from conftest import tiny
     from probes.data import ConflictExample
-    from probes.labels import answer_token, source_labels
+    from probes.labels import answer_key, answer_token, source_labels
     m = tiny()
     ex = [ConflictExample(str(i), str(i), "q", "c", ("Paris",), "c2", ("Rome",)) for i in range(5)]
     paris, rome, lon = answer_token(m, "Paris"), answer_token(m, "Rome"), answer_token(m, "London")
+    assert answer_key(m, "Paris") == (paris,)
+    # digits follow a bare " " token in this tokenizer: the key runs through the first digit
+    k23, k775 = answer_key(m, "23"), answer_key(m, "775")
+    assert len(k23) == 2 and k23[0] == k775[0] and k23 != k775
     # sub-context answer, closed-book answer
     pred_sub = [rome, paris, lon, rome, lon]
     pred_closed = [paris, paris, paris, rome, lon]
@@ -153,3 +157,18 @@ def test_source_labels_from_behaviour():
     assert lab.source == ["context", "memory", "neither", "ambiguous", "memory"]
     assert lab.known == [True, True, True, False, False]
     assert lab.counts["context"] == 1 and lab.counts["memory"] == 2 and lab.counts["memory_and_known"] == 1
+
+
+def test_greedy_keys_take_a_second_step_after_blank_tokens():
+    import torch
+    from conftest import tiny
+    from probes.features import greedy_keys
+    m = tiny()
+    prompts = ["question: how many?\nanswer:", "question: who is it?\nanswer:"]
+    blank = m.tokenizer(" 23", add_special_tokens=False)["input_ids"][0]
+    word = m.tokenizer(" Paris", add_special_tokens=False)["input_ids"][0]
+    keys = greedy_keys(m, prompts, [blank, word])
+    assert keys[1] == (word,) and len(keys[0]) == 2 and keys[0][0] == blank
+    ids = m.tokenize(prompts[0]).input_ids[0].tolist() + [blank]
+    direct = m.hf(torch.tensor([ids])).logits[0, -1].argmax()
+    assert keys[0][1] == int(direct)
