@@ -60,3 +60,10 @@ def test_cli_bad_input(tmp_path, capsys):
     rc, _, err = _run(capsys, ["neurons", "clamp", "--model", str(small), "--prompt", "hi", "--neuron", "0:999",
                                "--target", " a", "--out", str(tmp_path)])
     assert rc == 2 and "neuron 999 out of range" in err
+
+
+def test_report_redraw_without_results_names_the_command(tmp_path):
+    from interp.errors import ResultMissingError
+    from interp.neurons.report import report_sections
+    with pytest.raises(ResultMissingError, match="report_sections"):
+        report_sections(None, tmp_path, quick=True)
