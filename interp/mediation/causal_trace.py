@@ -297,7 +297,7 @@ def causal_trace(model, prompt: str, subject: str, target: str | None = None, *,
                  context: str | None = None, corrupt: str | None = None,
                  noise_subjects: Sequence[str] | None = None, positions: Sequence[int] | None = None,
                  template: str | None = None, max_rows: int | None = None,
-                 progress: bool = False) -> CausalTraceResult:
+                 fast: bool = True, progress: bool = False) -> CausalTraceResult:
     """ROME causal trace of ``prompt`` (Meng et al. 2022, Fig. 1 / ``calculate_hidden_flow``).
 
     Args:
@@ -311,6 +311,9 @@ def causal_trace(model, prompt: str, subject: str, target: str | None = None, *,
             range then refers to the question's subject; ``corrupt`` = ``"subject"`` or
             ``"subject+context"`` (default with a context, as Wadhwa et al. 2024).
         positions: tokens to trace (default: all; with a context: the question's tokens).
+        fast: on Llama models with the ``hf`` engine, compute each restoration only from its
+            first restored layer and token on (:func:`._suffix.trace_rows`; equal numbers,
+            tested); otherwise, or with ``fast=False``, the plain batched plan.
 
     Returns:
         :class:`CausalTraceResult` with ``p_restored[kind]`` of shape [layers][tokens].
@@ -331,7 +334,13 @@ def causal_trace(model, prompt: str, subject: str, target: str | None = None, *,
         for l, t, r in grid_restorations(kind, L, run_pos, window):
             cells.append((kind, l, t))
             rests.append(r)
-    p_clean, p_corrupt, probs = restoration_probs(model, setup, rests, max_rows=max_rows, progress=progress)
+    from ._suffix import suffix_supported, trace_rows
+    if fast and suffix_supported(model):
+        fcells = [(k, l, t, [l] if k == "hidden" else window_layers(l, window, L)) for k, l, t in cells]
+        p_clean, p_corrupt, probs = trace_rows(model, setup, fcells, max_rows=max_rows)
+    else:
+        fast = False
+        p_clean, p_corrupt, probs = restoration_probs(model, setup, rests, max_rows=max_rows, progress=progress)
     grids = {k: [[None] * n for _ in range(L)] for k in kinds}
     for k in kinds:
         for l in range(L):
@@ -347,7 +356,8 @@ def causal_trace(model, prompt: str, subject: str, target: str | None = None, *,
                 "corrupt": corrupt or ("subject+context" if context is not None else "subject"),
                 "corrupt_positions": setup.corrupt_positions, "occurrence": occurrence,
                 "engine": model.engine_name, "target_rule": "clean top-1" if target is None else "given",
-                "metric": "mean over noise samples of softmax(last-token logits)[target]"}
+                "metric": "mean over noise samples of softmax(last-token logits)[target]",
+                "path": "suffix (start at the restored layer/token)" if fast else "plan (full batched rows)"}
     return CausalTraceResult(prompt, subject, setup.tokens, list(setup.subject_range), setup.target,
                              setup.target_id, p_clean, p_corrupt, list(kinds), list(range(L)), grids, ie,
                              settings, seed, setup.target_multi_token, positions, context,

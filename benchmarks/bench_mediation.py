@@ -1,0 +1,135 @@
+"""Causal mediation benchmark, one run, one model, one prompt pair (prints ratios measured here).
+
+(a) residual patching sweep (resid_pre, every layer × position, denoising) vs TransformerLens
+    4.x ``transformer_lens.patching.get_act_patch_resid_pre`` on the TL engine's
+    ``TransformerBridge`` — max |difference| and speed ratio; also the plain batched plan
+    (``fast=False``) and the bare batched forward of the same number of rows (the floor).
+(b) causal trace grid vs the bare batched forward of the same number of rows (the floor):
+    plan path (``fast=False``) and suffix path (``fast=True``).
+(c) AtP vs full patching (resid_pre, attn_out, mlp_out): time ratio and Spearman correlation.
+
+Run: ``.venv/bin/python benchmarks/bench_mediation.py [--samples 2] [--kinds hidden,mlp,attn]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import torch
+
+
+def timed(fn):
+    t = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t
+
+
+def floor_forward(model, prompt: str, n_rows: int, max_rows: int) -> float:
+    """Bare batched forward of ``n_rows`` copies of the prompt, last-token logits only."""
+    b = model.tokenize([prompt]).select([0] * n_rows)
+    _, t = timed(lambda: model.run(b, logits=lambda lg: lg[:, 0], max_rows=max_rows))
+    return t
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--clean", default="The Eiffel Tower is located in the city of")
+    ap.add_argument("--corrupt", default="The Kremlin Palace is located in the city of")
+    ap.add_argument("--subject", default="Eiffel Tower")
+    ap.add_argument("--samples", type=int, default=2)
+    ap.add_argument("--kinds", default="hidden,mlp,attn")
+    ap.add_argument("--max-rows", type=int, default=64)
+    ap.add_argument("--skip-tl", action="store_true")
+    ap.add_argument("--out", default=None, help="write the numbers as JSON here")
+    args = ap.parse_args(argv)
+
+    import interp
+    from interp.mediation import activation_patching, attribution_patching, causal_trace
+    from interp.mediation.attribution import compare_with_patching
+
+    torch.set_grad_enabled(False)
+    res: dict = {"threads": torch.get_num_threads()}
+    hf = interp.load(engine="hf")
+    clean, corrupt = args.clean, args.corrupt
+    n = hf.tokenize(clean).lengths[0]
+    if hf.tokenize(corrupt).lengths[0] != n:
+        corrupt = "The Louvre Museum is located in the city of"
+    assert hf.tokenize(corrupt).lengths[0] == n, "pick a corrupt prompt of equal token length"
+    L = hf.n_layers
+    res.update(model=hf.name, prompt=clean, corrupt=corrupt, n_tokens=n, n_layers=L)
+    print(f"model {hf.name}: {L} layers, {n} tokens; torch threads {res['threads']}", file=sys.stderr)
+
+    # ---------------------------------------------------------------- (a)
+    def metric_ours(lg):
+        return lg[:, ans].float() - lg[:, wrong].float()
+
+    lg = hf.run([clean, corrupt]).logits
+    ans, wrong = int(lg[0].argmax()), int(lg[1].argmax())
+    ans_s, wrong_s = hf.tokenizer.decode([ans]), hf.tokenizer.decode([wrong])
+    fast, t_fast = timed(lambda: activation_patching(hf, clean, corrupt, sites="resid_pre", answer=ans_s,
+                                                     wrong=wrong_s, fast=True, max_rows=args.max_rows))
+    plan, t_plan = timed(lambda: activation_patching(hf, clean, corrupt, sites="resid_pre", answer=ans_s,
+                                                     wrong=wrong_s, fast=False, max_rows=args.max_rows))
+    t_floor = floor_forward(hf, corrupt, L * n, args.max_rows)
+    ours = fast.grid("resid_pre")
+    res["a"] = {"rows": L * n, "t_fast_s": t_fast, "t_plan_s": t_plan, "t_floor_s": t_floor,
+                "fast_vs_plan_max_abs": float((ours - plan.grid("resid_pre")).abs().max())}
+    print(f"(a) ours fast {t_fast:.2f}s, plan {t_plan:.2f}s, bare forward of {L * n} rows {t_floor:.2f}s",
+          file=sys.stderr)
+    if not args.skip_tl:
+        from transformer_lens import patching
+        tlm = interp.load(engine="transformer_lens")
+        bridge = tlm.engine.bridge
+        ct = torch.tensor([hf.tokenize(clean).token_ids(0)])
+        kt = torch.tensor([hf.tokenize(corrupt).token_ids(0)])
+        _, cache = bridge.run_with_cache(ct)
+
+        def tl_metric(logits):
+            return logits[0, -1, ans] - logits[0, -1, wrong]
+        tl_grid, t_tl = timed(lambda: patching.get_act_patch_resid_pre(bridge, kt, cache, tl_metric))
+        tl_grid = tl_grid.float().cpu()
+        d = float((tl_grid - ours).abs().max())
+        res["a"].update(t_tl_s=t_tl, tl_vs_ours_max_abs=d, speedup_fast_vs_tl=t_tl / t_fast,
+                        speedup_plan_vs_tl=t_tl / t_plan, tl_shape=list(tl_grid.shape))
+        print(f"(a) TL get_act_patch_resid_pre {t_tl:.2f}s; max|TL − ours| = {d:.2e}; "
+              f"speed-up fast {t_tl / t_fast:.1f}×, plan {t_tl / t_plan:.1f}×", file=sys.stderr)
+        del tlm, bridge, cache
+
+    # ---------------------------------------------------------------- (b)
+    kinds = tuple(args.kinds.split(","))
+    tr_fast, tf = timed(lambda: causal_trace(hf, clean, args.subject, kinds=kinds, samples=args.samples,
+                                             fast=True, max_rows=args.max_rows))
+    tr_plan, tp = timed(lambda: causal_trace(hf, clean, args.subject, kinds=kinds, samples=args.samples,
+                                             fast=False, max_rows=args.max_rows))
+    first = tr_plan.subject_range[0]
+    n_rows = 1 + args.samples * (1 + len(kinds) * L * (n - first))
+    t_fl = floor_forward(hf, clean, n_rows, args.max_rows)
+    dmax = max(float((tr_fast.grid(k) - tr_plan.grid(k)).abs().max()) for k in kinds)
+    res["b"] = {"rows": n_rows, "kinds": list(kinds), "samples": args.samples, "t_plan_s": tp, "t_fast_s": tf,
+                "t_floor_s": t_fl, "plan_over_floor": tp / t_fl, "fast_over_floor": tf / t_fl,
+                "fast_vs_plan_max_abs": dmax, "p_clean": tr_plan.p_clean, "p_corrupt": tr_plan.p_corrupt}
+    print(f"(b) trace {n_rows} rows: plan {tp:.2f}s ({tp / t_fl:.2f}× floor), fast {tf:.2f}s "
+          f"({tf / t_fl:.2f}× floor), floor {t_fl:.2f}s; max|fast − plan| {dmax:.1e}", file=sys.stderr)
+
+    # ---------------------------------------------------------------- (c)
+    sites = ("resid_pre", "attn_out", "mlp_out")
+    full, t_full = timed(lambda: activation_patching(hf, clean, corrupt, sites=sites, answer=ans_s, wrong=wrong_s,
+                                                     fast=False, max_rows=args.max_rows))
+    atp, t_atp = timed(lambda: attribution_patching(hf, clean, corrupt, sites=sites, answer=ans_s, wrong=wrong_s))
+    rho = compare_with_patching(atp, full)
+    res["c"] = {"t_patching_s": t_full, "t_atp_s": t_atp, "speedup": t_full / t_atp, "spearman": rho,
+                "cells": sum(full.grid(s).numel() for s in sites)}
+    print(f"(c) AtP {t_atp:.2f}s vs patching {t_full:.2f}s ({t_full / t_atp:.0f}×); Spearman {rho}",
+          file=sys.stderr)
+    print(json.dumps(res, indent=1))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(res, f, indent=1)
+    return res
+
+
+if __name__ == "__main__":
+    main()
