@@ -106,7 +106,7 @@ def report_sections(model, out_dir: Path, quick: bool) -> list[dict]:
     elif model is None:
         raise ResultMissingError(f"no saved reliance result in {rdir}; make it with: {cmd}")
     else:
-        ps, _, labels, _ = prepare(model, dataset, out_dir / "results" / f"probes_conflict_{tag}", limit=s["limit"],
+        ps, _, labels, _ = prepare(model, dataset, out_dir / "results" / f"probes_source_{tag}", limit=s["limit"],
                                    n_demos=s["n_demos"], max_chars=s["max_chars"], demo_chars=s["demo_chars"],
                                    cache_dir=cache, progress=False)
         pick = {"context": [], "memory": []}

@@ -63,9 +63,11 @@ class ProbeResult(Result):
                           annotation_text="majority", annotation_position="bottom right")
         n = self.class_counts.get("n_rows", "")
         fig.update_xaxes(title="layer")
-        fig.update_yaxes(title=f"test {metric} (mean ± 95% CI, {self.n_seeds} grouped splits)", range=[0.3, 1.02])
+        fig.update_yaxes(title=f"test {metric} (mean ± 95% CI, {self.n_seeds} grouped splits)", range=[0.2, 1.02])
+        from pathlib import Path
+        fmt, _, path = self.dataset.partition(":")
         title = (f"Probe {metric}: {TASK_TITLES.get(self.task, self.task)} — {self.model} "
-                 f"({n} rows, {self.dataset})")
+                 f"({n} rows, {fmt} {Path(path).name})")
         return style(fig, title=title, width=1000, height=540)
 
     def summary(self) -> dict:
