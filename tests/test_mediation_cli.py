@@ -1,0 +1,78 @@
+"""``interp trace`` / ``interp patch``: stable JSON files, dataset sweeps, errors (tiny model on disk)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import default_tokenizer, tiny_hf
+from interp.cli import main
+
+PROMPT = "The Eiffel Tower is in the city of"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny_llama")
+    tiny_hf("llama", n_layers=2).save_pretrained(d)
+    default_tokenizer().save_pretrained(d)
+    return str(d)
+
+
+def test_trace_writes_stable_json(model_dir, tmp_path, capsys):
+    out = tmp_path / "t"
+    rc = main(["trace", "--model", model_dir, "--prompt", PROMPT, "--subject", "Eiffel Tower", "--kinds",
+               "hidden,mlp", "--window", "2", "--samples", "2", "--noise", "0.4", "--seed", "3", "--out", str(out),
+               "--json"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    d = json.loads((out / "trace.json").read_text())
+    assert d["tokens"] == summary["tokens"] and d["subject_range"] == [1, 4]
+    assert 0 <= d["p_corrupt"] <= 1 and 0 <= d["p_clean"] <= 1
+    assert set(d["p_restored"]) == {"hidden", "mlp"}
+    assert len(d["p_restored"]["hidden"]) == 2 and len(d["p_restored"]["hidden"][0]) == len(d["tokens"])
+    assert d["settings"]["noise_level"] == 0.4 and d["seed"] == 3 and d["settings"]["window"] == 2
+    assert (out / "trace.html").exists()
+
+
+def test_trace_with_context_and_dataset(model_dir, tmp_path, capsys):
+    out = tmp_path / "c"
+    assert main(["trace", "--model", model_dir, "--prompt", PROMPT, "--subject", "Eiffel Tower", "--kinds", "hidden",
+                 "--samples", "1", "--context", "The Eiffel Tower stands in Paris.", "--out", str(out), "--json"]) == 0
+    d = json.loads((out / "trace.json").read_text())
+    assert d["context_range"][1] <= d["subject_range"][0]
+    capsys.readouterr()
+    data = tmp_path / "facts.json"
+    data.write_text(json.dumps([{"prompt": PROMPT, "subject": "Eiffel Tower", "attribute": "Paris"},
+                                {"prompt": "Toyota is from", "attribute": "Japan"}]))
+    sw = tmp_path / "sweep"
+    assert main(["trace", "--model", model_dir, "--dataset", str(data), "--min-p", "0", "--kinds", "hidden",
+                 "--samples", "1", "--out", str(sw), "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["n_traced"] == 1 and s["skipped"][0][0] == 1
+    assert (sw / "trace_sweep.json").exists() and (sw / "items.jsonl").exists()
+
+
+def test_patch_with_atp(model_dir, tmp_path, capsys):
+    out = tmp_path / "p"
+    rc = main(["patch", "--model", model_dir, "--clean", PROMPT, "--corrupt", "The Berlin Wall Tower is in the city of",
+               "--sites", "resid_pre,head", "--answer", " Paris", "--wrong", " Berlin", "--layers", "0-2",
+               "--positions", "2,3,-1", "--atp", "--out", str(out), "--json"])
+    assert rc == 0
+    s = json.loads(capsys.readouterr().out)
+    assert set(s["atp_spearman"]) == {"resid_pre", "head"}
+    d = json.loads((out / "patching.json").read_text())
+    assert len(d["values"]["resid_pre"]) == 2 and len(d["values"]["resid_pre"][0]) == 3
+    assert (out / "attribution.json").exists()
+
+
+def test_cli_errors_exit_2(model_dir, tmp_path, capsys):
+    assert main(["trace", "--model", model_dir, "--prompt", PROMPT, "--subject", "Louvre", "--out", str(tmp_path)]) == 2
+    assert "does not occur" in capsys.readouterr().err
+    assert main(["trace", "--model", model_dir, "--prompt", PROMPT, "--subject", "Eiffel Tower", "--window", "0",
+                 "--out", str(tmp_path)]) == 2
+    assert main(["trace", "--model", model_dir, "--prompt", PROMPT, "--subject", "Eiffel Tower", "--samples", "0",
+                 "--out", str(tmp_path)]) == 2
+    assert main(["patch", "--model", model_dir, "--clean", PROMPT, "--corrupt", "Hi", "--out", str(tmp_path)]) == 2
+    assert "same number of tokens" in capsys.readouterr().err
