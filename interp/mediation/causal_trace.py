@@ -383,7 +383,7 @@ def trace_figure(res: CausalTraceResult):
     fig = make_subplots(rows=1, cols=len(res.kinds), shared_yaxes=True, horizontal_spacing=0.08,
                         subplot_titles=[_KIND_TITLE[k] for k in res.kinds])
     for i, k in enumerate(res.kinds):
-        g = res.grid(k)[:, pos].numpy()
+        g = res.grid(k)[:, pos].T.numpy()  # tokens down (rows = y), layers across
         fig.add_trace(go.Heatmap(
             z=g, x=res.layers, y=labels, colorscale=_KIND_SCALE[k], zmin=res.p_corrupt,
             zmax=max(float(torch.nan_to_num(torch.tensor(g), nan=0).max()), res.p_corrupt + 1e-6),
