@@ -99,6 +99,7 @@ def test_saved_probe_applies_to_new_activations_and_steers(tmp_path):
     assert torch.allclose(delta, torch.full_like(delta, alpha * float(q.weight.norm())), atol=1e-3)
 
 
+@pytest.mark.slow  # boots the TransformerLens bridge and nnsight
 def test_features_same_across_engines_tiny(tmp_path):
     from probes.features import extract_features, greedy_from_resid
     prompts = ["context: Paris is in France\nquestion: where is Paris?\nanswer:", "question: who?\nanswer:",

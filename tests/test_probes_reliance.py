@@ -72,6 +72,7 @@ def test_ecs_equals_direct_computation():
     assert torch.allclose(one[0], ecs[j], atol=1e-5)  # padding does not change it
 
 
+@pytest.mark.slow  # boots the TransformerLens bridge and nnsight
 def test_reliance_same_across_engines():
     res = {}
     for e in ("hf", "transformer_lens", "nnsight"):
