@@ -99,8 +99,7 @@ def report_sections(model, out_dir: Path, quick: bool) -> list[dict]:
                            "Task: the model answers with the context's object vs its memorised answer."))})
     # reliance scores
     rdir = out_dir / "results" / f"probes_reliance_{tag}"
-    cmd = (f"python -c \"from probes.report import report_sections; import interp, pathlib; "
-           f"report_sections(interp.load(), pathlib.Path('{out_dir}'), {quick})\"")
+    cmd = f"interp figures --only probes --out {out_dir}" + (" --quick" if quick else "")
     if (rdir / "reliance.json").exists():
         rel = RelianceResult.load(rdir)
     elif model is None:
