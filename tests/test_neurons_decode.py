@@ -45,10 +45,12 @@ def test_grouped_topk_is_exact_and_chunking_does_not_matter():
     torch.manual_seed(1)
     D, W = torch.randn(50, 16), torch.randn(16, 9000)
     ref = (D @ W).topk(5, -1)
-    for chunk in (9000, 4096, 1000, 333):
+    low = (D @ W).topk(5, -1, largest=False)
+    for chunk in (9000, 4096, 1024, 333):
         for group in (1, 8, 64):
             tv, ti, bv, bi = decode_directions(D, W, 5, vocab_chunk=chunk, group=group)
             assert torch.equal(ti, ref.indices) and torch.allclose(tv, ref.values)
+            assert torch.equal(bi, low.indices) and torch.allclose(bv, low.values)
     # the gain only rescales coordinates: with a unit gain both choices agree
     m = tiny("llama")
     assert torch.equal(norm_transform(m.adapter, "gain")(torch.ones(48)), m.adapter.final_norm_module.weight)

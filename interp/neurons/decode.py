@@ -109,15 +109,16 @@ def norm_transform(adapter, final_norm: str):
 
 
 # ---------------------------------------------------------------------- top-k kernel
-def _topk_grouped(x: Tensor, k: int, group: int) -> tuple[Tensor, Tensor]:
-    """Exact top-k along the last axis via group maxima (see module docstring)."""
+def _topk_grouped(x: Tensor, k: int, group: int, largest: bool = True) -> tuple[Tensor, Tensor]:
+    """Exact top-k (or bottom-k) along the last axis via group extremes (see module docstring)."""
     n, V = x.shape
     if group <= 1 or V % group or k * group * 2 > V:
-        return x.topk(k, -1)
-    xv = x.reshape(n, V // group, group)
-    _, gi = xv.amax(-1).topk(k, -1)  # n k
+        return x.topk(k, -1, largest=largest)
+    xv = x.view(n, V // group, group)
+    ext = xv.amax(-1) if largest else xv.amin(-1)  # one pass, no negated copy for the bottom end
+    _, gi = ext.topk(k, -1, largest=largest)  # n k
     cand = xv.gather(1, gi[:, :, None].expand(n, k, group)).reshape(n, k * group)
-    v, j = cand.topk(k, -1)
+    v, j = cand.topk(k, -1, largest=largest)
     ids = (gi[:, :, None] * group + torch.arange(group, device=x.device)).reshape(n, k * group).gather(1, j)
     return v, ids
 
@@ -147,8 +148,8 @@ def decode_directions(D: Float[Tensor, "n d_model"], W_U: Float[Tensor, "d_model
         v, i = _topk_grouped(x, kk, group)
         tv, ti = _merge(tv, ti, v, i + s, k)
         if bottom:
-            v, i = _topk_grouped(-x, kk, group)
-            bv, bi = _merge(bv, bi, -v, i + s, k, largest=False)
+            v, i = _topk_grouped(x, kk, group, largest=False)
+            bv, bi = _merge(bv, bi, v, i + s, k, largest=False)
     return tv, ti, bv, bi
 
 
