@@ -5,7 +5,9 @@ layers and *all* regularisation settings of a component at once: weights ``[laye
 mean binary cross-entropy + ``λ₂/2‖w‖²`` (L2) or + ``λ₁‖w‖₁`` (L1, soft-thresholding), the
 bias unpenalised, step ``1/Lipschitz`` from a power iteration per layer.  Both penalties are
 convex, so this reaches the same optimum as scikit-learn's ``LogisticRegression`` (tested),
-but a sweep of 30 layers × 8 settings is one tensor program instead of 240 solver calls.  The
+and a sweep of 30 layers × 6 settings is one tensor program instead of 180 solver calls
+(``benchmarks/bench_probes.py`` prints the ratio; it runs single-threaded by default because
+on a loaded 2-core machine two torch threads ran 4.8× and 18× slower than one in two runs).  The
 paper trains with Adam and L1 (λ = 6e-4); we choose the penalty *and* λ per layer on a
 validation split (grid ``LAMBDAS`` for each of L1, L2) and report test numbers.
 
@@ -77,20 +79,22 @@ def _lipschitz(X: Float[Tensor, "L n d"], iters: int = 30) -> Float[Tensor, "L"]
 
 @torch.no_grad()
 def fit_logistic(X: Float[Tensor, "L n d"], y: Float[Tensor, "n"], l1: Float[Tensor, "G"],
-                 l2: Float[Tensor, "G"], *, iters: int = 300, tol: float = 1e-5
+                 l2: Float[Tensor, "G"], *, iters: int = 300, tol: float = 1e-5, threads: int | None = 1
                  ) -> tuple[Float[Tensor, "L G d"], Float[Tensor, "L G"]]:
     """Fit L×G logistic regressions (every layer × every penalty setting) with FISTA.
 
     Minimises ``mean BCE(σ(Xw+b), y) + l2/2‖w‖² + l1‖w‖₁`` for each layer l and setting g.
+    ``threads``: torch intra-op threads during the fit (default 1; None keeps the setting).
     """
     L, n, d = X.shape
     G = l1.shape[0]
-    if L * n * d * G < 20_000_000 and torch.get_num_threads() > 1:
-        # small problems: thread start-up dominates (and stalls badly on a loaded machine)
+    if threads is not None and torch.get_num_threads() != threads:
+        # measured (benchmarks/bench_probes.py): on a busy 2-core machine two intra-op threads
+        # stall on each other (4.8x-18x slower than one); on an idle one they gain at most 2x
         prev = torch.get_num_threads()
-        torch.set_num_threads(1)
+        torch.set_num_threads(threads)
         try:
-            return fit_logistic(X, y, l1, l2, iters=iters, tol=tol)
+            return fit_logistic(X, y, l1, l2, iters=iters, tol=tol, threads=None)
         finally:
             torch.set_num_threads(prev)
     X = X.float()
