@@ -102,7 +102,8 @@ class RagFlowResult(Result):
             for name, ys in cond["contrib"].items():
                 fig.add_trace(go.Scatter(x=self.layers, y=ys, mode="lines",
                                          line=dict(color=col.get(name, COLORS[4]), dash=dash),
-                                         name=f"{name} ({lab})", legendgroup=name, showlegend=False), 1, 2)
+                                         name=f"{name} ({lab})", legendgroup=name,
+                                         showlegend=name not in cond["rel"]), 1, 2)
         fig.update_xaxes(title="layer (window centre)", row=1, col=1)
         fig.update_xaxes(title="layer", row=1, col=2)
         fig.update_yaxes(title="% change of p(answer)", row=1, col=1)
