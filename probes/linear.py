@@ -352,6 +352,8 @@ def summarise(per_component: dict[str, dict], layers: Sequence[int], *, task: st
         n_seeds = acc.shape[0]
         m, sd, lo, hi = mean_ci(acc)
         am, _, alo, ahi = mean_ci(au)
+        # accuracies live in [0, 1]: a t-interval from 3 seeds can overshoot
+        lo, hi, alo, ahi = (t.clamp(0, 1) for t in (lo, hi, alo, ahi))
         d = {"accuracy": m.tolist(), "accuracy_std": sd.tolist(),
              "accuracy_ci": [[float(a), float(b)] for a, b in zip(lo, hi)],
              "auroc": am.tolist(), "auroc_ci": [[float(a), float(b)] for a, b in zip(alo, ahi)],
@@ -360,6 +362,7 @@ def summarise(per_component: dict[str, dict], layers: Sequence[int], *, task: st
         if r.get("control_accuracy") is not None:
             ctl = torch.as_tensor(r["control_accuracy"])
             cm, _, clo, chi = mean_ci(ctl)
+            clo, chi = clo.clamp(0, 1), chi.clamp(0, 1)
             d["control_accuracy"] = cm.tolist()
             d["control_accuracy_ci"] = [[float(a), float(b)] for a, b in zip(clo, chi)]
             d["selectivity"] = (m - cm).tolist()
