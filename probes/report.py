@@ -8,7 +8,7 @@ computation needs are large (every layer × component), so they go to
 Settings: NQ-Swap from ``$INTERP_DATA`` (default ``../shared/data``), 2 demonstrations (CPU
 budget; the paper uses 4), contexts cut to 160 characters (80 for demonstrations).
 quick: 40 rows, 3 seeds, reliance on ≤ 8 examples per class; full: 130 rows, 5 seeds, ≤ 40
-per class.
+per class, plus the conflict task on 200 known_1000 fact conflicts (``facts:`` builder).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 from interp.errors import ResultMissingError
 
 NQ_FILE = "nq_swap/nqswap_merged.jsonl.gz"
+FACTS_FILE = "known_1000/known_1000.json"
 
 
 def _data_dir() -> Path:
@@ -29,11 +30,6 @@ def _data_dir() -> Path:
 def _settings(quick: bool) -> dict:
     return {"limit": 40 if quick else 130, "n_seeds": 3 if quick else 5, "n_demos": 2, "max_chars": 160,
             "demo_chars": 80, "per_class": 8 if quick else 40}
-
-
-def _cmd(task: str, s: dict, rdir: Path, cache: Path) -> str:
-    return (f"interp probe --dataset nqswap:{_data_dir() / NQ_FILE} --task {task} --limit {s['limit']} "
-            f"--seeds {s['n_seeds']} --demos {s['n_demos']} --cache {cache} --out {rdir}")
 
 
 def report_sections(model, out_dir: Path, quick: bool) -> list[dict]:
@@ -51,9 +47,14 @@ def report_sections(model, out_dir: Path, quick: bool) -> list[dict]:
     cache = Path(os.environ.get("INTERP_PROBE_CACHE", "out/probes_report_acts")) / tag
     dataset = f"nqswap:{_data_dir() / NQ_FILE}"
     entries = []
-    for task in ("conflict", "source"):
-        rdir = out_dir / "results" / f"probes_{task}_{tag}"
-        cmd = _cmd(task, s, rdir, cache)
+    runs = [("conflict", "conflict", dataset, s["limit"], cache), ("source", "source", dataset, s["limit"], cache)]
+    if not quick:  # fact conflicts the model partly knows (known_1000): short prompts, more rows
+        runs.append(("conflict_known1000", "conflict", f"facts:{_data_dir() / FACTS_FILE}", 200,
+                     cache.parent / "known1000_full"))
+    for name, task, ds, limit, cdir in runs:
+        rdir = out_dir / "results" / f"probes_{name}_{tag}"
+        cmd = (f"interp probe --dataset {ds} --task {task} --limit {limit} --seeds {s['n_seeds']} "
+               f"--demos {s['n_demos']} --cache {cdir} --out {rdir}")
         res, err = None, None
         if (rdir / "probe.json").exists():
             res = ProbeResult.load(rdir)
@@ -63,19 +64,19 @@ def report_sections(model, out_dir: Path, quick: bool) -> list[dict]:
             raise ResultMissingError(f"no saved probe result in {rdir}; make it with: {cmd}")
         else:
             try:
-                res = probe_dataset(model, dataset, rdir, task=task, limit=s["limit"], n_seeds=s["n_seeds"],
+                res = probe_dataset(model, ds, rdir, task=task, limit=limit, n_seeds=s["n_seeds"],
                                     n_demos=s["n_demos"], max_chars=s["max_chars"], demo_chars=s["demo_chars"],
-                                    cache_dir=cache, progress=False)
+                                    cache_dir=cdir, progress=False)
             except ProbeLabelError as e:  # e.g. no memory-answer example: report, do not crash the job
                 counts = json.loads((rdir / "labels.json").read_text())["labels"]["counts"]
                 err = {"error": str(e), "counts": counts}
                 (rdir / "error.json").write_text(json.dumps(err, indent=1))
         if res is None:
-            entries.append({"stem": f"probe_accuracy_{task}", "title": f"Probe ({task}): not computable",
+            entries.append({"stem": f"probe_accuracy_{name}", "title": f"Probe ({name}): not computable",
                             "numbers": {"behaviour counts": err["counts"]}, "command": cmd,
                             "caption": f"No figure: {err['error'][:300]}"})
             continue
-        stem = f"probe_accuracy_{task}"
+        stem = f"probe_accuracy_{name}"
         save_figure(res.figure(), out_dir, stem)
         b = res.best
         nums = {"rows": res.class_counts["n_rows"], "class counts (1/0)":
@@ -90,13 +91,15 @@ def report_sections(model, out_dir: Path, quick: bool) -> list[dict]:
         if task == "source":
             nums["behaviour counts"] = res.class_counts["behaviour"]
         entries.append({
-            "stem": stem, "title": f"Knowledge-conflict probe accuracy vs layer ({task})", "numbers": nums,
+            "stem": stem, "title": f"Knowledge-conflict probe accuracy vs layer ({name})", "numbers": nums,
             "command": cmd,
             "caption": ("Test accuracy of L1/L2 logistic probes on last-token activations of each layer "
                         "(resid_post, mlp_out, attn_out), mean and 95% CI over grouped splits; dotted: "
                         "random-label control; dashed: majority baseline. "
-                        + ("Task: original vs substituted NQ-Swap context." if task == "conflict" else
-                           "Task: the model answers with the context's object vs its memorised answer."))})
+                        + {"conflict": "Task: original vs substituted NQ-Swap context.",
+                           "source": "Task: the model answers with the context's object vs its memorised answer.",
+                           "conflict_known1000": "Task: a known_1000 fact stated vs a same-relation substitute "
+                                                 "stated (cloze prompts)."}[name])})
     # reliance scores
     rdir = out_dir / "results" / f"probes_reliance_{tag}"
     cmd = f"interp figures --only probes --out {out_dir}" + (" --quick" if quick else "")
