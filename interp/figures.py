@@ -22,6 +22,23 @@ DIVERGING = "RdBu_r"
 COLORS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C"]
 
 _STATIC_WARNED = False
+_SERVER_STARTED = False
+
+
+def _start_kaleido_server() -> None:
+    """Keep one Chromium for the whole process (kaleido ≥ 1.1): a fresh one per image costs seconds."""
+    global _SERVER_STARTED
+    if _SERVER_STARTED:
+        return
+    _SERVER_STARTED = True
+    try:
+        import atexit
+
+        import kaleido
+        kaleido.start_sync_server(silence_warnings=True)
+        atexit.register(lambda: kaleido.stop_sync_server(silence_warnings=True))
+    except Exception:  # older kaleido: plotly starts a browser per image, slower but correct
+        pass
 
 
 def style(fig, *, title: str | None = None, width: int = WIDTH, height: int = HEIGHT):
@@ -85,10 +102,14 @@ def save_figure(fig, out_dir: str | Path, stem: str, *, formats=("html", "png", 
                 warnings.warn(f"PNG/PDF export skipped: {why}", stacklevel=2)
                 _STATIC_WARNED = True
             return paths
+        _start_kaleido_server()
         for f in static:
             p = out / f"{stem}.{f}"
             try:
-                fig.write_image(str(p), scale=2 if f == "png" else 1)
+                import warnings
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message="The kopts argument is ignored")
+                    fig.write_image(str(p), scale=2 if f == "png" else 1)
                 paths[f] = str(p)
             except Exception as e:  # kaleido/Chromium failures must not lose the HTML
                 paths["skipped"] = f"{f} export failed: {type(e).__name__}: {str(e)[:200]}"
