@@ -7,7 +7,7 @@ computation needs are large (every layer × component), so they go to
 
 Settings: NQ-Swap from ``$INTERP_DATA`` (default ``../shared/data``), 2 demonstrations (CPU
 budget; the paper uses 4), contexts cut to 160 characters (80 for demonstrations).
-quick: 40 rows, 3 seeds, reliance on ≤ 8 examples per class; full: 130 rows, 5 seeds, ≤ 40
+quick: 30 rows, 3 seeds, reliance on ≤ 6 examples per class (130 s with 40 rows at load ≈ 5); full: 130 rows, 5 seeds, ≤ 40
 per class, plus the conflict task on 200 known_1000 fact conflicts (``facts:`` builder).
 """
 
@@ -28,8 +28,8 @@ def _data_dir() -> Path:
 
 
 def _settings(quick: bool) -> dict:
-    return {"limit": 40 if quick else 130, "n_seeds": 3 if quick else 5, "n_demos": 2, "max_chars": 160,
-            "demo_chars": 80, "per_class": 8 if quick else 40}
+    return {"limit": 30 if quick else 130, "n_seeds": 3 if quick else 5, "n_demos": 2, "max_chars": 160,
+            "demo_chars": 80, "per_class": 6 if quick else 40}
 
 
 def report_sections(model, out_dir: Path, quick: bool) -> list[dict]:
