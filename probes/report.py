@@ -7,8 +7,8 @@ computation needs are large (every layer × component), so they go to
 
 Settings: NQ-Swap from ``$INTERP_DATA`` (default ``../shared/data``), 2 demonstrations (CPU
 budget; the paper uses 4), contexts cut to 160 characters (80 for demonstrations).
-quick: 30 rows, 3 seeds, reliance on ≤ 6 examples per class (130 s with 40 rows at load ≈ 5); full: 130 rows, 5 seeds, ≤ 40
-per class, plus the conflict task on 200 known_1000 fact conflicts (``facts:`` builder).
+quick: 30 rows, 3 seeds, reliance on ≤ 6 examples per class (40 rows took 130 s at load ≈ 5);
+full: 130 rows, 5 seeds, ≤ 40 per class, plus the conflict task on 200 known_1000 fact conflicts (``facts:`` builder).
 """
 
 from __future__ import annotations
