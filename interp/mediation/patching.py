@@ -64,6 +64,16 @@ def metric_fn(model, metric, answer_id: int | None, wrong_id: int | None) -> tup
                             f"last-token logits, not {metric!r}")
 
 
+def _token_or_top(model, text: str | None, logits: Tensor, what: str) -> int:
+    """First token of ``text``, or the top-1 of ``logits`` when no text is given."""
+    if text is None:
+        return int(logits.argmax())
+    tid, multi = model.encode_target(text)
+    if multi:
+        warnings.warn(f"{what} {text!r} has several tokens; using its first", stacklevel=4)
+    return tid
+
+
 @dataclass
 class PairSetup:
     clean_text: str
@@ -99,18 +109,8 @@ def prepare_pair(model, clean: str, corrupt: str, *, answer: str | None = None, 
             f"({model.to_str_tokens(corrupt)}); choose a corruption of equal token length (e.g. "
             f"swap the subject for one with the same token count)")
     lg = model.run(b).logits
-    if answer is None:
-        aid = int(lg[0].argmax())
-    else:
-        aid, multi = model.encode_target(answer)
-        if multi:
-            warnings.warn(f"answer {answer!r} has several tokens; using its first", stacklevel=3)
-    if wrong is None:
-        wid = int(lg[1].argmax())
-    else:
-        wid, multi = model.encode_target(wrong)
-        if multi:
-            warnings.warn(f"wrong answer {wrong!r} has several tokens; using its first", stacklevel=3)
+    aid = _token_or_top(model, answer, lg[0], "answer")
+    wid = _token_or_top(model, wrong, lg[1], "wrong answer")
     dec = model.tokenizer.decode
     return PairSetup(clean, corrupt, model.to_str_tokens(clean), model.to_str_tokens(corrupt), n0,
                      dec([aid]), aid, dec([wid]), wid, ctx_range)
