@@ -181,3 +181,18 @@ def test_default_model_fast_patching_matches_plan(default_model):
     p = activation_patching(default_model, c, k, fast=False, **kw)
     assert f.answer.strip() == "Paris" and f.clean_metric > 0
     assert torch.allclose(f.grid("resid_pre"), p.grid("resid_pre"), atol=1e-4)
+
+
+def test_atp_works_with_autograd_switched_off_globally():
+    import torch
+
+    from conftest import tiny
+    from interp.mediation.attribution import attribution_patching
+    m = tiny("llama")
+    prev = torch.is_grad_enabled()
+    torch.set_grad_enabled(False)
+    try:
+        res = attribution_patching(m, "The cat sat on the mat", "The dog sat on the mat", sites="resid_pre")
+    finally:
+        torch.set_grad_enabled(prev)
+    assert res.grid("resid_pre").abs().sum() > 0

@@ -93,8 +93,9 @@ def attribution_patching(model, clean: str, corrupt: str, *, sites: Sequence[str
                            else (setup.corrupt_text, setup.clean_text))
     src = model.run(src_text, reads=reads, logits="last")
     base = model.run(base_text, reads=reads, logits="last", keep_grad=True, max_rows=1)
-    mb = fn(base.logits)
-    mb.sum().backward()
+    with torch.enable_grad():  # the caller may have switched autograd off globally
+        mb = fn(base.logits)
+        mb.sum().backward()
     ms = float(fn(src.logits.to(model.device)).detach())
     m_base = float(mb.detach())
     m_clean, m_corrupt = (ms, m_base) if direction == "denoise" else (m_base, ms)
