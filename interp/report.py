@@ -72,11 +72,28 @@ def report_sections(model, out_dir: Path, quick: bool) -> list[dict]:
     return entries
 
 
+def _check_model_marker(out: Path, model) -> None:
+    """Cached results belong to one model: refuse to mix another model's into them."""
+    from .errors import InterpError
+    marker = out / "results" / "MODEL"
+    if model is None:
+        return
+    if marker.exists():
+        old = marker.read_text().strip()
+        if old != model.name:
+            raise InterpError(f"{out} holds results computed for model {old!r}, not {model.name!r}; "
+                              f"pass another --out for this model (or delete {out / 'results'})")
+    else:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(model.name + "\n")
+
+
 def run_figures(model=None, out_dir: str | Path = "figures", *, quick: bool = False,
                 only: list[str] | None = None, redraw: bool = False, command: str = "") -> Path:
     """Run every section, write figures and ``REPORT.md`` into ``out_dir``; return its path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    _check_model_marker(out, model)
     names = list(SECTIONS) if not only else only
     unknown = [n for n in names if n not in SECTIONS]
     if unknown:

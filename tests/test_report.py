@@ -32,3 +32,13 @@ def test_figures_cli_unknown_model_exits_2(tmp_path):
     r = subprocess.run([sys.executable, "-m", "interp", "figures", "--model", "no-such", "--out", str(tmp_path)],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "neither a local directory" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_results_of_another_model_are_not_reused(tmp_path):
+    from types import SimpleNamespace
+
+    from interp.errors import InterpError
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "MODEL").write_text("some-other-model\n")
+    with pytest.raises(InterpError, match="computed for model 'some-other-model'"):
+        run_figures(SimpleNamespace(name="smollm2-135m-instruct"), tmp_path, only=["lens"])
