@@ -251,19 +251,12 @@ class Model:
                 y = x if cols is None else x[torch.arange(b.size, device=x.device)[:, None], cols]
             store[point] = y.detach().to(cache_device) if cache_device else y.detach()
 
-        read_points = set()
-        for site, layer in pts:
-            if site == "head_out":
-                read_points.add(("attn_z", layer))
-            else:
-                read_points.add((site, layer))
+        kept = {(s if s != "head_out" else "attn_z", l) for s, l in pts}  # head_out is read as z
         mid_writes = {p for p in edit_points if p[0] == "resid_mid"}
-        for site, layer in mid_writes:
-            read_points.add(("resid_pre", layer))  # captured in full for the derived write
-
-        kept = {(s if s != "head_out" else "attn_z", l) for s, l in pts}
+        # a resid_mid write needs the full resid_pre of its layer (see the attn_out hook below)
+        read_points = kept | {("resid_pre", layer) for _, layer in mid_writes}
         pre_full: dict = {}
-        for point in set(read_points) | (edit_points - mid_writes):
+        for point in read_points | (edit_points - mid_writes):
             def fn(x, point=point):
                 x = compiled.apply(point, x)
                 if point[0] == "resid_pre" and ("resid_mid", point[1]) in mid_writes:

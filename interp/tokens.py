@@ -80,10 +80,6 @@ class Batch:
         return Batch([self.prompts[i] for i in rows], self.input_ids[rows], self.attention_mask[rows],
                      [self.lengths[i] for i in rows], [self.offsets[i] for i in rows], self.padding_side)
 
-    def repeat_rows(self, rows: Sequence[int]) -> "Batch":
-        """A batch whose row k is row ``rows[k]`` of this one (rows may repeat)."""
-        return self.select(rows)
-
     def to(self, device) -> "Batch":
         return Batch(self.prompts, self.input_ids.to(device), self.attention_mask.to(device),
                      self.lengths, self.offsets, self.padding_side)

@@ -15,6 +15,7 @@ Where each site lives (see :mod:`interp.arch` for the module names):
 
 from __future__ import annotations
 
+import functools
 from contextlib import ExitStack
 from typing import Mapping
 
@@ -24,8 +25,14 @@ from .base import Engine, HookFn, Point
 
 
 def _keeps_logits(model) -> bool:
+    """Whether the model's forward can skip unembedding all but the last positions."""
+    return _forward_takes_logits_to_keep(type(model))
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_takes_logits_to_keep(cls) -> bool:
     import inspect
-    return "logits_to_keep" in inspect.signature(model.forward).parameters
+    return "logits_to_keep" in inspect.signature(cls.forward).parameters
 
 
 def _first(x):
