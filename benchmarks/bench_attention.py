@@ -23,7 +23,7 @@ import torch
 
 import interp
 from interp.attention import attention_knockout, knockout_logits, source_positions
-from interp.attention.knockout import default_window, window_layers
+from interp.windows import default_window, window_layers
 
 PROMPT = "The Eiffel Tower is located in the city of"
 SUBJECT = "The Eiffel Tower"

@@ -67,3 +67,13 @@ class DatasetError(InterpError, ValueError):
 
 class CheckpointMismatchError(InterpError, ValueError):
     """Two checkpoints (or their neuron maps) do not have the same shapes, so neurons do not correspond."""
+
+
+class InterpWarning(UserWarning):
+    """Base class of the warnings interp issues about a result a user may misread."""
+
+
+class UnknownTargetWarning(InterpWarning):
+    """The tracked target is not what the model predicts (not its top-1, or p_clean is tiny):
+    the effects measured on it are effects on a token the model does not answer."""
+

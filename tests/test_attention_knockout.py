@@ -11,10 +11,10 @@ import torch
 from conftest import default_tokenizer, tiny, tiny_hf
 from interp.attention import (KnockoutResult, attention_knockout, default_window, ensure_eager,
                               knockout_logits, knockout_sweep)
-from interp.attention.knockout import window_layers
 from interp.datasets import Fact
 from interp.errors import EngineError, InterventionError, LayerIndexError, SpanNotFoundError
 from interp.model import Model
+from interp.windows import window_layers
 
 PROMPT = "The Eiffel Tower is located in the city of"
 SUBJ = "The Eiffel Tower"

@@ -11,8 +11,8 @@ import torch
 from conftest import tiny
 from interp.errors import InterventionError, PromptError, SpanNotFoundError
 from interp.mediation import CausalTraceResult, causal_trace, noise_level, trace_dataset
-from interp.mediation.causal_trace import (fact_categories, grid_restorations, prepare_trace,
-                                           restoration_probs, window_layers)
+from interp.mediation.causal_trace import fact_categories, grid_restorations, prepare_trace, restoration_probs
+from interp.windows import window_layers
 
 PROMPT = "The Eiffel Tower is in the city of"
 SUBJ = "Eiffel Tower"

@@ -7,12 +7,12 @@
 * :mod:`.rag` — :func:`rag_flow`: both of the above with and without a retrieved context.
 """
 
+from ..windows import default_window
 from .contributions import ContributionResult, attention_contributions, contribution_vectors
-from .knockout import (KnockoutResult, KnockoutSweepResult, attention_knockout, default_window,
-                       ensure_eager, knockout_logits, knockout_sweep, source_positions)
-from .rag import RagFlowResult, rag_flow, rag_prompt
+from .knockout import (KnockoutResult, KnockoutSweepResult, attention_knockout, ensure_eager,
+                       knockout_logits, knockout_sweep, source_positions)
+from .rag import RagFlowResult, rag_flow
 
 __all__ = ["ContributionResult", "KnockoutResult", "KnockoutSweepResult", "RagFlowResult",
            "attention_contributions", "attention_knockout", "contribution_vectors", "default_window",
-           "ensure_eager", "knockout_logits", "knockout_sweep", "rag_flow", "rag_prompt",
-           "source_positions"]
+           "ensure_eager", "knockout_logits", "knockout_sweep", "rag_flow", "source_positions"]

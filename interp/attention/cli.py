@@ -8,7 +8,7 @@ writes ``DIR/knockout_sweep.json`` (mean and standard error per set per layer) p
 layer × token and head × layer heatmaps.
 
 ``--context TEXT``: when TEXT is not already part of ``--prompt``, the prompt becomes the RAG
-prompt (``interp.attention.rag.RAG_TEMPLATE``: context first, then the prompt as the query), and
+prompt (:func:`interp.prompts.rag_prompt`: context first, then the prompt as the question), and
 the named set ``context`` becomes available.
 """
 
@@ -16,9 +16,9 @@ from __future__ import annotations
 
 
 def _prompt_and_context(args) -> tuple[str, str | None, int]:
-    from .rag import rag_prompt
+    from ..prompts import rag_prompt
     if args.context and args.context.strip() not in args.prompt:
-        return rag_prompt(args.context, args.prompt), args.context.strip(), -1
+        return rag_prompt(args.prompt, args.context).text, args.context.strip(), -1
     return args.prompt, (args.context.strip() if args.context else None), 0
 
 

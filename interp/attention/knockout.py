@@ -9,10 +9,13 @@ refused: the softmax would have nothing to attend to, and "near-uniform over not
 Geva's notebook quirk returns, not a knockout.
 
 **Windows.**  The sweep over layers puts a window of ``k`` consecutive layers around each centre
-layer ``ℓ``: layers ``ℓ − (k−1)//2 … ℓ + k//2``, clipped to the model (so windows at the ends are
-shorter, as in Geva's code).  The default ``k`` is the odd number nearest to ``n_layers / 5``
+layer ``ℓ`` with :func:`interp.windows.window_layers` — by default Geva et al.'s code, which is
+ROME's formula: ``range(ℓ − k//2, ℓ + ceil(k/2))`` clipped to the model (so for an even ``k`` one
+more layer before the centre than after; windows at the ends are shorter), the same layers
+``interp trace`` restores; ``convention="rome_paper"`` is the other placement.  The default
+``k`` (:func:`interp.windows.default_window`) is the odd number nearest to ``n_layers / 5``
 (ties go up): 9 for 48-layer GPT-2 XL (Geva's setting), 7 for the 30-layer default model,
-1 for a 3-layer tiny model.  An odd ``k`` makes the window centred.
+1 for a 3-layer tiny model.  An odd ``k`` makes the window centred under both conventions.
 
 **Source sets** (:func:`source_positions`): ``subject`` (the subject's tokens), ``non_subject``
 (positions before the target outside the subject), ``last`` (the target itself), ``context``
@@ -47,6 +50,7 @@ from torch import Tensor
 from ..errors import EngineError, InterventionError, LayerIndexError, SpanNotFoundError
 from ..interventions import InterventionPlan
 from ..results import Result
+from ..windows import DEFAULT_CONVENTION, check_convention, check_window, window_layers
 
 NAMED_SETS = ("subject", "non_subject", "last", "context", "non_context")
 DEFAULT_SETS = ("subject", "non_subject", "last")
@@ -89,33 +93,6 @@ def ensure_eager(model, *, switch: bool = True) -> None:
                           f"switching; reload it with attn_implementation='eager'")
     warnings.warn(f"attention knockout: switched the model from {impl!r} to eager attention "
                   f"(sdpa/flash kernels cannot be edited)", stacklevel=3)
-
-
-def default_window(n_layers: int) -> int:
-    """Odd number of layers nearest to ``n_layers / 5`` (ties up), at least 1, at most n_layers."""
-    x = n_layers / 5
-    k = 2 * math.floor((x - 1) / 2 + 0.5) + 1  # nearest odd, .5 rounds up
-    return max(1, min(k, n_layers if n_layers % 2 else n_layers - 1))
-
-
-def window_layers(centre: int, window: int, n_layers: int) -> list[int]:
-    """Layers of the window of ``window`` layers around ``centre``, clipped to the model."""
-    lo = centre - (window - 1) // 2
-    return [l for l in range(lo, lo + window) if 0 <= l < n_layers]
-
-
-def check_window(window: int | None, n_layers: int) -> int:
-    if window is None:
-        return default_window(n_layers)
-    if not isinstance(window, int) or isinstance(window, bool):
-        raise LayerIndexError(f"window must be an integer number of layers, not {window!r}")
-    if window < 1:
-        raise LayerIndexError(f"window={window}: a window has at least 1 layer")
-    if window > n_layers:
-        raise LayerIndexError(
-            f"window={window} is larger than the model ({n_layers} layers); use 1..{n_layers} "
-            f"(default {default_window(n_layers)}, about a fifth of the layers)")
-    return window
 
 
 def check_target(target: int, n_tokens: int) -> int:
@@ -289,6 +266,7 @@ class KnockoutResult(Result):
     rank_knockout: dict[str, list[int]] = field(default_factory=dict)
     model: str = ""
     engine: str = ""
+    window_convention: str = DEFAULT_CONVENTION
 
     def figure(self):
         """One line per source set over the centre layer (Geva et al. 2023, Fig. 2)."""
@@ -309,14 +287,19 @@ def attention_knockout(model, prompt: str, sources: Iterable = DEFAULT_SETS, *, 
                        window: int | None = None, layers: Sequence[int] | None = None,
                        heads: Sequence[int] | None = None, subject: str | None = None,
                        context: str | None = None, answer: str | None = None,
-                       subject_occurrence: int = 0, max_rows: int | None = None) -> KnockoutResult:
+                       subject_occurrence: int = 0, window_convention: str = DEFAULT_CONVENTION,
+                       max_rows: int | None = None) -> KnockoutResult:
     """Block target → source edges in a window of layers around each layer (Geva et al. 2023).
 
     Args:
         sources: named sets (``subject``, ``non_subject``, ``last``, ``context``,
             ``non_context``), ``{name: positions}``, or one list of prompt-relative positions.
         target: prompt-relative query position whose edges are cut (default the last token).
-        window: layers per window (default :func:`default_window`: odd, ≈ n_layers / 5).
+        window: layers per window (default :func:`~interp.windows.default_window`: odd,
+            ≈ n_layers / 5).
+        window_convention: ``"rome_code"`` (Geva et al.'s and ROME's code, default) or
+            ``"rome_paper"`` (see :mod:`interp.windows`); ``windows`` in the result lists the
+            layers of every window.
         layers: centre layers to sweep (default all).
         heads: block only these heads (default all heads).
         subject / context: text of the subject / retrieved passage in the prompt.
@@ -327,10 +310,11 @@ def attention_knockout(model, prompt: str, sources: Iterable = DEFAULT_SETS, *, 
     """
     a = model.adapter
     window = check_window(window, a.n_layers)
+    check_convention(window_convention)
     t, sets, subj, ctx = source_positions(model, prompt, sources, target=target, subject=subject,
                                           context=context, subject_occurrence=subject_occurrence)
     centres = list(range(a.n_layers)) if layers is None else [a.check_layer(l) for l in layers]
-    wins = [window_layers(c, window, a.n_layers) for c in centres]
+    wins = [window_layers(c, window, a.n_layers, window_convention) for c in centres]
     row_keys: list[list[int]] = [[]]
     row_layers: list[list[int]] = [[]]
     for name, pos in sets.items():
@@ -357,7 +341,7 @@ def attention_knockout(model, prompt: str, sources: Iterable = DEFAULT_SETS, *, 
         window=window, layers=centres, windows=wins, heads=None if heads is None else list(heads),
         answer=model.tokenizer.decode([aid]), answer_id=aid, p_clean=p0, rank_clean=int(ranks[0]),
         sources=sets, p_knockout=pk, relative_change=rel, rank_knockout=rk, model=model.name,
-        engine=model.engine_name)
+        engine=model.engine_name, window_convention=window_convention)
 
 
 # ----------------------------------------------------------------------------- dataset sweep
@@ -404,8 +388,9 @@ def knockout_sweep(model, dataset: str | Path | Sequence, out_dir: str | Path, *
                    require_known: bool = True, progress: bool = True) -> KnockoutSweepResult:
     """Knockout sweep over the facts a model knows; mean relative change ± s.e. per set per layer.
 
-    A fact is *known* when the model's clean top-1 next token is the first token of
-    ``" " + attribute``; the tracked token is that prediction (Geva et al.).  Facts are scanned
+    A fact is *known* under :mod:`interp.known`'s ``"first_token"`` rule (the model's clean top-1
+    next token is the first token of ``" " + attribute``); the tracked token is that prediction
+    (Geva et al.).  Facts are scanned
     in dataset order (clean forwards batched ``scan_batch`` at a time) until ``n_facts`` known
     ones were swept.  Every fact's outcome (also "not known") is written to
     ``out_dir/items.jsonl`` through :class:`~interp.sweep.Checkpoint`, so a killed sweep resumes.
@@ -417,6 +402,7 @@ def knockout_sweep(model, dataset: str | Path | Sequence, out_dir: str | Path, *
         require_known: False sweeps every fact (tracking the clean top-1 whatever it is).
     """
     from ..datasets import load_known_facts
+    from ..known import check_known
     from ..sweep import Checkpoint
 
     a = model.adapter
@@ -447,14 +433,11 @@ def knockout_sweep(model, dataset: str | Path | Sequence, out_dir: str | Path, *
         i += scan_batch
         if not block:
             continue
-        lg = model.run([f.prompt for f in block]).logits.float()
-        for f, row in zip(block, lg):
+        for f, c in zip(block, check_known(model, block, rule="first_token", batch_size=scan_batch)):
             if n_facts is not None and n_known >= n_facts:
                 break
-            want, _ = model.encode_target(" " + f.attribute.strip())
-            top = int(row.argmax())
-            if require_known and top != want:
-                ck.add(f.row, {"known": False, "top": top, "want": want})
+            if require_known and not c.known:
+                ck.add(f.row, {"known": False, "top": c.top_id, "want": c.answer_id})
                 continue
             try:
                 r = attention_knockout(model, f.prompt, sources, subject=f.subject, window=window,

@@ -2,7 +2,7 @@
 
 Following "From RAGs to rich parameters" (Wadhwa et al. 2024) and Ghosh et al. 2024, a fact's
 query is run twice — alone, and after a retrieved context in their prompt template
-(:data:`RAG_TEMPLATE`) — and both runs get (1) attention knockouts of ``subject → last`` (and
+(:func:`interp.prompts.rag_prompt`) — and both runs get (1) attention knockouts of ``subject → last`` (and
 ``non_subject → last`` / ``context → last``, ``last → last``) over windows of layers and (2) the
 attention contributions of the subject, context and remaining tokens to the last position.  The
 papers' finding: with a context that states the object, subject-side effects fall several fold
@@ -22,12 +22,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from ..prompts import rag_prompt
 from ..results import Result
+from ..windows import check_window
 from .contributions import attention_contributions
-from .knockout import attention_knockout, check_window
-
-RAG_TEMPLATE = ("Information is below: {context} Given the context information and not prior "
-                "knowledge, complete the following: {query}")
+from .knockout import attention_knockout
 
 
 @dataclass(frozen=True)
@@ -55,11 +54,6 @@ RAG_EXAMPLES: tuple[RagExample, ...] = (
                "The song was released as a single in 1996. Its lyrics are in French. It reached the "
                "top of the charts."),
 )
-
-
-def rag_prompt(context: str, query: str) -> str:
-    """The papers' RAG prompt: context first, then the query to complete."""
-    return RAG_TEMPLATE.format(context=context.strip(), query=query.strip())
 
 
 def _mean(rows: list[list[float]]) -> list[float]:
@@ -130,7 +124,7 @@ def rag_flow(model, examples: Sequence[RagExample] | None = None, *, window: int
              "rag": {"p_clean": [], "rel_each": [], "contrib_each": []}}
     for ex in examples:
         for cond, prompt, sets, ctx in (("plain", ex.query, plain_sets, None),
-                                        ("rag", rag_prompt(ex.context, ex.query), rag_sets, ex.context.strip())):
+                                        ("rag", rag_prompt(ex.query, ex.context).text, rag_sets, ex.context.strip())):
             ko = attention_knockout(model, prompt, sets, subject=ex.subject, context=ctx, window=window,
                                     answer=ex.answer, subject_occurrence=-1)
             co = attention_contributions(model, prompt, subject=ex.subject, context=ctx, answer=ex.answer,

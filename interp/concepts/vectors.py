@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 
 from ..errors import DatasetError, InterpError
+from ..known import check_known
 from ..neurons.decode import NeuronMap, check_neuron, decode_neuron, decode_neurons, vocab_strings
 from ..results import Result
 
@@ -245,14 +246,13 @@ def find_concept_record(records: list[dict], concept: str) -> dict | None:
 
 
 def fact_scores(model, facts) -> tuple[Tensor, Tensor, list[int]]:
-    """Top-1 correctness and probability of each fact's answer (first token), one batched run."""
-    tids = [model.encode_target(" " + f.attribute.strip())[0] for f in facts]
+    """Whether the model knows each fact (:mod:`interp.known`'s ``"first_token"`` rule: top-1 = the
+    answer's first token), the answer's probability and its token id; one batched run."""
     if not facts:
         return torch.zeros(0, dtype=torch.bool), torch.zeros(0), []
-    probs = model.run([f.prompt for f in facts], logits=lambda lg: lg.float().softmax(-1)).logits
-    t = torch.tensor(tids)
-    p = probs[torch.arange(len(facts)), t]
-    return probs.argmax(-1) == t, p, tids
+    checks = check_known(model, facts, rule="first_token", batch_size=len(facts))
+    return (torch.tensor([c.known for c in checks]), torch.tensor([c.p_answer for c in checks]),
+            [c.answer_id for c in checks])
 
 
 def facts_for_concept(model, facts, terms: Sequence[str], *, n_unrelated: int = 40, seed: int = 0,

@@ -8,15 +8,16 @@ Everything here compiles into :class:`interp.interventions.InterventionPlan` row
 * :func:`activation_patching` — clean→corrupt (denoising) and corrupt→clean (noising) patching
   of residual / attention / MLP outputs, single heads and MLP neurons.
 * :func:`attribution_patching` — AtP (Nanda 2023; Kramár et al. 2024) from one backward pass.
-* :mod:`interp.mediation.rag` — the same methods with a retrieved context before the question.
+* :mod:`interp.mediation.rag` — the same methods with a retrieved context before the question
+  (the prompt is :func:`interp.prompts.rag_prompt`).
 """
 
 from .attribution import AttributionResult, attribution_patching, spearman
 from .causal_trace import (CATEGORIES, CausalTraceResult, TraceSweepResult, causal_trace,
                            noise_level, trace_dataset)
 from .patching import PatchingResult, activation_patching
-from .rag import RAG_TEMPLATE, rag_comparison, rag_prompt
+from .rag import rag_comparison
 
 __all__ = ["causal_trace", "CausalTraceResult", "trace_dataset", "TraceSweepResult", "noise_level",
            "CATEGORIES", "activation_patching", "PatchingResult", "attribution_patching",
-           "AttributionResult", "spearman", "rag_prompt", "rag_comparison", "RAG_TEMPLATE"]
+           "AttributionResult", "spearman", "rag_comparison"]

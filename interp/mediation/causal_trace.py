@@ -23,9 +23,11 @@ probability is exactly ``p_corrupt`` and is filled in as such.
 Conventions (where ROME's paper and code differ, the code is followed):
 
 * ``hidden`` restores ``resid_post`` of one layer (the block output); ``mlp`` / ``attn``
-  restore ``mlp_out`` / ``attn_out`` of the token over a window of layers
-  ``range(l − window//2, l + ceil(window/2))`` clipped to the model — ROME's code
-  ``range(l-5, l+5)`` for ``window=10`` (the paper's text says ``[l−4, l+5]``).
+  restore ``mlp_out`` / ``attn_out`` of the token over a window of layers from
+  :func:`interp.windows.window_layers`: ``range(l − window//2, l + ceil(window/2))`` clipped to
+  the model — ROME's code ``range(l-5, l+5)`` for ``window=10``, the same layers as
+  ``interp knockout``; ``window_convention="rome_paper"`` takes the paper's ``[l−4, l+5]``.
+  ``windows`` in the result lists every window's layers.
 * noise ``"3sd"`` = 3 × one scalar standard deviation over all entries of the embeddings of the
   subject tokens of a set of subjects (ROME: its known_1000 subjects; here: the subjects of the
   dataset being traced, or ``noise_subjects=``), falling back to the whole embedding matrix for a
@@ -57,6 +59,7 @@ from torch import Tensor
 from ..errors import InterventionError, PromptError
 from ..interventions import InterventionPlan
 from ..results import Result
+from ..windows import DEFAULT_CONVENTION, WINDOW_CONVENTIONS, check_convention, window_layers
 
 KINDS = {"hidden": "resid_post", "mlp": "mlp_out", "attn": "attn_out"}
 #: ROME's token categories for average effects (notebooks/average_causal_effects)
@@ -64,14 +67,6 @@ CATEGORIES = ("first_subject", "middle_subject", "last_subject", "first_subseque
 CATEGORY_LABELS = {"first_subject": "First subject token", "middle_subject": "Middle subject tokens",
                    "last_subject": "Last subject token", "first_subsequent": "First subsequent token",
                    "further": "Further tokens", "last": "Last token"}
-WINDOW_CONVENTION = "ROME code: range(l - window//2, l + ceil(window/2)) clipped, e.g. [l-5, l+4] for 10"
-
-
-def window_layers(layer: int, window: int, n_layers: int) -> list[int]:
-    """Layers restored for a window centred on ``layer`` (ROME code convention, clipped)."""
-    return list(range(max(0, layer - window // 2), min(n_layers, layer - (-window // 2))))
-
-
 def check_settings(kinds, window: int, samples: int) -> tuple[str, ...]:
     kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
     bad = [k for k in kinds if k not in KINDS]
@@ -158,8 +153,9 @@ def prepare_trace(model, prompt: str, subject: str, target: str | None = None, *
     context_range = None
     q_char = 0
     if context is not None:
-        from .rag import rag_prompt
-        text, q_char, _ = rag_prompt(prompt, context, template=template)
+        from ..prompts import rag_prompt
+        rp = rag_prompt(prompt, context, template=template)
+        text, q_char = rp.text, rp.question_start
         occ_before = text[:q_char].count(subject)
         n_in_q = prompt.count(subject)
         occ = occurrence if occurrence >= 0 else n_in_q + occurrence
@@ -240,13 +236,19 @@ def restoration_probs(model, setup: TraceSetup, restorations: Sequence[Restorati
     return p_clean, float(blocks[0]), blocks[1:].float()
 
 
-def grid_restorations(kind: str, n_layers: int, positions: Sequence[int], window: int
-                      ) -> list[tuple[int, int, Restoration]]:
+def restored_layers(kind: str, layer: int, window: int, n_layers: int,
+                    convention: str = DEFAULT_CONVENTION) -> list[int]:
+    """The layers a restoration of ``kind`` centred on ``layer`` copies (one for ``hidden``)."""
+    return [layer] if kind == "hidden" else window_layers(layer, window, n_layers, convention)
+
+
+def grid_restorations(kind: str, n_layers: int, positions: Sequence[int], window: int,
+                      convention: str = DEFAULT_CONVENTION) -> list[tuple[int, int, Restoration]]:
     """(layer, token, restoration) for every cell of one kind's grid."""
     site = KINDS[kind]
     out = []
     for l in range(n_layers):
-        lays = [l] if kind == "hidden" else window_layers(l, window, n_layers)
+        lays = restored_layers(kind, l, window, n_layers, convention)
         for t in positions:
             out.append((l, t, [(site, k, [t]) for k in lays]))
     return out
@@ -278,6 +280,8 @@ class CausalTraceResult(Result):
     context: str | None = None
     context_range: list[int] | None = None
     model: str = ""
+    #: kind -> for every layer of ``layers``, the layers its restoration copies
+    windows: dict = field(default_factory=dict)
 
     @property
     def total_effect(self) -> float:
@@ -296,8 +300,9 @@ def causal_trace(model, prompt: str, subject: str, target: str | None = None, *,
                  noise: str | float = "3sd", seed: int = 0, occurrence: int = 0,
                  context: str | None = None, corrupt: str | None = None,
                  noise_subjects: Sequence[str] | None = None, positions: Sequence[int] | None = None,
-                 template: str | None = None, max_rows: int | None = None,
-                 fast: bool = True, progress: bool = False) -> CausalTraceResult:
+                 template: str | None = None, window_convention: str = DEFAULT_CONVENTION,
+                 max_rows: int | None = None, fast: bool = True, progress: bool = False
+                 ) -> CausalTraceResult:
     """ROME causal trace of ``prompt`` (Meng et al. 2022, Fig. 1 / ``calculate_hidden_flow``).
 
     Args:
@@ -305,6 +310,8 @@ def causal_trace(model, prompt: str, subject: str, target: str | None = None, *,
         target: answer token to track (default: clean top-1); several tokens → first token.
         kinds: any of ``hidden`` (resid_post, one layer), ``mlp`` / ``attn`` (module output
             over ``window`` layers, ROME-code window ``[l-w//2, l+ceil(w/2))`` clipped).
+        window_convention: ``"rome_code"`` (default) or ``"rome_paper"``
+            (:mod:`interp.windows`); ``windows`` in the result lists each window's layers.
         samples: noise draws; noise: ``"3sd"`` (× std of subject embeddings — of
             ``noise_subjects`` if given, else the embedding matrix) or an absolute float.
         context: a retrieved context placed before the question (see :mod:`.rag`); the subject
@@ -319,6 +326,7 @@ def causal_trace(model, prompt: str, subject: str, target: str | None = None, *,
         :class:`CausalTraceResult` with ``p_restored[kind]`` of shape [layers][tokens].
     """
     kinds = check_settings(kinds, window, samples)
+    check_convention(window_convention)
     setup = prepare_trace(model, prompt, subject, target, samples=samples, noise=noise, seed=seed,
                           occurrence=occurrence, context=context, corrupt=corrupt,
                           noise_subjects=noise_subjects, template=template)
@@ -331,12 +339,12 @@ def causal_trace(model, prompt: str, subject: str, target: str | None = None, *,
     run_pos = [t for t in positions if t >= first_c]
     cells, rests = [], []
     for kind in kinds:
-        for l, t, r in grid_restorations(kind, L, run_pos, window):
+        for l, t, r in grid_restorations(kind, L, run_pos, window, window_convention):
             cells.append((kind, l, t))
             rests.append(r)
     from ._suffix import suffix_supported, trace_rows
     if fast and suffix_supported(model):
-        fcells = [(k, l, t, [l] if k == "hidden" else window_layers(l, window, L)) for k, l, t in cells]
+        fcells = [(k, l, t, restored_layers(k, l, window, L, window_convention)) for k, l, t in cells]
         p_clean, p_corrupt, probs = trace_rows(model, setup, fcells, max_rows=max_rows)
     else:
         fast = False
@@ -350,7 +358,7 @@ def causal_trace(model, prompt: str, subject: str, target: str | None = None, *,
     for (k, l, t), p in zip(cells, probs.tolist()):
         grids[k][l][t] = p
     ie = {k: [[None if v is None else v - p_corrupt for v in row] for row in g] for k, g in grids.items()}
-    settings = {"kinds": list(kinds), "window": window, "window_convention": WINDOW_CONVENTION,
+    settings = {"kinds": list(kinds), "window": window, "window_convention": window_convention,
                 "samples": samples, "noise": noise, "noise_level": setup.noise_level,
                 "noise_site": "embed (token embedding output, subject positions)",
                 "corrupt": corrupt or ("subject+context" if context is not None else "subject"),
@@ -361,7 +369,9 @@ def causal_trace(model, prompt: str, subject: str, target: str | None = None, *,
     return CausalTraceResult(prompt, subject, setup.tokens, list(setup.subject_range), setup.target,
                              setup.target_id, p_clean, p_corrupt, list(kinds), list(range(L)), grids, ie,
                              settings, seed, setup.target_multi_token, positions, context,
-                             list(setup.context_range) if setup.context_range else None, model.name)
+                             list(setup.context_range) if setup.context_range else None, model.name,
+                             {k: [restored_layers(k, l, window, L, window_convention) for l in range(L)]
+                              for k in kinds})
 
 
 # ----------------------------------------------------------------------------- figures
@@ -468,7 +478,8 @@ def _aggregate(items: list[dict], kinds, n_layers):
 def trace_dataset(model, dataset, out_dir: str | Path, *, kinds: Sequence[str] = ("hidden", "mlp", "attn"),
                   window: int = 10, samples: int = 10, noise: str | float = "3sd", seed: int = 0,
                   min_p: float | None = None, limit: int | None = None, max_known: int | None = None,
-                  max_rows: int | None = None, progress: bool = True) -> TraceSweepResult:
+                  window_convention: str = DEFAULT_CONVENTION, max_rows: int | None = None,
+                  progress: bool = True) -> TraceSweepResult:
     """Causal traces of every known fact of a known_1000-style dataset, averaged by token category.
 
     Args:
@@ -484,9 +495,11 @@ def trace_dataset(model, dataset, out_dir: str | Path, *, kinds: Sequence[str] =
     reported in ``skipped`` with their row number; the sweep goes on with the rest.
     """
     from ..datasets import Fact, load_known_facts
+    from ..known import KNOWN_RULES, check_known
     from ..sweep import Checkpoint
 
     kinds = check_settings(kinds, window, samples)
+    check_convention(window_convention)
     if isinstance(dataset, (str, Path)):
         facts, report = load_known_facts(dataset)
         name, n_rows, skipped = str(dataset), report.n_rows, [list(s) for s in report.skipped]
@@ -498,29 +511,17 @@ def trace_dataset(model, dataset, out_dir: str | Path, *, kinds: Sequence[str] =
     if limit is not None:
         facts = facts[:limit]
     level = resolve_noise(model, noise, [f.subject for f in facts])
-    # known facts: one batched clean forward over all prompts
+    # known facts (ROME's rule, or p(attribute) >= min_p): batched clean forwards
     tok = model.tokenizer
-    prompts = [f.prompt for f in facts]
-    known: list[tuple[Fact, int]] = []
-    for i in range(0, len(prompts), 64):
-        lg = model.run(prompts[i:i + 64]).logits.float()
-        pr = lg.softmax(-1)
-        for f, row, prow in zip(facts[i:i + 64], lg, pr):
-            top = int(row.argmax())
-            if min_p is None:
-                ok = tok.decode([top]).strip() == f.attribute.strip()
-                tid = top
-            else:
-                tid, _ = model.encode_target(" " + f.attribute.strip())
-                ok = float(prow[tid]) >= min_p
-            if ok:
-                known.append((f, tid))
+    rule = "rome" if min_p is None else "min_p"
+    known: list[tuple[Fact, int]] = [(f, c.target_id) for f, c in
+                                      zip(facts, check_known(model, facts, rule=rule, min_p=min_p)) if c.known]
     n_known = len(known)
     if max_known is not None:
         known = known[:max_known]
     config = {"dataset": name, "kinds": list(kinds), "window": window, "samples": samples, "noise": noise,
               "noise_level": round(level, 8), "seed": seed, "min_p": min_p, "model": model.name,
-              "limit": limit}
+              "limit": limit, "window_convention": window_convention}
     ck = Checkpoint(out_dir, config)
     it = known
     if progress:
@@ -532,7 +533,8 @@ def trace_dataset(model, dataset, out_dir: str | Path, *, kinds: Sequence[str] =
             continue
         try:
             res = causal_trace(model, f.prompt, f.subject, tok.decode([tid]), kinds=kinds, window=window,
-                               samples=samples, noise=level, seed=seed, max_rows=max_rows)
+                               samples=samples, noise=level, seed=seed, window_convention=window_convention,
+                               max_rows=max_rows)
         except Exception as e:  # noqa: BLE001 — report the row, go on with the rest
             from ..errors import InterpError
             if not isinstance(e, InterpError):
@@ -553,8 +555,8 @@ def trace_dataset(model, dataset, out_dir: str | Path, *, kinds: Sequence[str] =
                            list(range(model.n_layers)), list(CATEGORIES), aie, se, nf,
                            sum(i["p_clean"] for i in items) / max(1, len(items)),
                            sum(i["p_corrupt"] for i in items) / max(1, len(items)), peaks,
-                           {**config, "known_rule": "clean top-1 == attribute" if min_p is None
-                            else f"p(attribute) >= {min_p}", "window_convention": WINDOW_CONVENTION,
+                           {**config, "known_rule": KNOWN_RULES[rule].replace("min_p", str(min_p)),
+                            "window_layers": WINDOW_CONVENTIONS[window_convention],
                             "se": "std over facts / sqrt(n)",
                             "pooling": "middle/further tokens averaged within a fact, then over facts"},
                            seed, model.name)

@@ -96,9 +96,9 @@ def prepare_pair(model, clean: str, corrupt: str, *, answer: str | None = None, 
             raise PromptError(f"the {name} prompt is empty")
     ctx_range = None
     if context is not None:
-        from .rag import rag_prompt
-        clean, _, _ = rag_prompt(clean, context, template=template)
-        corrupt, _, _ = rag_prompt(corrupt, context, template=template)
+        from ..prompts import rag_prompt
+        clean = rag_prompt(clean, context, template=template).text
+        corrupt = rag_prompt(corrupt, context, template=template).text
         ctx_range = model.token_span(clean, context.strip())
     b = model.tokenize([clean, corrupt])
     n0, n1 = b.lengths

@@ -6,8 +6,8 @@ Design note
 with and without retrieved text and find that, with a context stating the answer, the subject's
 MLP states stop mediating it.  Here a context is one more argument of every method
 (``causal_trace(..., context=)``, ``activation_patching(..., context=)``): the prompt becomes
-``template.format(context=…, question=…)`` (default the paper's "Information is below: …
-Given the context information and not prior knowledge, complete the following: …"), the subject
+:func:`interp.prompts.rag_prompt` (default the paper's "Information is below: … Given the context
+information and not prior knowledge, complete the following: …"), the subject
 range is looked up **inside the question** (occurrences in the context are skipped), the
 context's token span is recorded, and the grid covers the question's tokens (the context tokens
 are not traced: restoring them would need a 100-token-wide grid and is not what the papers show).
@@ -26,26 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from ..prompts import RAG_TEMPLATE
 from ..results import Result
 
-RAG_TEMPLATE = ("Information is below: {context} Given the context information and not prior "
-                "knowledge, complete the following: {question}")
 CONDITIONS = ("no_context", "true_context", "counterfactual_context")
-
-
-def rag_prompt(question: str, context: str, *, template: str | None = None) -> tuple[str, int, tuple[int, int]]:
-    """The RAG prompt text, the character where the question starts, and the context's char span."""
-    from ..errors import PromptError
-    if not context or not context.strip():
-        raise PromptError("the context is empty: give the retrieved text, or no context at all")
-    template = template or RAG_TEMPLATE
-    if "{context}" not in template or "{question}" not in template:
-        raise PromptError("a RAG template needs the fields {context} and {question}")
-    ctx = context.strip()
-    text = template.format(context=ctx, question=question)
-    q = text.rindex(question)
-    c = text.index(ctx)
-    return text, q, (c, c + len(ctx))
 
 
 def first_sentences(paragraph: str, must_contain: str, max_sentences: int = 2) -> str:
@@ -95,8 +79,9 @@ def rag_comparison(model, fakepedia_path: str | Path, *, n_facts: int = 8, kinds
                    max_rows: int | None = None, progress: bool = False) -> RagComparisonResult:
     """Trace Fakepedia facts the model knows with no context, a true context, a counterfactual one.
 
-    * known = the clean top-1 token of the bare query is the first token of the true object
-      (scanning the first ``scan`` rows, keeping ``n_facts``);
+    * known = :mod:`interp.known`'s ``"first_token"`` rule: the clean top-1 token of the bare
+      query is the first token of the true object (scanning the first ``scan`` rows, keeping
+      ``n_facts``);
     * true context = the query completed with the true object ("{query} {true_object}.");
     * counterfactual context = the first sentences of Fakepedia's ``fact_paragraph`` up to the one
       naming the counterfactual object.
@@ -104,23 +89,16 @@ def rag_comparison(model, fakepedia_path: str | Path, *, n_facts: int = 8, kinds
     model answers); ``answers`` counts whether that is the true or the counterfactual object.
     Noise scale: "3sd" over the subjects of the scanned rows.
     """
-    from ..datasets import read_records
+    from ..datasets import Fact, read_records
+    from ..known import check_known
     from .causal_trace import CATEGORIES, _aggregate, causal_trace, resolve_noise
 
     recs = [r for r in read_records(fakepedia_path)[:scan]
             if r.get("query") and r.get("subject") and r.get("true_object") and r.get("fact_paragraph")
             and r["subject"] in r["query"]]
     level = resolve_noise(model, noise, [r["subject"] for r in recs])
-    tok = model.tokenizer
-    known = []
-    for i in range(0, len(recs), 32):
-        chunk = recs[i:i + 32]
-        top = model.run([r["query"] for r in chunk]).logits.argmax(-1).tolist()
-        for r, t in zip(chunk, top):
-            first, _ = model.encode_target(" " + r["true_object"])
-            if t == first:
-                known.append(r)
-    known = known[:n_facts]
+    facts = [Fact(r["query"], r["subject"], r["true_object"], i) for i, r in enumerate(recs)]
+    known = [r for r, c in zip(recs, check_known(model, facts, rule="first_token")) if c.known][:n_facts]
     items = {c: [] for c in CONDITIONS}
     answers = {c: {"true": 0, "counterfactual": 0, "other": 0} for c in CONDITIONS}
     it = known
