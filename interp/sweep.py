@@ -1,71 +1,274 @@
-"""Resumable sweeps: one JSON line per finished item, appended and flushed as it finishes.
+"""The result log of every sweep: append-only, crash-safe, resumable.
 
-A sweep over a dataset (causal traces of 1,000 facts, knockouts, neuron statistics, probe
-extraction) writes each item's result to ``<dir>/items.jsonl`` keyed by the item's id, next to
-``<dir>/config.json`` (the settings that produced it).  A killed sweep restarted with the same
-settings skips the ids already written and continues; restarted with *different* settings it
-refuses (a mixed file would average incomparable numbers) and names the fix.  A torn last line
-(killed mid-write) is dropped on reopen.
+A sweep over a dataset (causal traces of 1,000 facts, knockouts, neuron statistics, probe fits)
+writes each finished item to ``<dir>/items.jsonl`` as one JSON line ``{"id": ..., "result": ...}``,
+next to ``<dir>/config.json`` (the settings that produced it).  The contract:
+
+* **Append only.**  A line is written, flushed and ``fsync``-ed before :meth:`Checkpoint.add`
+  returns; the file is never rewritten or truncated.  A kill (SIGKILL, power loss after the
+  fsync) loses at most the item being written.
+* **A torn line is ignored, never what follows it.**  A kill in the middle of a write leaves a
+  fragment without a newline at the end of the file.  Reopening terminates it with a newline
+  (an append, not a rewrite), so the next record starts on its own line; reading skips any line
+  that is not a complete record and keeps every line after it.  The skipped item is simply
+  computed again.
+* **Resume or refuse.**  Reopening a directory with the same settings resumes (``item in log`` is
+  true for finished items; the later of two records with one id wins).  Other settings — or
+  another model — are refused with :class:`SweepConfigMismatch`, naming what differs and the fix:
+  a mixed log would average incomparable numbers.  ``config.json`` is written atomically (temporary
+  file, fsync, rename), so a kill while creating it cannot leave half a file.
+* **State snapshots.**  Sweeps that accumulate running sums instead of per-item results (neuron
+  statistics) store them with :meth:`Checkpoint.save_state`: the tensors go to a new safetensors
+  file (atomically), then one log record names that file and its progress; the last record wins.
+  Tensors and progress can never disagree, because the record is written only after the file.
+
+Errors inside a sweep are not results: :class:`SweepErrors` counts and lists them (row, fact,
+error) for the result and stderr, and the sweep goes on; an item that failed is not logged, so a
+resumed sweep tries it again (the same input fails the same way, so the result is unchanged).
+The format is the one written by earlier versions of interp (lines ``{"id", "result"}`` plus
+``config.json``), so a sweep started with an older version resumes with this one.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import InterpError
 
+ITEMS = "items.jsonl"
+CONFIG = "config.json"
+
 
 class SweepConfigMismatch(InterpError, ValueError):
-    """A sweep directory holds results made with other settings."""
+    """A sweep directory holds results made with other settings (or another model)."""
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # not every platform can open a directory
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: str | Path, data: str | bytes) -> None:
+    """Write a whole file so that a kill leaves either the old file or the new one, never half."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _normalise(config: dict) -> dict:
+    return json.loads(json.dumps(config, default=str))
 
 
 class Checkpoint:
+    """Append-only result log of one sweep in ``out_dir`` (see the module docstring).
+
+    ``config`` is every setting that changes the results, the model's name included; it must be
+    JSON-serialisable (other values are stored as ``str``).
+    """
+
     def __init__(self, out_dir: str | Path, config: dict):
         self.dir = Path(out_dir)
+        if self.dir.exists() and not self.dir.is_dir():
+            raise SweepConfigMismatch(f"{self.dir} is a file, not a sweep directory; give another --out")
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.items_path = self.dir / "items.jsonl"
-        cfg_path = self.dir / "config.json"
-        config = json.loads(json.dumps(config, default=str))
-        if cfg_path.exists():
-            old = json.loads(cfg_path.read_text())
-            if old != config:
-                diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
-                raise SweepConfigMismatch(
-                    f"{self.dir} holds a sweep made with other settings (differ: {', '.join(diff)}); "
-                    f"use another output directory or delete this one to start over")
-        else:
-            cfg_path.write_text(json.dumps(config, indent=1))
-        self.config = config
+        self.items_path = self.dir / ITEMS
+        self.config = _normalise(config)
+        self._check_config(self.dir / CONFIG)
         self.done: dict[str, Any] = {}
-        if self.items_path.exists():
-            good = []
-            with open(self.items_path, encoding="utf-8") as f:
-                for line in f:
-                    try:
-                        rec = json.loads(line)
-                    except json.JSONDecodeError:
-                        break  # torn last line from a kill: drop it and what follows
-                    self.done[str(rec["id"])] = rec["result"]
-                    good.append(line if line.endswith("\n") else line + "\n")
-            with open(self.items_path, "w", encoding="utf-8") as f:
-                f.writelines(good)
+        #: lines skipped on reading (torn by a kill, or damaged): their items are computed again
+        self.n_torn = 0
+        self._read()
 
+    # ------------------------------------------------------------------ opening
+    def _check_config(self, path: Path) -> None:
+        old = None
+        if path.exists():
+            try:
+                old = json.loads(path.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                old = None
+            if not isinstance(old, dict):
+                if self.items_path.exists() and self.items_path.stat().st_size > 0:
+                    raise SweepConfigMismatch(
+                        f"{path} is damaged, so the results in {self.dir} cannot be matched to their "
+                        f"settings; delete {self.dir} to start over or give another --out")
+                old = None
+        if old is None:
+            write_atomic(path, json.dumps(self.config, indent=1))
+            return
+        if old == self.config:
+            return
+        keys = sorted(k for k in set(old) | set(self.config) if old.get(k) != self.config.get(k))
+        if "model" in keys:
+            raise SweepConfigMismatch(
+                f"{self.dir} holds a sweep of model {old.get('model')!r}, not {self.config.get('model')!r}; "
+                f"give another --out (or the same --model to resume it)")
+        shown = ", ".join(f"{k}: {old.get(k)!r} → {self.config.get(k)!r}" for k in keys[:4])
+        more = f" (+{len(keys) - 4} more)" if len(keys) > 4 else ""
+        raise SweepConfigMismatch(
+            f"{self.dir} holds a sweep made with other settings ({shown}{more}); rerun with the "
+            f"same settings to resume it, or give another --out (or delete it) to start over")
+
+    def _read(self) -> None:
+        if not self.items_path.exists():
+            return
+        with open(self.items_path, "rb") as f:
+            data = f.read()
+        for raw in data.split(b"\n"):
+            if not raw.strip():
+                continue
+            try:
+                rec = json.loads(raw.decode("utf-8"))
+                item_id, result = str(rec["id"]), rec["result"]
+            except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+                self.n_torn += 1  # a torn or damaged line: skip it, keep every line after it
+                continue
+            self.done[item_id] = result
+        if data and not data.endswith(b"\n"):
+            # a kill mid-write left a fragment: end its line so the next record starts cleanly
+            self._append(b"\n")
+
+    # ------------------------------------------------------------------ writing
+    def _append(self, data: bytes) -> None:
+        with open(self.items_path, "ab") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def add(self, item_id, result: Any) -> None:
+        """Append one finished item; durable when this returns."""
+        rec = json.dumps({"id": str(item_id), "result": result}, default=str)
+        self._append(rec.encode("utf-8") + b"\n")
+        self.done[str(item_id)] = json.loads(rec)["result"]  # exactly what a resumed run reads back
+
+    # ------------------------------------------------------------------ reading
     def __contains__(self, item_id) -> bool:
         return str(item_id) in self.done
 
-    def add(self, item_id, result: Any) -> None:
-        rec = json.dumps({"id": str(item_id), "result": result}, default=str)
-        with open(self.items_path, "a", encoding="utf-8") as f:
-            f.write(rec + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        self.done[str(item_id)] = result
+    def get(self, item_id, default=None):
+        return self.done.get(str(item_id), default)
 
     def results(self) -> Iterator[tuple[str, Any]]:
+        """``(id, result)`` of every finished item, in the order they were first finished."""
         return iter(self.done.items())
 
     def __len__(self) -> int:
         return len(self.done)
+
+    # ------------------------------------------------------------------ state snapshots
+    STATE_ID = "__state__"
+
+    def save_state(self, tensors: dict, progress: dict) -> None:
+        """Snapshot running sums: tensors to a new file, then a log record naming it and ``progress``."""
+        from safetensors.torch import save_file
+        prev = self.done.get(self.STATE_ID)
+        n = (prev["seq"] + 1) if prev else 0
+        name = f"state-{n:06d}.safetensors"
+        tmp = self.dir / (name + ".tmp")
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, self.dir / name)
+        _fsync_dir(self.dir)
+        self.add(self.STATE_ID, {"seq": n, "file": name, "bytes": (self.dir / name).stat().st_size,
+                                 **progress})
+        self._drop_stale_states(keep=name)
+
+    def load_state(self) -> tuple[dict, dict] | None:
+        """``(tensors, progress)`` of the last snapshot, or None when there is none."""
+        rec = self.done.get(self.STATE_ID)
+        self._drop_stale_states(keep=rec["file"] if rec else None)
+        if rec is None:
+            return None
+        path = self.dir / rec["file"]
+        if not path.exists() or path.stat().st_size != rec["bytes"]:
+            raise SweepConfigMismatch(
+                f"{path} (the running state named by the last record of {self.items_path}) is missing or "
+                f"damaged; delete {self.dir} to start the sweep over")
+        from safetensors.torch import load_file
+        progress = {k: v for k, v in rec.items() if k not in ("seq", "file", "bytes")}
+        return load_file(str(path)), progress
+
+    def _drop_stale_states(self, keep: str | None) -> None:
+        for p in self.dir.glob("state-*.safetensors*"):
+            if p.name != keep:
+                p.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------- errors inside a sweep
+@dataclass
+class SweepErrors:
+    """Errors inside a sweep, counted and listed; each one is also printed on stderr as it happens.
+
+    ``items`` holds ``{"row": dataset row, "fact": short description, "error": "Type: message"}``.
+    """
+
+    what: str = "sweep"
+    items: list[dict] = field(default_factory=list)
+    echo: bool = True
+
+    def add(self, row, fact: str, error: BaseException | str) -> None:
+        msg = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        msg = " ".join(str(msg).split())[:500]
+        self.items.append({"row": row, "fact": fact, "error": msg})
+        if self.echo:
+            print(f"{self.what}: row {row} ({fact}) failed: {msg}; the sweep goes on", file=sys.stderr)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def by_row(self) -> list[dict]:
+        """The errors in dataset-row order (a resumed sweep meets them in another order)."""
+        return sorted(self.items, key=lambda e: (e["row"] is None, e["row"]))
+
+    def summary(self) -> str:
+        return f"{len(self.items)} error(s) in {self.what}" + (
+            ": " + "; ".join(f"row {e['row']}: {e['error']}" for e in self.items[:3])
+            + (" …" if len(self.items) > 3 else "") if self.items else "")
+
+
+def describe_fact(fact) -> tuple[int, str]:
+    """``(row, "'subject' in 'prompt…'")`` of a :class:`~interp.datasets.Fact`, for error lists."""
+    p = fact.prompt if len(fact.prompt) <= 80 else fact.prompt[:40] + "…" + fact.prompt[-39:]
+    return fact.row, f"{fact.subject!r} in {p!r}"
+
+
+def map_batches(fn, items: list, batch_size: int, errors: SweepErrors, describe) -> list:
+    """``fn(batch) -> one output per item`` over ``items`` in batches, one bad item failing alone.
+
+    A batch that raises is rerun item by item; an item that fails alone is recorded in ``errors``
+    (``describe(item) -> (row, fact)``) and gets ``None``, and the sweep goes on.
+    """
+    out: list = []
+    for i in range(0, len(items), batch_size):
+        block = items[i:i + batch_size]
+        try:
+            out.extend(fn(block))
+            continue
+        except Exception:  # noqa: BLE001 — find the item that fails, keep the others
+            pass
+        for it in block:
+            try:
+                out.extend(fn([it]))
+            except Exception as e:  # noqa: BLE001
+                errors.add(*describe(it), e)
+                out.append(None)
+    return out

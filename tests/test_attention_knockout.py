@@ -223,6 +223,27 @@ def test_sweep_resumes(tmp_path):
     assert c.n_known == 0 and c.n_scanned == 3
 
 
+def test_sweep_errors_are_listed_not_unknown(tmp_path, capsys):
+    m = tiny("llama")
+    facts = [Fact("The Eiffel Tower is located in the city of", "The Eiffel Tower", "Paris", 0),
+             Fact("The capital of Roman Republic is", "Atlantis", "Rome", 1),  # subject not in prompt
+             Fact("Paris " * 200 + "Danish pastry was created in", "Danish pastry", "Denmark", 2),  # too long
+             Fact("Danish pastry was created in the country of", "Danish pastry", "Denmark", 3)]
+    r = knockout_sweep(m, facts, tmp_path / "a", n_facts=None, require_known=False, progress=False)
+    assert r.fact_rows == [0, 3] and r.n_known == 2
+    assert [(e["row"], e["error"].split(":")[0]) for e in r.errors] == [(1, "SpanNotFoundError"),
+                                                                      (2, "PromptError")]
+    assert "Atlantis" in r.errors[0]["fact"]
+    err = capsys.readouterr().err
+    assert "knockout sweep: row 1" in err and "knockout sweep: row 2" in err
+    lines = (tmp_path / "a" / "items.jsonl").read_text().splitlines()
+    assert len(lines) == 2  # failures are not stored as facts (neither known nor unknown)
+    again = knockout_sweep(m, facts, tmp_path / "a", n_facts=None, require_known=False, progress=False)
+    assert again.errors == r.errors and again.mean == r.mean  # a resumed run lists the same failures
+    r.save(tmp_path / "res")
+    assert type(r).load(tmp_path / "res").errors == r.errors
+
+
 # ----------------------------------------------------------------------------- real model
 @pytest.mark.slow
 def test_default_model_geva_ordering(default_model):

@@ -232,6 +232,22 @@ def test_dataset_sweep_reports_bad_rows_and_resumes(tm, tmp_path):
     assert r2.figure() is not None
 
 
+def test_dataset_sweep_counts_errors_and_goes_on(tm, tmp_path, capsys):
+    long = "Paris " * 200 + "is the city where the Eiffel Tower is, and it is in"  # > the tiny model's context
+    rows = [{"prompt": PROMPT, "subject": SUBJ, "attribute": "Paris"},
+            {"prompt": long, "subject": "Eiffel Tower", "attribute": "France"},
+            {"prompt": "The Louvre is a museum in", "subject": "Louvre", "attribute": "Paris"}]
+    path = tmp_path / "facts.json"
+    path.write_text(json.dumps(rows))
+    r = trace_dataset(tm, path, tmp_path / "sweep", samples=1, window=2, noise=0.3, min_p=0.0, progress=False)
+    assert r.n_traced == 2 and len(r.errors) == 1
+    e = r.errors[0]
+    assert e["row"] == 1 and "Eiffel Tower" in e["fact"] and "PromptError" in e["error"] and "context" in e["error"]
+    assert "trace sweep: row 1" in capsys.readouterr().err
+    again = type(r).load(tmp_path / "sweep")
+    assert again.errors == r.errors
+
+
 @pytest.mark.slow
 def test_default_model_trace_ie_equals_te(default_model):
     r = causal_trace(default_model, "The Eiffel Tower is located in the city of", "Eiffel Tower",

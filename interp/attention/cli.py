@@ -49,8 +49,11 @@ def _cmd_knockout(args) -> dict:
                 i = min(range(len(res.layers)), key=res.mean[s].__getitem__)
                 print(f"{s:12s} strongest drop {100 * res.mean[s][i]:+.1f}% ± {100 * res.sem[s][i]:.1f} "
                       f"at layer {res.layers[i]}  (n={res.n_known})")
+            if res.errors:
+                print(f"{len(res.errors)} fact(s) failed (listed in knockout_sweep.json)")
         return {"n_known": res.n_known, "n_scanned": res.n_scanned, "window": res.window,
-                "layers": res.layers, "mean": res.mean, "sem": res.sem, "files": paths}
+                "layers": res.layers, "mean": res.mean, "sem": res.sem, "n_errors": len(res.errors),
+                "errors": res.errors[:20], "files": paths}
     if not args.prompt:
         raise PromptError("give --prompt (and --subject), or --dataset PATH for a sweep")
     prompt, context, occ = _prompt_and_context(args)

@@ -363,6 +363,8 @@ class KnockoutSweepResult(Result):
     mean_p_clean: float
     frac_below_half: dict[str, list[float]] = field(default_factory=dict)
     model: str = ""
+    #: errors inside the sweep: [{"row", "fact", "error"}] (those facts are left out, not "unknown")
+    errors: list = field(default_factory=list)
 
     def figure(self):
         import plotly.graph_objects as go
@@ -394,6 +396,8 @@ def knockout_sweep(model, dataset: str | Path | Sequence, out_dir: str | Path, *
     in dataset order (clean forwards batched ``scan_batch`` at a time) until ``n_facts`` known
     ones were swept.  Every fact's outcome (also "not known") is written to
     ``out_dir/items.jsonl`` through :class:`~interp.sweep.Checkpoint`, so a killed sweep resumes.
+    A fact whose forward or knockout fails is not "unknown": it is listed in ``errors`` (row,
+    fact, error) and on stderr, and the sweep goes on.
 
     Args:
         dataset: a known_1000-style file path, or a list of :class:`~interp.datasets.Fact`.
@@ -403,7 +407,7 @@ def knockout_sweep(model, dataset: str | Path | Sequence, out_dir: str | Path, *
     """
     from ..datasets import load_known_facts
     from ..known import check_known
-    from ..sweep import Checkpoint
+    from ..sweep import Checkpoint, SweepErrors, describe_fact, map_batches
 
     a = model.adapter
     window = check_window(window, a.n_layers)
@@ -421,29 +425,43 @@ def knockout_sweep(model, dataset: str | Path | Sequence, out_dir: str | Path, *
                               "sources": list(sources), "dataset": Path(name).name,
                               "metric": "relative change of p(clean top-1)",
                               "require_known": require_known})
-    known_done = [k for k, v in ck.results() if v.get("known")]
+    errors = SweepErrors("knockout sweep")
+
+    def done(f) -> bool:  # older logs stored errors as unknown facts: those are retried
+        return f.row in ck and "error" not in ck.get(f.row)
+
     bar = None
     if progress:
         from tqdm.auto import tqdm
-        bar = tqdm(total=n_facts, desc="knockout facts", unit="fact", initial=len(known_done))
-    n_known = len(known_done)
+        bar = tqdm(total=n_facts, desc="knockout facts", unit="fact")
+    n_known = 0
     i = 0
     while i < len(facts) and (n_facts is None or n_known < n_facts):
-        block = [f for f in facts[i:i + scan_batch] if f.row not in ck]
+        block = facts[i:i + scan_batch]
         i += scan_batch
-        if not block:
-            continue
-        for f, c in zip(block, check_known(model, block, rule="first_token", batch_size=scan_batch)):
+        todo = [f for f in block if not done(f)]
+        checks = dict(zip([f.row for f in todo], map_batches(
+            lambda b: check_known(model, b, rule="first_token", batch_size=len(b)), todo, scan_batch, errors,
+            describe_fact)))
+        for f in block:
             if n_facts is not None and n_known >= n_facts:
                 break
+            if done(f):
+                n_known += bool(ck.get(f.row).get("known"))
+                if bar is not None and ck.get(f.row).get("known"):
+                    bar.update(1)
+                continue
+            c = checks[f.row]
+            if c is None:  # the clean forward failed: listed in errors
+                continue
             if require_known and not c.known:
                 ck.add(f.row, {"known": False, "top": c.top_id, "want": c.answer_id})
                 continue
             try:
                 r = attention_knockout(model, f.prompt, sources, subject=f.subject, window=window,
                                        answer=None)
-            except (SpanNotFoundError, InterventionError) as e:
-                ck.add(f.row, {"known": False, "error": str(e)})
+            except Exception as e:  # noqa: BLE001 — a failure is not "unknown": list it, go on
+                errors.add(*describe_fact(f), e)
                 continue
             ck.add(f.row, {"known": True, "p_clean": r.p_clean, "rel": r.relative_change,
                            "answer": r.answer})
@@ -452,13 +470,15 @@ def knockout_sweep(model, dataset: str | Path | Sequence, out_dir: str | Path, *
                 bar.update(1)
     if bar is not None:
         bar.close()
-    return summarise_sweep(ck, name, list(range(a.n_layers)), window, list(sources), model.name)
+    return summarise_sweep(ck, name, list(range(a.n_layers)), window, list(sources), model.name,
+                           errors.by_row())
 
 
-def summarise_sweep(ck, dataset: str, layers, window, sources, model_name) -> KnockoutSweepResult:
+def summarise_sweep(ck, dataset: str, layers, window, sources, model_name,
+                    errors: list | None = None) -> KnockoutSweepResult:
     rows, recs = [], []
     for k, v in ck.results():
-        if v.get("known"):
+        if v.get("known") and "error" not in v:
             rows.append(int(k))
             recs.append(v)
     mean, sem, below = {}, {}, {}
@@ -471,4 +491,5 @@ def summarise_sweep(ck, dataset: str, layers, window, sources, model_name) -> Kn
     pc = sum(r["p_clean"] for r in recs) / max(1, len(recs))
     return KnockoutSweepResult(dataset=dataset, layers=layers, window=window, sources=sources,
                                n_known=len(recs), n_scanned=len(ck), fact_rows=rows, mean=mean,
-                               sem=sem, mean_p_clean=pc, frac_below_half=below, model=model_name)
+                               sem=sem, mean_p_clean=pc, frac_below_half=below, model=model_name,
+                               errors=list(errors or []))

@@ -446,6 +446,8 @@ class TraceSweepResult(Result):
     settings: dict
     seed: int
     model: str = ""
+    #: errors inside the sweep: [{"row", "fact", "error"}] (the sweep went on without those facts)
+    errors: list = field(default_factory=list)
 
     def figure(self):
         return sweep_figure(self)
@@ -491,12 +493,13 @@ def trace_dataset(model, dataset, out_dir: str | Path, *, kinds: Sequence[str] =
             attribute); a float → p(first token of " " + attribute) ≥ ``min_p``.
         limit: scan only the first ``limit`` usable rows; ``max_known``: trace at most this many.
 
-    Rows with a missing field, a subject not in its prompt, or an error while tracing are
-    reported in ``skipped`` with their row number; the sweep goes on with the rest.
+    Rows with a missing field or a subject not in its prompt are reported in ``skipped`` with
+    their row number; an error while scanning or tracing a fact is counted and listed in
+    ``errors`` (row, fact, error) and on stderr.  The sweep goes on with the rest either way.
     """
     from ..datasets import Fact, load_known_facts
     from ..known import KNOWN_RULES, check_known
-    from ..sweep import Checkpoint
+    from ..sweep import Checkpoint, SweepErrors, describe_fact, map_batches
 
     kinds = check_settings(kinds, window, samples)
     check_convention(window_convention)
@@ -514,8 +517,10 @@ def trace_dataset(model, dataset, out_dir: str | Path, *, kinds: Sequence[str] =
     # known facts (ROME's rule, or p(attribute) >= min_p): batched clean forwards
     tok = model.tokenizer
     rule = "rome" if min_p is None else "min_p"
-    known: list[tuple[Fact, int]] = [(f, c.target_id) for f, c in
-                                      zip(facts, check_known(model, facts, rule=rule, min_p=min_p)) if c.known]
+    errors = SweepErrors("trace sweep")
+    checks = map_batches(lambda b: check_known(model, b, rule=rule, min_p=min_p, batch_size=len(b)), facts, 64,
+                         errors, describe_fact)
+    known: list[tuple[Fact, int]] = [(f, c.target_id) for f, c in zip(facts, checks) if c is not None and c.known]
     n_known = len(known)
     if max_known is not None:
         known = known[:max_known]
@@ -529,22 +534,19 @@ def trace_dataset(model, dataset, out_dir: str | Path, *, kinds: Sequence[str] =
         it = tqdm(known, desc="trace facts", unit="fact")
     for f, tid in it:
         key = f"row{f.row}"
-        if key in ck:
+        if key in ck and "error" not in ck.get(key):  # older logs stored errors: those are retried
             continue
         try:
             res = causal_trace(model, f.prompt, f.subject, tok.decode([tid]), kinds=kinds, window=window,
                                samples=samples, noise=level, seed=seed, window_convention=window_convention,
                                max_rows=max_rows)
-        except Exception as e:  # noqa: BLE001 — report the row, go on with the rest
-            from ..errors import InterpError
-            if not isinstance(e, InterpError):
-                raise
-            ck.add(key, {"error": f"{type(e).__name__}: {e}", "row": f.row})
+        except Exception as e:  # noqa: BLE001 — count and list the fact, go on with the rest
+            errors.add(*describe_fact(f), e)
             continue
         ck.add(key, {"row": f.row, "tokens": res.tokens, "subject_range": res.subject_range,
                      "p_clean": res.p_clean, "p_corrupt": res.p_corrupt, "ie": res.indirect_effect})
-    items = [v for _, v in ck.results() if "error" not in v]
-    skipped += [[v["row"], v["error"]] for _, v in ck.results() if "error" in v]
+    wanted = {f"row{f.row}" for f, _ in known}
+    items = [v for k, v in ck.results() if k in wanted and "error" not in v]
     aie, se, nf = _aggregate(items, kinds, model.n_layers) if items else ({}, {}, {})
     peaks = {}
     for k in aie:
@@ -559,7 +561,7 @@ def trace_dataset(model, dataset, out_dir: str | Path, *, kinds: Sequence[str] =
                             "window_layers": WINDOW_CONVENTIONS[window_convention],
                             "se": "std over facts / sqrt(n)",
                             "pooling": "middle/further tokens averaged within a fact, then over facts"},
-                           seed, model.name)
+                           seed, model.name, errors.by_row())
     res.save(out_dir)
     return res
 

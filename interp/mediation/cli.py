@@ -50,10 +50,12 @@ def _cmd_trace(args) -> dict:
         paths = save_result(res, "trace_sweep", args, "trace_sweep")
         summary = {"dataset": res.dataset, "n_rows": res.n_rows, "n_scanned": res.n_scanned,
                    "n_known": res.n_known, "n_traced": res.n_traced, "skipped": res.skipped[:20],
-                   "n_skipped": len(res.skipped), "peaks": res.peaks, "mean_p_clean": res.mean_p_clean,
+                   "n_skipped": len(res.skipped), "n_errors": len(res.errors), "errors": res.errors[:20],
+                   "peaks": res.peaks, "mean_p_clean": res.mean_p_clean,
                    "mean_p_corrupt": res.mean_p_corrupt, "files": paths}
         if not args.json:
-            print(f"{res.n_known} of {res.n_scanned} facts known; traced {res.n_traced}")
+            print(f"{res.n_known} of {res.n_scanned} facts known; traced {res.n_traced}"
+                  + (f"; {len(res.errors)} failed (listed in trace_sweep.json)" if res.errors else ""))
             for k, pk in res.peaks.items():
                 print(f"  {k:6s} peak AIE {pk['aie']:.4f} at {pk['category']} layer {pk['layer']}")
         return summary

@@ -25,9 +25,10 @@ Texts are cut into windows of ``max_len`` tokens (positions restart at 0 in each
 batched, and run once with ``reads=mlp_post`` for all layers.  Memory: the per-batch activations
 (``layers × batch × max_len × d_mlp``) plus the state (≈ 45 MB for the default model).
 
-Resumable: with ``checkpoint_dir`` the state is written (safetensors + JSON, atomically) every
-``save_every`` batches; a rerun with the same settings continues after the last saved batch, a
-rerun with other settings is refused (:class:`interp.sweep.Checkpoint` checks the config).
+Resumable: with ``checkpoint_dir`` the state is snapshotted every ``save_every`` batches through
+the sweep log (:meth:`interp.sweep.Checkpoint.save_state`: tensors and batch count in one
+record, so a kill cannot pair them wrongly); a rerun with the same settings continues after the
+last snapshot, a rerun with other settings is refused.
 """
 
 from __future__ import annotations
@@ -361,30 +362,27 @@ def neuron_stats(model, corpus, *, threshold: float = 0.1, mode: str = "abs", la
                             n_buckets=n_buckets, threshold=threshold, mode=mode)
     n_tokens = 0
     done_batches = 0
-    ck_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    if ck_dir is not None:
+    ck = None
+    if checkpoint_dir is not None:
         from ..sweep import Checkpoint
         cfg = {"model": model.name, "layers": lay, "threshold": threshold, "mode": mode, "max_len": max_len,
                "batch_size": batch_size, "max_tokens": max_tokens, "n_pos_bins": n_pos_bins, "n_buckets": n_buckets,
                "text_field": text_field, "corpus": str(corpus) if isinstance(corpus, (str, Path)) else "in-memory"}
-        Checkpoint(ck_dir, cfg)  # refuses a directory made with other settings
-        st_path, meta_path = ck_dir / "state.safetensors", ck_dir / "state.json"
-        if st_path.exists() and meta_path.exists():
+        ck = Checkpoint(checkpoint_dir, cfg)  # refuses a directory made with other settings
+        saved = ck.load_state()
+        old_st, old_meta = Path(checkpoint_dir) / "state.safetensors", Path(checkpoint_dir) / "state.json"
+        if saved is None and old_st.exists() and old_meta.exists():  # written by interp before the sweep log
             from safetensors.torch import load_file
-            meta = json.loads(meta_path.read_text())
-            rs.load_state(load_file(str(st_path)))
+            saved = load_file(str(old_st)), json.loads(old_meta.read_text())
+        if saved is not None:
+            tensors, meta = saved
+            rs.load_state(tensors)
             rs.n_windows, n_tokens, done_batches = meta["n_windows"], meta["n_tokens"], meta["batches"]
 
     def save_state():
-        if ck_dir is None:
-            return
-        from safetensors.torch import save_file
-        tmp = ck_dir / "state.safetensors.tmp"
-        save_file({k: v.contiguous() for k, v in rs.state().items()}, str(tmp))
-        tmp.replace(ck_dir / "state.safetensors")
-        tmpj = ck_dir / "state.json.tmp"
-        tmpj.write_text(json.dumps({"n_windows": rs.n_windows, "n_tokens": n_tokens, "batches": done_batches}))
-        tmpj.replace(ck_dir / "state.json")
+        # tensors and progress in one snapshot: a kill can never pair new sums with an old batch count
+        if ck is not None:
+            ck.save_state(rs.state(), {"n_windows": rs.n_windows, "n_tokens": n_tokens, "batches": done_batches})
 
     from .clamp import _ids_batch
 
@@ -421,7 +419,7 @@ def neuron_stats(model, corpus, *, threshold: float = 0.1, mode: str = "abs", la
         n_tokens += int(mask.sum())
         done_batches = bi + 1
         ran += 1
-        if ck_dir is not None and done_batches % save_every == 0:
+        if ck is not None and done_batches % save_every == 0:
             save_state()
     save_state()
     res = finalize(rs, model=model.name, layers=lay, n_tokens=n_tokens, detector_top=detector_top,

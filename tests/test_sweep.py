@@ -1,0 +1,105 @@
+"""The sweep result log: append-only, torn lines, resume/refuse, old format, state snapshots."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from interp.sweep import Checkpoint, SweepConfigMismatch, SweepErrors
+
+CFG = {"model": "m", "window": 10, "dataset": "facts.json"}
+
+
+def test_add_is_durable_and_resumes(tmp_path, monkeypatch):
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real(fd)))
+    ck = Checkpoint(tmp_path, CFG)
+    n0 = len(synced)
+    ck.add(3, {"p": 0.5})
+    ck.add("x", [1, 2])
+    assert len(synced) == n0 + 2  # one fsync per record, before add returns
+    again = Checkpoint(tmp_path, dict(CFG))
+    assert 3 in again and "x" in again and "4" not in again
+    assert dict(again.results()) == {"3": {"p": 0.5}, "x": [1, 2]}
+    assert again.n_torn == 0
+
+
+def test_torn_last_line_is_ignored_and_never_the_lines_after_it(tmp_path):
+    ck = Checkpoint(tmp_path, CFG)
+    ck.add(0, {"v": 0})
+    ck.add(1, {"v": 1})
+    path = tmp_path / "items.jsonl"
+    before = path.read_bytes()
+    with open(path, "ab") as f:  # a kill in the middle of writing item 2
+        f.write(b'{"id": "2", "result": {"v"')
+    ck = Checkpoint(tmp_path, CFG)
+    assert sorted(ck.done) == ["0", "1"] and ck.n_torn == 1
+    assert path.read_bytes().startswith(before)  # nothing rewritten, nothing truncated
+    ck.add(2, {"v": 2})
+    ck.add(3, {"v": 3})
+    ck = Checkpoint(tmp_path, CFG)  # the fragment is now a middle line: skipped, later lines kept
+    assert ck.done == {"0": {"v": 0}, "1": {"v": 1}, "2": {"v": 2}, "3": {"v": 3}}
+    assert ck.n_torn == 1
+    assert path.read_bytes().startswith(before)
+
+
+def test_damaged_middle_line_keeps_the_rest(tmp_path):
+    path = tmp_path / "items.jsonl"
+    (tmp_path / "config.json").write_text(json.dumps(CFG))
+    path.write_bytes(b'{"id": "a", "result": 1}\n\xff\xfe garbage\n{"id": "b"}\n{"id": "c", "result": 3}\n')
+    ck = Checkpoint(tmp_path, CFG)
+    assert ck.done == {"a": 1, "c": 3} and ck.n_torn == 2
+
+
+def test_old_format_resumes(tmp_path):
+    # what interp wrote before this log: config.json (indent=1) + {"id","result"} lines
+    (tmp_path / "config.json").write_text(json.dumps(json.loads(json.dumps(CFG, default=str)), indent=1))
+    (tmp_path / "items.jsonl").write_text('{"id": "row1", "result": {"p_clean": 0.25}}\n')
+    ck = Checkpoint(tmp_path, CFG)
+    assert "row1" in ck and ck.get("row1") == {"p_clean": 0.25}
+
+
+def test_other_settings_or_model_are_refused(tmp_path):
+    Checkpoint(tmp_path, CFG).add(0, 1)
+    with pytest.raises(SweepConfigMismatch, match=r"other settings \(window: 10 → 9\).*same settings to resume"):
+        Checkpoint(tmp_path, {**CFG, "window": 9})
+    with pytest.raises(SweepConfigMismatch, match="holds a sweep of model 'm', not 'other'.*another --out"):
+        Checkpoint(tmp_path, {**CFG, "model": "other"})
+
+
+def test_damaged_config(tmp_path):
+    (tmp_path / "config.json").write_text('{"model": "m", "win')  # torn by an old writer
+    ck = Checkpoint(tmp_path, CFG)  # no results yet: safe to rewrite
+    assert json.loads((tmp_path / "config.json").read_text()) == CFG
+    ck.add(0, 1)
+    (tmp_path / "config.json").write_text("")
+    with pytest.raises(SweepConfigMismatch, match="is damaged.*delete"):
+        Checkpoint(tmp_path, CFG)
+
+
+def test_state_snapshots_last_record_wins(tmp_path):
+    ck = Checkpoint(tmp_path, CFG)
+    assert ck.load_state() is None
+    ck.save_state({"s": torch.zeros(3)}, {"batches": 1})
+    ck.save_state({"s": torch.ones(3)}, {"batches": 2})
+    assert sorted(p.name for p in tmp_path.glob("state-*")) == ["state-000001.safetensors"]
+    # a kill after writing the next snapshot file but before its record: the record still rules
+    (tmp_path / "state-000002.safetensors").write_bytes(b"half")
+    tensors, progress = Checkpoint(tmp_path, CFG).load_state()
+    assert progress == {"batches": 2} and torch.equal(tensors["s"], torch.ones(3))
+    assert not (tmp_path / "state-000002.safetensors").exists()
+    (tmp_path / "state-000001.safetensors").write_bytes(b"x")
+    with pytest.raises(SweepConfigMismatch, match="missing or damaged"):
+        Checkpoint(tmp_path, CFG).load_state()
+
+
+def test_sweep_errors_listed_and_printed(capsys):
+    errs = SweepErrors("trace sweep")
+    errs.add(7, "'Paris' in 'X is in'", ValueError("subject not\nfound"))
+    assert len(errs) == 1 and errs.items[0] == {"row": 7, "fact": "'Paris' in 'X is in'",
+                                                "error": "ValueError: subject not found"}
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "row 7" in err and "the sweep goes on" in err
+    assert "1 error(s) in trace sweep: row 7" in errs.summary()
