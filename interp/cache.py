@@ -87,6 +87,9 @@ def extract_activations(model, prompts: Sequence[str], reads: str | Iterable, ou
         manifest = json.loads(mpath.read_text())
         if manifest.get("config") != config:
             old = manifest.get("config", {})
+            if old.get("model") != config["model"]:
+                raise CacheShardError(f"{out} holds an extraction of model {old.get('model')!r}, not "
+                                      f"{config['model']!r}; use another directory (--cache / --out)")
             diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
             raise CacheShardError(f"{out} holds an extraction made with other arguments (differ: "
                                   f"{', '.join(diff)}); use another directory or delete it")

@@ -4,7 +4,15 @@ Each method module registers its own subcommands through a ``register(sub, commo
 (listed in :data:`COMMAND_MODULES`), so the CLI and the library stay one object: a subcommand
 parses its flags, calls the library function, saves the result with ``result.save(out)`` and its
 figure with :func:`interp.figures.save_figure`, and returns a JSON-able summary.  ``--json``
-prints that summary on stdout (logs go to stderr); errors print one line and exit with code 2.
+prints that summary on stdout (logs go to stderr).
+
+Errors: bad input — a flag argparse rejects, or any :class:`~interp.errors.InterpError` raised by
+the library (they all name the problem and the fix) — prints one line ``interp CMD: error: …``
+and exits with status 2.  Anything else is a bug of interp: one line saying so, exit status 1.
+No traceback reaches the user unless ``--debug`` is given.
+
+Index lists (``--layers``, ``--heads``, ``--neurons``, ``--positions``) have one grammar, parsed
+by :func:`index_list` alone; see :data:`INDEX_GRAMMAR`.
 """
 
 from __future__ import annotations
@@ -24,6 +32,61 @@ COMMAND_MODULES = [
 ]
 
 
+#: the one grammar of every index-list flag, shown in ``interp --help``
+INDEX_GRAMMAR = """\
+index lists (--layers, --heads, --neurons, --positions) all read the same way:
+  5          one index
+  0-9        an inclusive range (0, 1, ..., 9)
+  0,3,7      a comma list; items combine: 0-3,7,12-14
+  all        every index (the default when the flag is left out)
+  -1         counts from the end (layers, positions); ranges take non-negative ends
+  indices are checked against the model once it is loaded: out of range is an error, exit 2"""
+
+
+def index_list(text: str, what: str = "index") -> list[int] | None:
+    """Parse one index list of :data:`INDEX_GRAMMAR`: ``None`` for ``all``, else sorted unique ints."""
+    import re
+    t = str(text).strip()
+    if t.lower() == "all":
+        return None
+    out: set[int] = set()
+    for part in t.split(","):
+        part = part.strip()
+        if re.fullmatch(r"-?\d+", part):
+            out.add(int(part))
+            continue
+        m = re.fullmatch(r"(\d+)\s*-\s*(\d+)", part)
+        if m and int(m[1]) <= int(m[2]):
+            out.update(range(int(m[1]), int(m[2]) + 1))
+            continue
+        hint = (f"the range {part!r} runs backwards: write {m[2]}-{m[1]}" if m else
+                f"{part!r} is not an index" if part else "an empty item")
+        raise argparse.ArgumentTypeError(
+            f"{hint}; write {what}s as 5, 0-9 (inclusive), 0,3,7, 0-3,7 or all")
+    return sorted(out)
+
+
+def index_type(what: str):
+    def parse(text):
+        return index_list(text, what)
+    parse.__name__ = f"{what} list"
+    return parse
+
+
+def add_index_arg(p, flag: str, what: str, help: str) -> None:
+    """Add ``flag`` (e.g. ``--layers``) reading the one index grammar; default None (= all)."""
+    p.add_argument(flag, type=index_type(what), default=None, metavar=what.upper() + "S",
+                   help=f"{help} (e.g. 5, 0-9, 0,3,7, 0-3,7, all; default all)")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``interp CMD: error: PROBLEM (see interp CMD --help)``, exit 2."""
+
+    def error(self, message):
+        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        raise SystemExit(2)
+
+
 def common_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--model", default=None, help="HF id or local dir (default: embedded SmolLM2-135M-Instruct)")
@@ -32,6 +95,8 @@ def common_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--out", default=None, help="directory for result files and figures")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="show the Python traceback of an error")
     return p
 
 
@@ -119,8 +184,11 @@ def register(sub, common) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     import importlib
-    parser = argparse.ArgumentParser(prog="interp", description="Mechanistic interpretability toolkit")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(prog="interp", description="Mechanistic interpretability toolkit",
+                    epilog=INDEX_GRAMMAR + "\n\nbad input exits with status 2 and one line naming the fix; "
+                    "--debug shows the traceback", formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     common = common_parser()
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub, common)
@@ -130,14 +198,29 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from .errors import InterpError
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse: --help (0) or a usage error, already printed as one line (2)
+        return int(e.code or 0)
+    name = "interp " + " ".join(str(getattr(args, k)) for k in ("command", "neurons_command", "concepts_command")
+                                if getattr(args, k, None))
     try:
         summary = args.func(args)
-    except (InterpError, ValueError) as e:
-        print(f"interp {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps(summary, indent=1, default=str))
+        if args.json:
+            print(json.dumps(summary, indent=1, default=str))
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted; rerun the same command to resume a sweep", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 — the one place errors become exit codes
+        if getattr(args, "debug", False):
+            raise
+        msg = " ".join(str(e).split()) or type(e).__name__
+        if isinstance(e, InterpError):
+            print(f"{name}: error: {msg}", file=sys.stderr)
+            return 2
+        print(f"{name}: internal error ({type(e).__name__}: {msg[:300]}); this is a bug in interp — rerun "
+              f"with --debug for the traceback and report it", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -56,17 +56,20 @@ def read_records(path: str | Path) -> list[dict]:
     text_s = text.lstrip()
     if not text_s:
         raise DatasetError(f"dataset file {p} is empty")
-    if text_s[0] == "[":
-        data = json.loads(text_s)
-        if not isinstance(data, list):
-            raise DatasetError(f"{p}: expected a JSON list of records")
-        return data
-    if text_s[0] == "{":
-        try:
-            return [json.loads(line) for line in text_s.splitlines() if line.strip()]
-        except json.JSONDecodeError:
+    try:
+        if text_s[0] == "[":
             data = json.loads(text_s)
-            return [data]
+            if not isinstance(data, list):
+                raise DatasetError(f"{p}: expected a JSON list of records")
+            return data
+        if text_s[0] == "{":
+            try:
+                return [json.loads(line) for line in text_s.splitlines() if line.strip()]
+            except json.JSONDecodeError:
+                return [json.loads(text_s)]
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{p} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}): "
+                           f"fix or replace the file (truncated by an interrupted download?)") from None
     raise DatasetError(f"{p}: not JSON or JSON lines (formats: known_1000 JSON list, LRE relation "
                        f"JSON, Fakepedia / NQ-Swap / ConflictQA JSON lines)")
 

@@ -37,6 +37,10 @@ class SiteError(InterpError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class SettingError(InterpError, ValueError):
+    """A setting (a function argument or CLI flag) has a value that is not allowed."""
+
+
 class LayerIndexError(InterpError, IndexError):
     """A layer (or head, neuron, position) index is out of range."""
 

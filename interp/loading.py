@@ -105,6 +105,9 @@ def load_hf(name: str | None = None, *, device: str | torch.device | None = None
         src = str(default_model_dir())
     else:
         src = str(name)
+        if Path(src).is_dir() and not (Path(src) / "config.json").exists():
+            raise ModelNotFoundError(f"could not load model {name!r}: the directory has no config.json, so it "
+                                     f"is not a Hugging Face model directory (save one with save_pretrained)")
         if not Path(src).exists() and ("/" not in src or src.startswith((".", "/"))):
             raise ModelNotFoundError(
                 f"model {name!r} is neither a local directory nor a Hugging Face id "

@@ -97,7 +97,8 @@ def run_figures(model=None, out_dir: str | Path = "figures", *, quick: bool = Fa
     names = list(SECTIONS) if not only else only
     unknown = [n for n in names if n not in SECTIONS]
     if unknown:
-        raise ValueError(f"unknown section(s) {unknown}; choose from: {', '.join(SECTIONS)}")
+        from .errors import SettingError
+        raise SettingError(f"unknown section(s) {unknown}; choose from: {', '.join(SECTIONS)}")
     done, timings, problems = {}, {}, {}
     for name in names:
         try:

@@ -32,22 +32,6 @@ TASKS = ("conflict", "source")
 LABELS_VERSION = 2
 
 
-def _parse_layers(text, n_layers: int) -> list[int] | None:
-    if text is None:
-        return None
-    out = []
-    for part in str(text).split(","):
-        part = part.strip()
-        if not part:
-            continue
-        if "-" in part[1:]:
-            a, b = part[0] + part[1:].split("-", 1)[0], part[1:].split("-", 1)[1]
-            out.extend(range(int(a), int(b) + 1))
-        else:
-            out.append(int(part))
-    return out
-
-
 def prepare(model, dataset: str, out_dir: str | Path, *, limit: int | None = None, n_demos: int = 4,
             max_chars: int = 160, demo_chars: int = 80, components=("resid", "mlp", "attn"),
             layers=None, cache_dir: str | Path | None = None, batch_size: int = 16, progress: bool = True):
@@ -164,7 +148,7 @@ def _cmd_probe(args) -> dict:
     model = load_model(args)
     out = Path(args.out or "out/probe")
     res = probe_dataset(model, args.dataset, out, task=args.task, limit=args.limit,
-                        components=args.components.split(","), layers=_parse_layers(args.layers, model.n_layers),
+                        components=args.components.split(","), layers=args.layers,
                         n_seeds=args.seeds, n_demos=args.demos, max_chars=args.max_chars,
                         demo_chars=args.demo_chars, cache_dir=args.cache, batch_size=args.batch_size,
                         progress=not args.json)
@@ -182,13 +166,14 @@ def _cmd_probe(args) -> dict:
 
 
 def register(sub, common) -> None:
+    from interp.cli import add_index_arg
     p = sub.add_parser("probe", parents=[common],
                        help="knowledge-conflict probes: layer-wise accuracy per component (Zhao et al. 2024)")
     p.add_argument("--dataset", required=True,
                    help="nqswap:PATH (or nqswap:HF_NAME online) | conflictqa:PATH | facts:PATH")
     p.add_argument("--task", default="conflict", choices=TASKS,
                    help="conflict: original vs substituted context; source: context vs memory answer")
-    p.add_argument("--layers", default=None, help="e.g. 0-29 or 5,10,15 (default: all)")
+    add_index_arg(p, "--layers", "layer", "layers to probe")
     p.add_argument("--components", default="resid,mlp,attn", help="comma list of resid, mlp, attn")
     p.add_argument("--limit", type=int, default=None, help="use the first N dataset rows")
     p.add_argument("--seeds", type=int, default=5, help="grouped splits to average over")

@@ -57,7 +57,7 @@ def test_trace_with_context_and_dataset(model_dir, tmp_path, capsys):
 def test_patch_with_atp(model_dir, tmp_path, capsys):
     out = tmp_path / "p"
     rc = main(["patch", "--model", model_dir, "--clean", PROMPT, "--corrupt", "The Berlin Wall Tower is in the city of",
-               "--sites", "resid_pre,head", "--answer", " Paris", "--wrong", " Berlin", "--layers", "0-2",
+               "--sites", "resid_pre,head", "--answer", " Paris", "--wrong", " Berlin", "--layers", "0-1",
                "--positions", "2,3,-1", "--atp", "--out", str(out), "--json"])
     assert rc == 0
     s = json.loads(capsys.readouterr().out)

@@ -37,7 +37,7 @@ def test_decode_search_find_cli(tmp_path, capsys):
 @pytest.mark.slow
 def test_stats_and_compare_cli(tmp_path, capsys, data_dir):
     corpus = data_dir / "conceptvectors" / "llama2-7b_concepts_dev.json"
-    rc, s, _ = _run(capsys, ["neurons", "stats", "--corpus", str(corpus), "--layers", "0", "29", "--max-tokens", "64",
+    rc, s, _ = _run(capsys, ["neurons", "stats", "--corpus", str(corpus), "--layers", "0,29", "--max-tokens", "64",
                              "--max-len", "32", "--out", str(tmp_path / "st")])
     assert rc == 0 and s["n_tokens"] == 64 and set(s["per_layer"]) >= {"dead", "token_detector", "positional"}
     (tmp_path / "empty.json").write_text("[]")

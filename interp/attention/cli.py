@@ -22,16 +22,6 @@ def _prompt_and_context(args) -> tuple[str, str | None, int]:
     return args.prompt, (args.context.strip() if args.context else None), 0
 
 
-def _ints(text: str | None):
-    if text is None:
-        return None
-    from ..errors import LayerIndexError
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise LayerIndexError(f"expected comma-separated integers, not {text!r}") from None
-
-
 def _cmd_knockout(args) -> dict:
     from ..cli import load_model, out_dir, save_result
     from ..errors import PromptError
@@ -58,7 +48,7 @@ def _cmd_knockout(args) -> dict:
         raise PromptError("give --prompt (and --subject), or --dataset PATH for a sweep")
     prompt, context, occ = _prompt_and_context(args)
     res = attention_knockout(model, prompt, sources, target=args.target, window=args.window,
-                             layers=_ints(args.layers), heads=_ints(args.heads), subject=args.subject,
+                             layers=args.layers, heads=args.heads, subject=args.subject,
                              context=context, answer=args.answer, subject_occurrence=occ)
     paths = save_result(res, "knockout", args, "knockout")
     if not args.json:
@@ -103,6 +93,7 @@ def _top_heads(res, k: int = 5) -> list[dict]:
 
 
 def register(sub, common) -> None:
+    from ..cli import add_index_arg
     p = sub.add_parser("knockout", parents=[common],
                        help="attention knockout target→sources over layer windows (Geva et al. 2023)")
     p.add_argument("--prompt", default=None)
@@ -114,8 +105,8 @@ def register(sub, common) -> None:
                    help="retrieved passage; prepended in the RAG template unless already in --prompt")
     p.add_argument("--target", type=int, default=-1, help="query position whose edges are cut")
     p.add_argument("--answer", default=None, help="token to track (default: clean top-1)")
-    p.add_argument("--layers", default=None, help="centre layers, comma-separated (default all)")
-    p.add_argument("--heads", default=None, help="heads to block, comma-separated (default all)")
+    add_index_arg(p, "--layers", "layer", "centre layers of the windows")
+    add_index_arg(p, "--heads", "head", "heads whose edges are blocked")
     p.add_argument("--dataset", default=None, help="known_1000-style file: sweep the facts the model knows")
     p.add_argument("--n-facts", type=int, default=40, help="known facts to sweep with --dataset")
     p.add_argument("--max-scan", type=int, default=None, help="scan at most this many dataset rows")

@@ -139,6 +139,10 @@ class ContributionResult(Result):
                          width=max(700, 40 * len(xt) + 250), height=max(500, 16 * len(self.layers) + 200))
         if kind == "heads":
             g = group or ("subject" if "subject" in self.group_names else self.group_names[0])
+            if g not in self.group_names:
+                from ..errors import SettingError
+                raise SettingError(f"group {g!r} is not a group of this result; choose from "
+                                   f"{', '.join(self.group_names)} (subject/context need --subject/--context)")
             gi = self.group_names.index(g)
             z = self.head_group[:, :, gi].T.numpy()
             fig = go.Figure(go.Heatmap(z=z, x=self.layers, y=list(range(z.shape[0])), colorscale=SEQUENTIAL,

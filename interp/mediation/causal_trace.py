@@ -503,6 +503,10 @@ def trace_dataset(model, dataset, out_dir: str | Path, *, kinds: Sequence[str] =
 
     kinds = check_settings(kinds, window, samples)
     check_convention(window_convention)
+    if min_p is not None and not 0 <= min_p <= 1:
+        from ..errors import SettingError
+        raise SettingError(f"min_p (--min-p) is a probability, not {min_p}: give a value in [0, 1], or leave "
+                           f"it out for ROME's rule (clean top-1 == attribute)")
     if isinstance(dataset, (str, Path)):
         facts, report = load_known_facts(dataset)
         name, n_rows, skipped = str(dataset), report.n_rows, [list(s) for s in report.skipped]

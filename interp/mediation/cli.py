@@ -11,23 +11,7 @@ correlation in the summary.
 
 from __future__ import annotations
 
-from ..cli import load_model, out_dir, save_result
-
-
-def _ints(s: str | None):
-    if s is None:
-        return None
-    out = []
-    for part in s.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        if ":" in part or (part.count("-") == 1 and not part.startswith("-")):
-            a, b = part.replace(":", "-").split("-")
-            out.extend(range(int(a), int(b)))
-        else:
-            out.append(int(part))
-    return out
+from ..cli import add_index_arg, load_model, out_dir, save_result
 
 
 def _noise(s: str):
@@ -86,9 +70,9 @@ def _cmd_patch(args) -> dict:
     from .patching import activation_patching
     model = load_model(args)
     sites = tuple(s.strip() for s in args.sites.split(",") if s.strip())
-    kw = dict(sites=sites, layers=_ints(args.layers), positions=_ints(args.positions), direction=args.direction,
-              metric=args.metric, answer=args.answer, wrong=args.wrong, heads=_ints(args.heads),
-              neurons=_ints(args.neurons), context=args.context)
+    kw = dict(sites=sites, layers=args.layers, positions=args.positions, direction=args.direction,
+              metric=args.metric, answer=args.answer, wrong=args.wrong, heads=args.heads,
+              neurons=args.neurons, context=args.context)
     res = activation_patching(model, args.clean, args.corrupt, per_position=not args.all_positions,
                               progress=not args.json, **kw)
     paths = save_result(res, "patching", args, "patch")
@@ -137,10 +121,10 @@ def register(sub, common) -> None:
     p.add_argument("--metric", default="logit_diff", choices=["logit_diff", "prob", "logprob"])
     p.add_argument("--answer", default=None)
     p.add_argument("--wrong", default=None)
-    p.add_argument("--layers", default=None, help="e.g. 0-10 or 3,5,7")
-    p.add_argument("--positions", default=None, help="e.g. 0-5 or -1")
-    p.add_argument("--heads", default=None)
-    p.add_argument("--neurons", default=None)
+    add_index_arg(p, "--layers", "layer", "layers to patch")
+    add_index_arg(p, "--positions", "position", "token positions to patch, -1 = last")
+    add_index_arg(p, "--heads", "head", "heads of site 'head'")
+    add_index_arg(p, "--neurons", "neuron", "MLP neurons of site 'neuron'")
     p.add_argument("--all-positions", action="store_true", help="unit sites: patch all positions at once")
     p.add_argument("--context", default=None)
     p.add_argument("--atp", action="store_true", help="also attribution patching + Spearman vs patching")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from ..cli import load_model, out_dir, save_result
+from ..cli import add_index_arg, index_type, load_model, out_dir, save_result
 from ..errors import InterpError
 
 
@@ -87,7 +87,7 @@ def _cmd_stats(args) -> dict:
     from .stats import neuron_stats
     model = load_model(args)
     out = out_dir(args, "neuron_stats")
-    ck = out / "state" if args.resume else None
+    ck = out / "state"  # every run is resumable: rerun with the same --out after a kill
     st = neuron_stats(model, args.corpus, threshold=args.threshold, mode=args.mode, layers=args.layers,
                       text_field=args.text_field, max_len=args.max_len, batch_size=args.batch_size,
                       max_tokens=args.max_tokens, checkpoint_dir=ck, progress=not args.json)
@@ -157,7 +157,7 @@ def _cmd_compare(args) -> dict:
         summary["concept"] = {"concept": found.concept, "terms": found.terms, "message": found.message}
     out = out_dir(args, "concepts")
     paths = {}
-    if args.map_layers is not None:
+    if args.map_layers is not False:  # given; None = all layers
         kw = dict(layers=args.map_layers, k=10, bottom=False)
         cmp = compare_maps(decode_neurons(ma, **kw), decode_neurons(mb, **kw))
         cmp.model_a, cmp.model_b = args.model_a, args.model_b
@@ -182,7 +182,7 @@ def register(sub, common) -> None:
     ns = p.add_subparsers(dest="neurons_command", required=True)
 
     q = ns.add_parser("decode", parents=[common], help="top/bottom tokens of every neuron direction")
-    q.add_argument("--layers", type=int, nargs="*", default=None)
+    add_index_arg(q, "--layers", "layer", "layers")
     q.add_argument("--top-k", type=int, default=10)
     q.add_argument("--directions", nargs="*", default=None, choices=["out", "up", "gate"])
     q.add_argument("--final-norm", default="none", choices=["none", "gain"])
@@ -193,7 +193,7 @@ def register(sub, common) -> None:
     q.add_argument("--token", default=None, help="one token, e.g. ' Paris'")
     q.add_argument("--word", default=None, help="a word: every token spelling it (any case/space)")
     q.add_argument("--map", default=None, help="directory of a saved map (interp neurons decode --out DIR)")
-    q.add_argument("--layers", type=int, nargs="*", default=None)
+    add_index_arg(q, "--layers", "layer", "layers")
     q.add_argument("--top-k", type=int, default=10)
     q.add_argument("--direction", default=None, choices=["out", "up", "gate"])
     q.add_argument("--final-norm", default="none", choices=["none", "gain"])
@@ -206,11 +206,10 @@ def register(sub, common) -> None:
     q.add_argument("--text-field", default=None)
     q.add_argument("--threshold", type=float, default=0.1)
     q.add_argument("--mode", default="abs", choices=["abs", "pos"])
-    q.add_argument("--layers", type=int, nargs="*", default=None)
+    add_index_arg(q, "--layers", "layer", "layers")
     q.add_argument("--max-tokens", type=int, default=None)
     q.add_argument("--max-len", type=int, default=128)
     q.add_argument("--batch-size", type=int, default=8)
-    q.add_argument("--resume", action="store_true", help="save/resume running state in OUT/state")
     q.set_defaults(func=_cmd_stats)
 
     q = ns.add_parser("clamp", parents=[common], help="clamp neurons, measure a token's probability")
@@ -218,7 +217,7 @@ def register(sub, common) -> None:
     q.add_argument("--neuron", nargs="+", required=True, help="layer:neuron pairs, e.g. 20:1090")
     q.add_argument("--value", type=float, nargs="+", default=[10.0])
     q.add_argument("--target", required=True)
-    q.add_argument("--positions", type=int, nargs="*", default=None)
+    add_index_arg(q, "--positions", "position", "positions to clamp, -1 = last")
     q.set_defaults(func=_cmd_clamp)
 
     p = sub.add_parser("concepts", help="concept vectors (ConceptVectors): find, compare checkpoints")
@@ -227,7 +226,7 @@ def register(sub, common) -> None:
     q.add_argument("--concept", required=True)
     q.add_argument("--terms", nargs="*", default=None)
     q.add_argument("--top-k", type=int, default=200)
-    q.add_argument("--layers", type=int, nargs="*", default=None)
+    add_index_arg(q, "--layers", "layer", "layers")
     q.add_argument("--map", default=None, help="saved map with direction out, final_norm none, k ≥ --top-k")
     q.add_argument("--limit", type=int, default=20)
     q.set_defaults(func=_cmd_find)
@@ -238,9 +237,10 @@ def register(sub, common) -> None:
     q.add_argument("--vectors", nargs="*", default=None, help="layer:index pairs")
     q.add_argument("--concept", default=None, help="find vectors for this concept on model A")
     q.add_argument("--terms", nargs="*", default=None)
-    q.add_argument("--layers", type=int, nargs="*", default=None)
+    add_index_arg(q, "--layers", "layer", "layers")
     q.add_argument("--limit", type=int, default=5)
     q.add_argument("--top-k", type=int, default=200)
-    q.add_argument("--map-layers", type=int, nargs="*", default=None,
-                   help="also compare the neuron maps (top-1 unchanged per layer) on these layers")
+    q.add_argument("--map-layers", type=index_type("layer"), default=False, metavar="LAYERS",
+                   help="also compare the neuron maps (top-1 unchanged per layer) on these layers "
+                        "(e.g. 0-9,29 or all)")
     q.set_defaults(func=_cmd_compare)

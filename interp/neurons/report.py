@@ -216,7 +216,7 @@ def report_sections(model, out_dir: Path, quick: bool) -> list[dict]:
                                                  for d, v in mc.overall_top1_unchanged.items()},
                     **{f"min over layers ({d})": round(min(mc.top1_unchanged[d]), 4) for d in mc.directions}},
         "command": "interp concepts compare --model-a default --model-b DIR_OF_FINETUNED --map-layers "
-                   + " ".join(map(str, map_layers)),
+                   + ",".join(map(str, map_layers)),
         "caption": "Fraction of neurons whose top decoded token is the same in both checkpoints (Davies reports "
                    ">75% for Llama-3.1-8B base vs instruct); here the second checkpoint is a gradient-ascent copy."})
     return entries

@@ -50,6 +50,14 @@ TEXT_FIELDS = ("text", "wikipedia_content", "content", "document", "passage")
 
 
 # ---------------------------------------------------------------------- corpus
+def _json(text: str, where: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{where} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}): "
+                           f"fix or replace the file") from None
+
+
 def iter_texts(corpus, text_field: str | None = None) -> Iterator[str]:
     """Texts of a corpus: a list of strings, a ``datasets`` dataset, or a path.
 
@@ -83,9 +91,9 @@ def iter_texts(corpus, text_field: str | None = None) -> Iterator[str]:
                 with op(f, "rt", encoding="utf-8") as fh:
                     for i, line in enumerate(fh):
                         if line.strip():
-                            yield from_record(json.loads(line), f"{f}:{i + 1}")
+                            yield from_record(_json(line, f"{f}:{i + 1}"), f"{f}:{i + 1}")
             elif f.suffix == ".json":
-                data = json.loads(f.read_text(encoding="utf-8"))
+                data = _json(f.read_text(encoding="utf-8"), str(f))
                 data = data if isinstance(data, list) else [data]
                 for i, rec in enumerate(data):
                     yield from_record(rec, f"{f}[{i}]")
