@@ -5,11 +5,19 @@ Every figure goes through :func:`style` (one font, sizes, margins, colour scales
 Chromium: Debian's ``chromium`` package works (the Makefile installs it when it can).  Without
 one, :func:`save_figure` still writes the HTML and returns a clear message saying why the static
 files were skipped, instead of failing.
+
+HTML figures work offline.  plotly.js (4.8 MB) is written once per directory as
+``plotly.min.js`` (:func:`write_plotlyjs`) and every figure loads it by a relative path, so a
+folder of 40 figures carries one copy, not 40.  A figure copied somewhere without that file
+falls back to plotly's CDN (online); ``save_figure(..., plotlyjs="embed")`` writes a
+self-contained file for sharing one figure offline.  :func:`make_offline` converts HTML figures
+written by older versions (which loaded plotly.js from the CDN only).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -79,9 +87,76 @@ def static_export_available() -> tuple[bool, str]:
     return True, ""
 
 
-def save_figure(fig, out_dir: str | Path, stem: str, *, formats=("html", "png", "pdf")) -> dict:
+# ---------------------------------------------------------------------- offline HTML
+PLOTLY_JS = "plotly.min.js"
+_CDN_TAG = re.compile(r'<script[^>]*\ssrc="https://cdn\.plot\.ly/[^"]*"[^>]*>\s*</script>')
+_JS_CHECKED: set[str] = set()
+
+
+def _plotlyjs() -> bytes:
+    from plotly.offline import get_plotlyjs
+    return get_plotlyjs().encode("utf-8")
+
+
+def _loader() -> str:
+    """``<script>`` tags: the shared local copy, else (a figure copied alone, online) plotly's CDN."""
+    from plotly.io._utils import plotly_cdn_url
+    return (f'<script charset="utf-8" src="{PLOTLY_JS}"></script>\n'
+            f'<script>window.Plotly || document.write(\'<script charset="utf-8" src="{plotly_cdn_url()}"><\\/script>\')'
+            f'</script>')
+
+
+def write_plotlyjs(out_dir: str | Path) -> Path:
+    """Write ``plotly.min.js`` (the installed plotly's) into ``out_dir`` unless it is already there."""
+    path = Path(out_dir) / PLOTLY_JS
+    if str(path.resolve()) in _JS_CHECKED and path.exists():
+        return path
+    js = _plotlyjs()
+    if not path.exists() or path.stat().st_size != len(js) or path.read_bytes() != js:
+        from .sweep import write_atomic
+        write_atomic(path, js)
+    _JS_CHECKED.add(str(path.resolve()))
+    return path
+
+
+def figure_html(fig, plotlyjs: str = "shared", div_id: str | None = None) -> str:
+    """A whole HTML page of ``fig``: ``"shared"`` loads ``plotly.min.js`` beside it, ``"embed"`` inlines it.
+
+    ``div_id`` fixes the plot's element id (plotly draws a random one), so a redraw of the same
+    figure writes the same bytes.
+    """
+    if plotlyjs not in ("shared", "embed"):
+        from .errors import SettingError
+        raise SettingError(f"plotlyjs must be 'shared' (one plotly.min.js beside the figures) or 'embed' "
+                           f"(self-contained file), not {plotlyjs!r}")
+    head = _loader() if plotlyjs == "shared" else f'<script charset="utf-8">{_plotlyjs().decode()}</script>'
+    body = fig.to_html(include_plotlyjs=False, full_html=False, div_id=div_id)
+    return (f'<!doctype html>\n<html>\n<head>\n<meta charset="utf-8" />\n{head}\n'
+            f'<style>html, body {{height: 100%;}}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n')
+
+
+def make_offline(html_path: str | Path) -> bool:
+    """Make an HTML figure that loads plotly.js from the CDN load the shared local copy first.
+
+    Returns True when the file was changed (``plotly.min.js`` is written beside it).
+    """
+    p = Path(html_path)
+    text = p.read_text(encoding="utf-8")
+    if not _CDN_TAG.search(text):
+        return False
+    text = _CDN_TAG.sub("", text, count=1).replace("<head>", "<head>\n" + _loader(), 1)
+    from .sweep import write_atomic
+    write_atomic(p, text)
+    write_plotlyjs(p.parent)
+    return True
+
+
+def save_figure(fig, out_dir: str | Path, stem: str, *, formats=("html", "png", "pdf"),
+                plotlyjs: str = "shared") -> dict:
     """Write ``stem.html`` (always) and ``stem.png`` / ``stem.pdf`` (when a Chromium is there).
 
+    The HTML works offline: ``plotlyjs="shared"`` writes ``plotly.min.js`` once beside the figures
+    (see the module docstring), ``"embed"`` makes a self-contained file.
     Returns ``{"html": path, "png": path|None, "pdf": path|None, "skipped": reason|None}``.
     """
     global _STATIC_WARNED
@@ -90,7 +165,10 @@ def save_figure(fig, out_dir: str | Path, stem: str, *, formats=("html", "png", 
     paths: dict = {"html": None, "png": None, "pdf": None, "skipped": None}
     if "html" in formats:
         p = out / f"{stem}.html"
-        fig.write_html(str(p), include_plotlyjs="cdn")
+        html = figure_html(fig, plotlyjs, div_id=stem)
+        if plotlyjs == "shared":
+            write_plotlyjs(out)
+        p.write_text(html, encoding="utf-8")
         paths["html"] = str(p)
     static = [f for f in formats if f in ("png", "pdf", "svg")]
     if static:
