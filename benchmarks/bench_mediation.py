@@ -8,7 +8,7 @@
     plan path (``fast=False``) and suffix path (``fast=True``).
 (c) AtP vs full patching (resid_pre, attn_out, mlp_out): time ratio and Spearman correlation.
 
-Run: ``.venv/bin/python benchmarks/bench_mediation.py [--samples 2] [--kinds hidden,mlp,attn]``
+Run: ``.venv/bin/python benchmarks/bench_mediation.py [--samples 2] [--kinds resid,mlp,attn]``
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--corrupt", default="The Kremlin Palace is located in the city of")
     ap.add_argument("--subject", default="Eiffel Tower")
     ap.add_argument("--samples", type=int, default=2)
-    ap.add_argument("--kinds", default="hidden,mlp,attn")
+    ap.add_argument("--kinds", default="resid,mlp,attn")
     ap.add_argument("--max-rows", type=int, default=64)
     ap.add_argument("--skip-tl", action="store_true")
     ap.add_argument("--out", default=None, help="write the numbers as JSON here")

@@ -43,6 +43,14 @@ SITES: dict[str, tuple[bool, str, str]] = {
     "attn_scores": (True, "batch head query key", "pre-softmax scores (edit: block edges only)"),
 }
 
+#: the three per-layer block outputs under the short names every method uses — causal-trace kinds
+#: (ROME calls the block output the "hidden" state), probe components (Zhao et al.'s residual,
+#: attention and MLP outputs), knockout / lens summaries
+COMPONENTS: dict[str, str] = {"resid": "resid_post", "mlp": "mlp_out", "attn": "attn_out"}
+
+#: units a method can address one at a time (patching, AtP, clamping), and the site that holds them
+UNIT_SITES: dict[str, str] = {"head": "attn_z", "neuron": "mlp_post"}
+
 #: sites an engine provides natively; the others are derived by :mod:`interp.model`.
 PRIMITIVE_SITES = ("embed", "resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out",
                    "mlp_post", "attn_z", "attn_pattern", "attn_scores")
@@ -56,6 +64,17 @@ SITE_ORDER = {s: i for i, s in enumerate(
 def check_site(site: str) -> None:
     if site not in SITES:
         raise SiteError(f"unknown site {site!r}; valid sites: {', '.join(SITES)}")
+
+
+def check_components(components, what: str = "component") -> list[str]:
+    """Names from :data:`COMPONENTS` (white space stripped), or a :class:`SiteError` that lists them."""
+    comps = [c.strip() for c in ([components] if isinstance(components, str) else components) if c.strip()]
+    bad = [c for c in comps if c not in COMPONENTS]
+    if bad or not comps:
+        hint = " ('hidden' is ROME's name of 'resid')" if "hidden" in bad else ""
+        raise SiteError(f"unknown {what}(s) {bad or list(comps)}; choose from "
+                        + ", ".join(f"{k} (= {v})" for k, v in COMPONENTS.items()) + hint)
+    return comps
 
 
 @dataclass(frozen=True)

@@ -7,17 +7,48 @@
 * Rows missing a field are *reported* (``LoadReport.skipped`` with the row number and the
   missing field) and the rest are loaded: a sweep goes on with the good rows.
 
-Data is never bundled with interp: tests and benchmarks read ``../shared/data``.
+Data is never bundled with interp.  :func:`data_dir` is the one place that says where it is:
+``$INTERP_DATA`` when set, else ``../shared/data`` beside the checkout; the figures job, tests,
+benchmarks and notebooks all ask it.  What is written into results and commands goes through
+:func:`dataset_label` / :func:`display_path`, so no absolute machine path ends up in a result
+file or a report.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import DatasetError
+
+
+def data_dir() -> Path:
+    """The evaluation-data directory: ``$INTERP_DATA``, else ``../shared/data`` beside the checkout."""
+    env = os.environ.get("INTERP_DATA")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def display_path(path: str | Path) -> str:
+    """``path`` as a command should show it: relative to the working directory (POSIX separators)."""
+    p = Path(path)
+    if not p.is_absolute():
+        return p.as_posix()
+    try:
+        return Path(os.path.relpath(p, Path.cwd())).as_posix()
+    except ValueError:  # another drive (Windows): no relative form exists
+        return p.name
+
+
+def dataset_label(path: str | Path) -> str:
+    """How a result names a dataset: relative to :func:`data_dir` when inside it, else :func:`display_path`."""
+    p = Path(path)
+    try:
+        return p.resolve().relative_to(data_dir().resolve()).as_posix()
+    except ValueError:
+        return display_path(p)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 Components follow Zhao et al. (2024): the output of each decoder layer (``resid`` →
 ``resid_post``), of its MLP (``mlp`` → ``mlp_out``) and of its self-attention (``attn`` →
-``attn_out``), read at the last prompt token (``positions=[-1]``).  Extraction goes through
+``attn_out``) — interp's one component vocabulary, :data:`interp.arch.COMPONENTS` — read at the
+last prompt token (``positions=[-1]``).  Extraction goes through
 :func:`interp.cache.extract_activations` — batched ``model.run`` reads, safetensors shards of
 ``shard_rows`` prompts, resumable after a kill, fixed memory.
 
@@ -28,19 +29,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from interp.errors import SiteError
-
-#: component name of the paper -> interp site
-COMPONENTS = {"resid": "resid_post", "mlp": "mlp_out", "attn": "attn_out"}
-
-
-def check_components(components: Iterable[str]) -> list[str]:
-    comps = [c.strip() for c in components if c.strip()]
-    bad = [c for c in comps if c not in COMPONENTS]
-    if bad or not comps:
-        raise SiteError(f"unknown component(s) {bad or comps}; choose from {', '.join(COMPONENTS)} "
-                        f"(resid = resid_post, mlp = mlp_out, attn = attn_out)")
-    return comps
+from interp.arch import COMPONENTS, check_components
 
 
 @dataclass

@@ -23,22 +23,22 @@ def model_dir(tmp_path_factory):
 def test_trace_writes_stable_json(model_dir, tmp_path, capsys):
     out = tmp_path / "t"
     rc = main(["trace", "--model", model_dir, "--prompt", PROMPT, "--subject", "Eiffel Tower", "--kinds",
-               "hidden,mlp", "--window", "2", "--samples", "2", "--noise", "0.4", "--seed", "3", "--out", str(out),
+               "resid,mlp", "--window", "2", "--samples", "2", "--noise", "0.4", "--seed", "3", "--out", str(out),
                "--json"])
     assert rc == 0
     summary = json.loads(capsys.readouterr().out)
     d = json.loads((out / "trace.json").read_text())
     assert d["tokens"] == summary["tokens"] and d["subject_range"] == [1, 4]
     assert 0 <= d["p_corrupt"] <= 1 and 0 <= d["p_clean"] <= 1
-    assert set(d["p_restored"]) == {"hidden", "mlp"}
-    assert len(d["p_restored"]["hidden"]) == 2 and len(d["p_restored"]["hidden"][0]) == len(d["tokens"])
+    assert set(d["p_restored"]) == {"resid", "mlp"}
+    assert len(d["p_restored"]["resid"]) == 2 and len(d["p_restored"]["resid"][0]) == len(d["tokens"])
     assert d["settings"]["noise_level"] == 0.4 and d["seed"] == 3 and d["settings"]["window"] == 2
     assert (out / "trace.html").exists()
 
 
 def test_trace_with_context_and_dataset(model_dir, tmp_path, capsys):
     out = tmp_path / "c"
-    assert main(["trace", "--model", model_dir, "--prompt", PROMPT, "--subject", "Eiffel Tower", "--kinds", "hidden",
+    assert main(["trace", "--model", model_dir, "--prompt", PROMPT, "--subject", "Eiffel Tower", "--kinds", "resid",
                  "--samples", "1", "--context", "The Eiffel Tower stands in Paris.", "--out", str(out), "--json"]) == 0
     d = json.loads((out / "trace.json").read_text())
     assert d["context_range"][1] <= d["subject_range"][0]
@@ -47,7 +47,7 @@ def test_trace_with_context_and_dataset(model_dir, tmp_path, capsys):
     data.write_text(json.dumps([{"prompt": PROMPT, "subject": "Eiffel Tower", "attribute": "Paris"},
                                 {"prompt": "Toyota is from", "attribute": "Japan"}]))
     sw = tmp_path / "sweep"
-    assert main(["trace", "--model", model_dir, "--dataset", str(data), "--min-p", "0", "--kinds", "hidden",
+    assert main(["trace", "--model", model_dir, "--dataset", str(data), "--min-p", "0", "--kinds", "resid",
                  "--samples", "1", "--out", str(sw), "--json"]) == 0
     s = json.loads(capsys.readouterr().out)
     assert s["n_traced"] == 1 and s["skipped"][0][0] == 1

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import tiny
-from interp.errors import InterventionError, PromptError, SpanNotFoundError
+from interp.errors import InterventionError, PromptError, SiteError, SpanNotFoundError
 from interp.mediation import CausalTraceResult, causal_trace, noise_level, trace_dataset
 from interp.mediation.causal_trace import fact_categories, grid_restorations, prepare_trace, restoration_probs
 from interp.windows import window_layers
@@ -45,8 +45,8 @@ def test_grid_invariants(tm):
         assert g.shape == (L, n)
         assert torch.allclose(g[:, 0], torch.full((L,), r.p_corrupt, dtype=g.dtype))  # before the subject
     # ROME sanity: restoring the last layer's output at the last token gives IE = TE
-    assert r.grid("hidden")[-1, -1].item() == pytest.approx(r.p_clean, abs=1e-6)
-    assert r.grid("hidden", effect=True)[-1, -1].item() == pytest.approx(r.total_effect, abs=1e-6)
+    assert r.grid("resid")[-1, -1].item() == pytest.approx(r.p_clean, abs=1e-6)
+    assert r.grid("resid", effect=True)[-1, -1].item() == pytest.approx(r.total_effect, abs=1e-6)
 
 
 def _naive_trace(hf, tokenizer, prompt, subj_range, noise, target, kind, window):
@@ -58,7 +58,7 @@ def _naive_trace(hf, tokenizer, prompt, subj_range, noise, target, kind, window)
     clean = {}
     hooks = []
     for l, blk in enumerate(blocks):
-        hooks.append(blk.register_forward_hook(lambda m, i, o, l=l: clean.__setitem__(("hidden", l), o[0] if isinstance(o, tuple) else o)))
+        hooks.append(blk.register_forward_hook(lambda m, i, o, l=l: clean.__setitem__(("resid", l), o[0] if isinstance(o, tuple) else o)))
         hooks.append(blk.mlp.register_forward_hook(lambda m, i, o, l=l: clean.__setitem__(("mlp", l), o)))
         hooks.append(blk.self_attn.register_forward_hook(lambda m, i, o, l=l: clean.__setitem__(("attn", l), o[0])))
     with torch.no_grad():
@@ -70,7 +70,7 @@ def _naive_trace(hf, tokenizer, prompt, subj_range, noise, target, kind, window)
         hs = [hf.model.embed_tokens.register_forward_hook(
             lambda m, i, o: torch.cat([o[:, :b], o[:, b:e] + noise[sample], o[:, e:]], 1))]
         for (k, l, t) in restore:
-            mod = {"hidden": blocks[l], "mlp": blocks[l].mlp, "attn": blocks[l].self_attn}[k]
+            mod = {"resid": blocks[l], "mlp": blocks[l].mlp, "attn": blocks[l].self_attn}[k]
 
             def fn(m, i, o, k=k, l=l, t=t):
                 x = o[0] if isinstance(o, tuple) else o
@@ -87,7 +87,7 @@ def _naive_trace(hf, tokenizer, prompt, subj_range, noise, target, kind, window)
     S = noise.shape[0]
     grid = torch.zeros(L, n)
     for l in range(L):
-        lays = [l] if kind == "hidden" else window_layers(l, window, L)
+        lays = [l] if kind == "resid" else window_layers(l, window, L)
         for t in range(n):
             grid[l, t] = sum(run(s, [(kind, k, t) for k in lays]) for s in range(S)) / S
     p_corrupt = sum(run(s, []) for s in range(S)) / S
@@ -97,7 +97,7 @@ def _naive_trace(hf, tokenizer, prompt, subj_range, noise, target, kind, window)
 def test_grid_equals_one_cell_at_a_time_reference(tm):
     r = causal_trace(tm, PROMPT, SUBJ, samples=2, noise=0.7, window=2, seed=3, max_rows=7)
     setup = prepare_trace(tm, PROMPT, SUBJ, samples=2, noise=0.7, seed=3)
-    for kind in ("hidden", "mlp", "attn"):
+    for kind in ("resid", "mlp", "attn"):
         ref, pc = _naive_trace(tm.hf, tm.tokenizer, PROMPT, r.subject_range, setup.noise, r.target_id, kind, 2)
         assert r.p_corrupt == pytest.approx(pc, abs=1e-6)
         assert torch.allclose(r.grid(kind).float(), ref, atol=1e-6), kind
@@ -123,8 +123,8 @@ def test_engines_agree_and_seed_is_deterministic():
 
 def test_gpt2_trace_runs_and_satisfies_ie_equals_te():
     m = tiny("gpt2", "hf", n_layers=2)
-    r = causal_trace(m, PROMPT, SUBJ, kinds=("hidden",), samples=2, noise=0.5)
-    assert r.grid("hidden")[-1, -1].item() == pytest.approx(r.p_clean, abs=1e-6)
+    r = causal_trace(m, PROMPT, SUBJ, kinds=("resid",), samples=2, noise=0.5)
+    assert r.grid("resid")[-1, -1].item() == pytest.approx(r.p_clean, abs=1e-6)
 
 
 def test_save_load_json_fields_and_figure(tm, tmp_path):
@@ -160,8 +160,10 @@ def test_bad_input(tm):
         causal_trace(tm, PROMPT, SUBJ, window=0)
     with pytest.raises(InterventionError, match="samples"):
         causal_trace(tm, PROMPT, SUBJ, samples=0)
-    with pytest.raises(InterventionError, match="kind"):
+    with pytest.raises(SiteError, match="unknown trace kind"):
         causal_trace(tm, PROMPT, SUBJ, kinds=("mlpp",))
+    with pytest.raises(SiteError, match="'hidden' is ROME's name of 'resid'"):
+        causal_trace(tm, PROMPT, SUBJ, kinds=("hidden",))
 
 
 def test_subject_twice_first_occurrence_or_index(tm):
@@ -177,13 +179,13 @@ def test_subject_twice_first_occurrence_or_index(tm):
 def test_multi_token_target_warns_and_is_recorded(tm):
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        r = causal_trace(tm, PROMPT, SUBJ, target=" Parisienne Cathedral", kinds=("hidden",), samples=1, noise=0.2)
+        r = causal_trace(tm, PROMPT, SUBJ, target=" Parisienne Cathedral", kinds=("resid",), samples=1, noise=0.2)
     assert r.target_multi_token and any("first token" in str(x.message) for x in w)
 
 
 def test_context_subject_in_question(tm):
     ctx = "The Eiffel Tower is a landmark in Paris."
-    r = causal_trace(tm, PROMPT, SUBJ, context=ctx, kinds=("hidden",), samples=1, noise=0.3)
+    r = causal_trace(tm, PROMPT, SUBJ, context=ctx, kinds=("resid",), samples=1, noise=0.3)
     toks = r.tokens
     b, e = r.subject_range
     cb, ce = r.context_range
@@ -222,7 +224,7 @@ def test_dataset_sweep_reports_bad_rows_and_resumes(tm, tmp_path):
     skipped_rows = sorted(s[0] for s in r.skipped)
     assert skipped_rows == [1, 3] and "subject" in dict((s[0], s[1]) for s in r.skipped)[1]
     assert r.n_known == 2 and r.n_traced == 2
-    assert set(r.aie["hidden"]) >= {"first_subject", "last", "further"}
+    assert set(r.aie["resid"]) >= {"first_subject", "last", "further"}
     assert len(r.aie["mlp"]["last"]) == tm.n_layers and r.se["mlp"]["last"][0] >= 0
     lines = (out / "items.jsonl").read_text().splitlines()
     with pytest.warns(UserWarning):
@@ -251,7 +253,7 @@ def test_dataset_sweep_counts_errors_and_goes_on(tm, tmp_path, capsys):
 @pytest.mark.slow
 def test_default_model_trace_ie_equals_te(default_model):
     r = causal_trace(default_model, "The Eiffel Tower is located in the city of", "Eiffel Tower",
-                     kinds=("hidden",), samples=2, positions=[4, -1])
+                     kinds=("resid",), samples=2, positions=[4, -1])
     assert r.target.strip() == "Paris" and r.p_clean > 0.3
     assert r.p_corrupt < r.p_clean
-    assert r.grid("hidden")[-1, -1].item() == pytest.approx(r.p_clean, abs=1e-5)
+    assert r.grid("resid")[-1, -1].item() == pytest.approx(r.p_clean, abs=1e-5)

@@ -42,7 +42,7 @@ def test_every_method_builds_the_same_rag_prompt():
     from interp.mediation import activation_patching, causal_trace
     m = tiny("llama")
     text = rag_prompt(Q, CTX).text
-    tr = causal_trace(m, Q, "Eiffel Tower", context=CTX, kinds=("hidden",), samples=1, positions=[-1])
+    tr = causal_trace(m, Q, "Eiffel Tower", context=CTX, kinds=("resid",), samples=1, positions=[-1])
     assert "".join(tr.tokens) == text
     pt = activation_patching(m, Q, "The Kremlin Palace is located in the city of", context=CTX, layers=[0],
                              positions=[-1])

@@ -405,7 +405,7 @@ def knockout_sweep(model, dataset: str | Path | Sequence, out_dir: str | Path, *
         max_scan: scan at most this many facts.
         require_known: False sweeps every fact (tracking the clean top-1 whatever it is).
     """
-    from ..datasets import load_known_facts
+    from ..datasets import dataset_label, load_known_facts
     from ..known import check_known
     from ..sweep import Checkpoint, SweepErrors, describe_fact, map_batches
 
@@ -416,7 +416,7 @@ def knockout_sweep(model, dataset: str | Path | Sequence, out_dir: str | Path, *
             raise InterventionError(f"dataset sweeps use the sets subject, non_subject, last; not {s!r}")
     if isinstance(dataset, (str, Path)):
         facts, _ = load_known_facts(dataset)
-        name = str(dataset)
+        name = dataset_label(dataset)
     else:
         facts, name = list(dataset), "facts"
     if max_scan is not None:

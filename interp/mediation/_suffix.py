@@ -158,7 +158,7 @@ def trace_rows(model, setup, cells: Sequence[tuple[str, int, int, Sequence[int]]
                max_rows: int | None = None) -> tuple[float, float, Tensor]:
     """Causal-trace restorations computed from the restored layer / token onwards only.
 
-    ``cells``: ``(kind, layer, token, window_layers)``; kind ``hidden`` restores ``resid_post``
+    ``cells``: ``(kind, layer, token, window_layers)``; kind ``resid`` restores ``resid_post``
     of ``layer``, ``mlp`` / ``attn`` restore the module output at ``token`` in every layer of
     ``window_layers``.  The corrupted runs (one per noise sample, the same draws as the plan
     path) are computed once, in full, and cached (residuals, keys, values); each restoration row
@@ -194,7 +194,7 @@ def trace_rows(model, setup, cells: Sequence[tuple[str, int, int, Sequence[int]]
     rows_per_t: dict[int, list[tuple[int, int, int]]] = {}
     starts = []
     for ci, (kind, l, t, lays) in enumerate(cells):
-        st = l + 1 if kind == "hidden" else min(lays)
+        st = l + 1 if kind == "resid" else min(lays)
         starts.append(st)
         rows_per_t.setdefault(t, []).extend((ci, s, st) for s in range(S))
     acc = torch.zeros(len(cells), dtype=torch.float64)
@@ -213,7 +213,7 @@ def trace_rows(model, setup, cells: Sequence[tuple[str, int, int, Sequence[int]]
                 if new:
                     lo, hi = new[0], new[-1] + 1
                     Hs[lo:hi] = pre[k][samp[lo:hi], t:]
-                    hid = [i for i in range(lo, hi) if kinds[i] == "hidden"]
+                    hid = [i for i in range(lo, hi) if kinds[i] == "resid"]
                     if hid:
                         Hs[hid, 0] = pre[k][0, t]
                 if k == L:

@@ -22,7 +22,8 @@ probability is exactly ``p_corrupt`` and is filled in as such.
 
 Conventions (where ROME's paper and code differ, the code is followed):
 
-* ``hidden`` restores ``resid_post`` of one layer (the block output); ``mlp`` / ``attn``
+* the kinds are interp's component names (:data:`interp.arch.COMPONENTS`): ``resid`` — ROME's
+  "hidden" — restores ``resid_post`` of one layer (the block output); ``mlp`` / ``attn``
   restore ``mlp_out`` / ``attn_out`` of the token over a window of layers from
   :func:`interp.windows.window_layers`: ``range(l − window//2, l + ceil(window/2))`` clipped to
   the model — ROME's code ``range(l-5, l+5)`` for ``window=10``, the same layers as
@@ -56,22 +57,22 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from ..arch import COMPONENTS, check_components
 from ..errors import InterventionError, PromptError
 from ..interventions import InterventionPlan
 from ..results import Result
 from ..windows import DEFAULT_CONVENTION, WINDOW_CONVENTIONS, check_convention, window_layers
 
-KINDS = {"hidden": "resid_post", "mlp": "mlp_out", "attn": "attn_out"}
 #: ROME's token categories for average effects (notebooks/average_causal_effects)
 CATEGORIES = ("first_subject", "middle_subject", "last_subject", "first_subsequent", "further", "last")
 CATEGORY_LABELS = {"first_subject": "First subject token", "middle_subject": "Middle subject tokens",
                    "last_subject": "Last subject token", "first_subsequent": "First subsequent token",
                    "further": "Further tokens", "last": "Last token"}
+
+
 def check_settings(kinds, window: int, samples: int) -> tuple[str, ...]:
-    kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
-    bad = [k for k in kinds if k not in KINDS]
-    if bad or not kinds:
-        raise InterventionError(f"unknown trace kind(s) {bad or kinds}; choose from {', '.join(KINDS)}")
+    """Trace kinds (names of :data:`interp.arch.COMPONENTS`) as a tuple; window and samples checked."""
+    kinds = tuple(check_components(kinds, "trace kind"))
     if not isinstance(window, int) or window <= 0:
         raise InterventionError(f"window must be a positive number of layers, not {window!r} "
                                 f"(ROME uses 10; 1 restores a single layer)")
@@ -238,14 +239,14 @@ def restoration_probs(model, setup: TraceSetup, restorations: Sequence[Restorati
 
 def restored_layers(kind: str, layer: int, window: int, n_layers: int,
                     convention: str = DEFAULT_CONVENTION) -> list[int]:
-    """The layers a restoration of ``kind`` centred on ``layer`` copies (one for ``hidden``)."""
-    return [layer] if kind == "hidden" else window_layers(layer, window, n_layers, convention)
+    """The layers a restoration of ``kind`` centred on ``layer`` copies (one for ``resid``)."""
+    return [layer] if kind == "resid" else window_layers(layer, window, n_layers, convention)
 
 
 def grid_restorations(kind: str, n_layers: int, positions: Sequence[int], window: int,
                       convention: str = DEFAULT_CONVENTION) -> list[tuple[int, int, Restoration]]:
     """(layer, token, restoration) for every cell of one kind's grid."""
-    site = KINDS[kind]
+    site = COMPONENTS[kind]
     out = []
     for l in range(n_layers):
         lays = restored_layers(kind, l, window, n_layers, convention)
@@ -296,7 +297,7 @@ class CausalTraceResult(Result):
 
 
 def causal_trace(model, prompt: str, subject: str, target: str | None = None, *,
-                 kinds: Sequence[str] = ("hidden", "mlp", "attn"), window: int = 10, samples: int = 10,
+                 kinds: Sequence[str] = ("resid", "mlp", "attn"), window: int = 10, samples: int = 10,
                  noise: str | float = "3sd", seed: int = 0, occurrence: int = 0,
                  context: str | None = None, corrupt: str | None = None,
                  noise_subjects: Sequence[str] | None = None, positions: Sequence[int] | None = None,
@@ -308,7 +309,7 @@ def causal_trace(model, prompt: str, subject: str, target: str | None = None, *,
     Args:
         subject: text of the subject in the prompt (first occurrence, or ``occurrence=k``).
         target: answer token to track (default: clean top-1); several tokens → first token.
-        kinds: any of ``hidden`` (resid_post, one layer), ``mlp`` / ``attn`` (module output
+        kinds: any of ``resid`` (resid_post, one layer; ROME's "hidden"), ``mlp`` / ``attn`` (module output
             over ``window`` layers, ROME-code window ``[l-w//2, l+ceil(w/2))`` clipped).
         window_convention: ``"rome_code"`` (default) or ``"rome_paper"``
             (:mod:`interp.windows`); ``windows`` in the result lists each window's layers.
@@ -375,8 +376,8 @@ def causal_trace(model, prompt: str, subject: str, target: str | None = None, *,
 
 
 # ----------------------------------------------------------------------------- figures
-_KIND_SCALE = {"hidden": "Purples", "mlp": "Greens", "attn": "Reds"}
-_KIND_TITLE = {"hidden": "single restored layer (resid_post)", "mlp": "restored MLP (window)",
+_KIND_SCALE = {"resid": "Purples", "mlp": "Greens", "attn": "Reds"}
+_KIND_TITLE = {"resid": "single restored layer (resid_post)", "mlp": "restored MLP (window)",
                "attn": "restored attention (window)"}
 
 
@@ -399,7 +400,7 @@ def trace_figure(res: CausalTraceResult):
             zmax=max(float(torch.nan_to_num(torch.tensor(g), nan=0).max()), res.p_corrupt + 1e-6),
             colorbar=dict(title=f"p({res.target!r})" if i == 0 else "", x=1.0 + 0.06 * i, len=0.8),
             hovertemplate="layer %{x}<br>%{y}<br>p=%{z:.4f}<extra>" + k + "</extra>"), 1, i + 1)
-        fig.update_xaxes(title_text="layer" if k == "hidden" else "centre of window", row=1, col=i + 1)
+        fig.update_xaxes(title_text="layer" if k == "resid" else "centre of window", row=1, col=i + 1)
     fig.update_yaxes(autorange="reversed")
     title = (f"Causal trace — {res.model}: target {res.target!r}, p_clean={res.p_clean:.3f}, "
              f"p_corrupt={res.p_corrupt:.3f}")
@@ -477,7 +478,7 @@ def _aggregate(items: list[dict], kinds, n_layers):
     return aie, se, nf
 
 
-def trace_dataset(model, dataset, out_dir: str | Path, *, kinds: Sequence[str] = ("hidden", "mlp", "attn"),
+def trace_dataset(model, dataset, out_dir: str | Path, *, kinds: Sequence[str] = ("resid", "mlp", "attn"),
                   window: int = 10, samples: int = 10, noise: str | float = "3sd", seed: int = 0,
                   min_p: float | None = None, limit: int | None = None, max_known: int | None = None,
                   window_convention: str = DEFAULT_CONVENTION, max_rows: int | None = None,
@@ -497,7 +498,7 @@ def trace_dataset(model, dataset, out_dir: str | Path, *, kinds: Sequence[str] =
     their row number; an error while scanning or tracing a fact is counted and listed in
     ``errors`` (row, fact, error) and on stderr.  The sweep goes on with the rest either way.
     """
-    from ..datasets import Fact, load_known_facts
+    from ..datasets import Fact, dataset_label, load_known_facts
     from ..known import KNOWN_RULES, check_known
     from ..sweep import Checkpoint, SweepErrors, describe_fact, map_batches
 
@@ -509,7 +510,7 @@ def trace_dataset(model, dataset, out_dir: str | Path, *, kinds: Sequence[str] =
                            f"it out for ROME's rule (clean top-1 == attribute)")
     if isinstance(dataset, (str, Path)):
         facts, report = load_known_facts(dataset)
-        name, n_rows, skipped = str(dataset), report.n_rows, [list(s) for s in report.skipped]
+        name, n_rows, skipped = dataset_label(dataset), report.n_rows, [list(s) for s in report.skipped]
     else:
         facts, name, n_rows, skipped = list(dataset), "<facts>", len(dataset), []
     for r, why in skipped:
@@ -589,7 +590,7 @@ def sweep_figure(res: TraceSweepResult):
             colorbar=dict(title="AIE" if i == 0 else "", x=1.0 + 0.06 * i, len=0.8),
             hovertemplate="layer %{x}<br>%{y}<br>AIE=%{z:.4f} ± %{customdata:.4f}<extra>" + k + "</extra>"),
             1, i + 1)
-        fig.update_xaxes(title_text="layer" if k == "hidden" else "centre of window", row=1, col=i + 1)
+        fig.update_xaxes(title_text="layer" if k == "resid" else "centre of window", row=1, col=i + 1)
     fig.update_yaxes(autorange="reversed")
     return style(fig, title=(f"Average indirect effect over {res.n_traced} known facts — {res.model} "
                              f"(p_clean={res.mean_p_clean:.3f}, p_corrupt={res.mean_p_corrupt:.3f})"),

@@ -99,7 +99,8 @@ def register(sub, common) -> None:
     p.add_argument("--prompt", default=None)
     p.add_argument("--subject", default=None)
     p.add_argument("--target", default=None, help="answer to track (default: clean top-1; first token)")
-    p.add_argument("--kinds", default="hidden,mlp,attn")
+    p.add_argument("--kinds", default="resid,mlp,attn",
+                   help="resid (= ROME's hidden: resid_post, one layer), mlp, attn (module outputs, windowed)")
     p.add_argument("--window", type=int, default=10)
     p.add_argument("--samples", type=int, default=10)
     p.add_argument("--noise", default="3sd", help="'3sd' or an absolute float")

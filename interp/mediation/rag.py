@@ -24,7 +24,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from ..prompts import RAG_TEMPLATE
 from ..results import Result
@@ -60,7 +59,7 @@ class RagComparisonResult(Result):
     p_clean: dict  # condition -> mean p_clean
     p_corrupt: dict
     answers: dict  # condition -> {"true": n, "counterfactual": n, "other": n} (clean top-1)
-    summary: dict  # condition -> {"mlp_last_subject_peak": .., "hidden_last_subject_peak": .., ...}
+    summary: dict  # condition -> {"mlp_last_subject_peak": .., "resid_last_subject_peak": .., ...}
     facts: list  # [subject, question, true_object, counterfactual_object]
     settings: dict
     model: str = ""
@@ -74,7 +73,7 @@ def _peak(curve):
     return max(vals) if vals else None
 
 
-def rag_comparison(model, fakepedia_path: str | Path, *, n_facts: int = 8, kinds=("hidden", "mlp", "attn"),
+def rag_comparison(model, fakepedia_path: str | Path, *, n_facts: int = 8, kinds=("resid", "mlp", "attn"),
                    window: int = 10, samples: int = 3, noise="3sd", seed: int = 0, scan: int = 120,
                    max_rows: int | None = None, progress: bool = False) -> RagComparisonResult:
     """Trace Fakepedia facts the model knows with no context, a true context, a counterfactual one.
@@ -144,7 +143,7 @@ def rag_comparison(model, fakepedia_path: str | Path, *, n_facts: int = 8, kinds
 
 
 def rag_figure(res: RagComparisonResult):
-    """Side by side: AIE by layer at the last subject token (hidden, mlp) and the last token (attn)."""
+    """Side by side: AIE by layer at the last subject token (resid, mlp) and the last token (attn)."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 

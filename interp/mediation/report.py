@@ -85,7 +85,7 @@ def report_sections(model, out_dir: Path, quick: bool) -> list[dict]:
     save_figure(rg.figure(), out_dir, "mediation_rag")
     nums = {"facts": rg.n_facts}
     for c, s in rg.summary.items():
-        for key in ("mlp_last_subject_peak", "hidden_last_subject_peak", "attn_last_peak"):
+        for key in ("mlp_last_subject_peak", "resid_last_subject_peak", "attn_last_peak"):
             if key in s:
                 nums[f"{c}:{key}"] = s[key]
         nums[f"{c}:answers"] = rg.answers[c]
