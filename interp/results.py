@@ -9,6 +9,10 @@ a figure without rerunning a model.
 Subclasses declare ``stem`` (the file name) and list their tensor fields in ``tensor_fields``;
 every other dataclass field must be JSON-serialisable.  Tensors are also written into the JSON
 as nested lists when ``json_tensors`` is true (the CLI's stable JSON for scripts).
+
+In Jupyter a result renders itself (``_repr_html_``): a one-line :meth:`Result.summary_line`
+(overridden where a better line is known) followed by its figure, so ending a cell with
+``causal_trace(...)`` shows the heatmap.
 """
 
 from __future__ import annotations
@@ -44,6 +48,34 @@ class Result:
     stem: ClassVar[str] = "result"
     tensor_fields: ClassVar[tuple[str, ...]] = ()
     json_tensors: ClassVar[bool] = True
+
+    def summary_line(self) -> str:
+        """One line for a person: the class and its short scalar fields (model, prompt, p_clean …)."""
+        parts = []
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, bool) or v is None or f.name in self.tensor_fields:
+                continue
+            if isinstance(v, float):
+                parts.append(f"{f.name}={v:.4g}")
+            elif isinstance(v, int) or (isinstance(v, str) and 0 < len(v) <= 60):
+                parts.append(f"{f.name}={v!r}" if isinstance(v, str) else f"{f.name}={v}")
+            if len(parts) == 6:
+                break
+        return f"{type(self).__name__}({', '.join(parts)})"
+
+    def _repr_html_(self) -> str:
+        """Jupyter: the summary line, then the figure (when the result has one)."""
+        import html
+        head = f"<p><code>{html.escape(self.summary_line())}</code></p>"
+        if not callable(getattr(self, "figure", None)):
+            return head
+        try:
+            fig = self.figure()
+        except Exception as e:  # noqa: BLE001 - a summary is still worth showing
+            return head + f"<p><i>no figure: {html.escape(f'{type(e).__name__}: {e}')}</i></p>"
+        body = fig._repr_html_() if hasattr(fig, "_repr_html_") else None
+        return head + (body or fig.to_html(full_html=False, include_plotlyjs="cdn"))
 
     def to_dict(self) -> dict:
         out = {"kind": type(self).__name__}

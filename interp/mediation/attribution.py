@@ -26,42 +26,23 @@ attention through saturated softmaxes).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
 
-from ..results import Result
-from .patching import GRID_SITES, UNIT_SITES, PatchingResult, _check, metric_fn, prepare_pair
+from .patching import GRID_SITES, UNIT_SITES, PairGridResult, PatchingResult, _check, metric_fn, prepare_pair
 
 
-@dataclass
-class AttributionResult(Result):
+@dataclass(kw_only=True)
+class AttributionResult(PairGridResult):
     """AtP estimates of the patched-minus-base metric, same layout as :class:`PatchingResult`."""
 
     stem = "attribution"
+    grid_field = "estimates"
 
-    clean: str
-    corrupt: str
-    tokens: list[str]
-    direction: str
-    metric: str
-    answer: str
-    wrong: str
-    clean_metric: float
-    corrupt_metric: float
-    sites: list[str]
-    layers: list[int]
-    positions: list[int]
     estimates: dict  # site -> [layer][pos] or [layer][pos][unit]
-    heads: list[int] = field(default_factory=list)
-    neurons: list[int] = field(default_factory=list)
-    settings: dict = field(default_factory=dict)
-    model: str = ""
-
-    def grid(self, site: str) -> Tensor:
-        return torch.tensor(self.estimates[site], dtype=torch.float32)
 
 
 def attribution_patching(model, clean: str, corrupt: str, *, sites: Sequence[str] | str = ("resid_pre",),
@@ -119,11 +100,12 @@ def attribution_patching(model, clean: str, corrupt: str, *, sites: Sequence[str
                 e = (d * a_b.grad)[0][pos_t][:, neurons]  # pos neuron
             rows.append(e.detach().float().cpu())
         est[s] = torch.stack(rows).tolist()
-    return AttributionResult(setup.clean_text, setup.corrupt_text, setup.tokens, direction, mname, setup.answer,
-                             setup.wrong, m_clean, m_corrupt, list(sites), layers, positions, est,
-                             heads if "head" in sites else [], neurons,
-                             {"method": "AtP (first order)", "engine": model.engine_name,
-                              "resid_mid_grad": "attn_out"}, model.name)
+    return AttributionResult(
+        clean=setup.clean_text, corrupt=setup.corrupt_text, tokens=setup.tokens, direction=direction, metric=mname,
+        answer=setup.answer, wrong=setup.wrong, clean_metric=m_clean, corrupt_metric=m_corrupt, sites=list(sites),
+        layers=layers, positions=positions, estimates=est, heads=heads if "head" in sites else [],
+        neurons=neurons, settings={"method": "AtP (first order)", "engine": model.engine_name,
+                                   "resid_mid_grad": "attn_out"}, model=model.name)
 
 
 def spearman(x: Tensor, y: Tensor) -> float:

@@ -35,18 +35,18 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, ClassVar, Sequence
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from ..arch import UNIT_SITES
 from ..errors import InterventionError, PromptError
 from ..interventions import Edit, InterventionPlan
 from ..results import Result
 
 GRID_SITES = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
-UNIT_SITES = {"head": "attn_z", "neuron": "mlp_post"}
 ALL_SITES = GRID_SITES + tuple(UNIT_SITES)
 
 
@@ -117,15 +117,19 @@ def prepare_pair(model, clean: str, corrupt: str, *, answer: str | None = None, 
 
 
 @dataclass
-class PatchingResult(Result):
-    """Activation patching grids: ``values[site]`` is [layer][pos] or [layer][pos][unit]."""
+class PairGridResult(Result):
+    """What activation patching and attribution patching share: a clean / corrupted pair, the
+    metric of both unpatched runs, and one grid per site over ``layers × positions`` (× unit).
 
-    stem = "patching"
+    Subclasses name the field that holds the grids in :attr:`grid_field`; their own fields are
+    keyword-only.
+    """
+
+    grid_field: ClassVar[str] = "values"
 
     clean: str
     corrupt: str
     tokens: list[str]
-    corrupt_tokens: list[str]
     direction: str
     metric: str
     answer: str
@@ -135,16 +139,32 @@ class PatchingResult(Result):
     sites: list[str]
     layers: list[int]
     positions: list[int]
-    values: dict
     heads: list[int] = field(default_factory=list)
     neurons: list[int] = field(default_factory=list)
-    per_position: bool = True
-    context_range: list[int] | None = None
     settings: dict = field(default_factory=dict)
     model: str = ""
 
-    def grid(self, site: str) -> Tensor:
-        return torch.tensor(self.values[site], dtype=torch.float32)
+    def grid(self, site: str) -> Float[Tensor, "layer pos *unit"]:
+        """The grid of ``site``: [layer, pos] (``head`` / ``neuron``: [layer, pos, unit])."""
+        return torch.tensor(getattr(self, self.grid_field)[site], dtype=torch.float32)
+
+    def summary_line(self) -> str:
+        return (f"{type(self).__name__}: {self.direction} {self.metric} ({self.answer!r} vs {self.wrong!r}), "
+                f"clean {self.clean_metric:.3f}, corrupt {self.corrupt_metric:.3f}; sites "
+                f"{', '.join(self.sites)} over {len(self.layers)} layers × {len(self.positions)} positions")
+
+
+@dataclass(kw_only=True)
+class PatchingResult(PairGridResult):
+    """Activation patching grids: ``values[site]`` is [layer][pos] or [layer][pos][unit]."""
+
+    stem = "patching"
+    grid_field = "values"
+
+    corrupt_tokens: list[str]
+    values: dict
+    per_position: bool = True
+    context_range: list[int] | None = None
 
     def effect(self, site: str) -> Tensor:
         """Patched metric minus the base run's (corrupt for denoise, clean for noise)."""
@@ -278,13 +298,15 @@ def activation_patching(model, clean: str, corrupt: str, *, sites: Sequence[str]
     for (site, idx, _), v in zip(fast_cells, fast_vals):
         grids[site][idx] = v
     values = {s: g.tolist() for s, g in grids.items()}
-    return PatchingResult(setup.clean_text, setup.corrupt_text, setup.tokens, setup.corrupt_tokens, direction,
-                          mname, setup.answer, setup.wrong, m_clean, m_corrupt, list(sites), layers, positions,
-                          values, heads if "head" in sites else [], neurons, per_position,
-                          list(setup.context_range) if setup.context_range else None,
-                          {"fast_cells": len(fast_cells), "engine": model.engine_name,
-                           "head_site": "attn_z (per-head z before W_O)", "neuron_site": "mlp_post"},
-                          model.name)
+    return PatchingResult(
+        clean=setup.clean_text, corrupt=setup.corrupt_text, tokens=setup.tokens, corrupt_tokens=setup.corrupt_tokens,
+        direction=direction, metric=mname, answer=setup.answer, wrong=setup.wrong, clean_metric=m_clean,
+        corrupt_metric=m_corrupt, sites=list(sites), layers=layers, positions=positions, values=values,
+        heads=heads if "head" in sites else [], neurons=neurons, per_position=per_position,
+        context_range=list(setup.context_range) if setup.context_range else None,
+        settings={"fast_cells": len(fast_cells), "engine": model.engine_name,
+                  "head_site": "attn_z (per-head z before W_O)", "neuron_site": "mlp_post"},
+        model=model.name)
 
 
 def patching_figure(res: PatchingResult):
