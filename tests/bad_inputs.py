@@ -49,7 +49,7 @@ CASES: list[tuple[str, list[str], str]] = [
      "'Louvre' does not occur in the prompt"),
     ("trace without subject", ["trace", "--model", "{tiny}", "--prompt", PROMPT], "needs --prompt and --subject"),
     ("unknown trace kind", ["trace", "--model", "{tiny}", "--prompt", PROMPT, "--subject", "Eiffel Tower",
-                            "--kinds", "hidden,resid"], "unknown trace kind(s) ['resid']"),
+                            "--kinds", "resid,hidden"], "unknown trace kind(s) ['hidden']"),
     ("trace window 0", ["trace", "--model", "{tiny}", "--prompt", PROMPT, "--subject", "Eiffel Tower",
                         "--window", "0"], "window"),
     ("non-numeric samples", ["trace", "--prompt", PROMPT, "--subject", "Eiffel Tower", "--samples", "ten"],
@@ -65,7 +65,7 @@ CASES: list[tuple[str, list[str], str]] = [
      "missing field(s): subject"),
     ("min-p out of range", ["trace", "--model", "{tiny}", "--dataset", "{facts}", "--min-p", "1.5"], "--min-p"),
     ("trace result dir of another model", ["trace", "--model", "{tiny}", "--dataset", "{facts}", "--min-p", "0",
-                                           "--kinds", "hidden", "--samples", "1", "--out", "{trace_other}"],
+                                           "--kinds", "resid", "--samples", "1", "--out", "{trace_other}"],
      "holds a sweep of model"),
     # --- patch
     ("mismatched clean/corrupt lengths", ["patch", "--model", "{tiny}", "--clean", PROMPT, "--corrupt", "Hi"],
@@ -204,7 +204,7 @@ def build_inputs(tmp: Path) -> dict[str, str]:
     v["nq"] = str(tmp / "nq.jsonl.gz")
     # result directories of another model
     for key, argv in {
-        "trace_other": ["trace", "--dataset", v["facts"], "--min-p", "0", "--kinds", "hidden", "--samples", "1"],
+        "trace_other": ["trace", "--dataset", v["facts"], "--min-p", "0", "--kinds", "resid", "--samples", "1"],
         "knockout_other": ["knockout", "--dataset", v["facts"], "--all-facts", "--n-facts", "1"],
         "stats_other": ["neurons", "stats", "--corpus", v["corpus"], "--max-len", "16"],
         "cache_other": ["probe", "--dataset", f"nqswap:{v['nq']}", "--demos", "1", "--components", "resid",
