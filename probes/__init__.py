@@ -14,7 +14,8 @@ reliance scores.  The data path runs one way, one module per step::
     linear.py    batched L1/L2 logistic probes per layer × component, controls, saved probes
     result.py    ProbeResult (stable JSON, accuracy-vs-layer figure)
     reliance.py  PKS (JSD of the logit lens across each MLP) and ECS (per-head context copying)
-    cli.py       ``interp probe`` — the pipeline, resumable at every step
+    pipeline.py  the pipeline as a library (prepare, probe_dataset), resumable at every step
+    cli.py       ``interp probe`` — parses flags, calls the pipeline, saves result + figure
     report.py    report_sections(model, out_dir, quick) for the figure job
 
 Choices a user should know:
@@ -49,7 +50,7 @@ _LAZY = {
     "parametric_knowledge_score": ("probes.reliance", "parametric_knowledge_score"),
     "external_context_score": ("probes.reliance", "external_context_score"),
     "compare_reliance": ("probes.reliance", "compare_reliance"),
-    "probe_dataset": ("probes.cli", "probe_dataset"),
+    "probe_dataset": ("probes.pipeline", "probe_dataset"),
 }
 
 

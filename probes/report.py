@@ -36,7 +36,7 @@ def report_sections(model, out_dir: Path, quick: bool) -> list[dict]:
     """NQ-Swap probe accuracy vs layer (conflict, source) and PKS / ECS of context- vs memory-answers."""
     from interp.figures import save_figure
 
-    from .cli import prepare, probe_dataset
+    from .pipeline import prepare, probe_dataset
     from .linear import ProbeLabelError
     from .reliance import RelianceResult, compare_reliance
     from .result import ProbeResult

@@ -40,7 +40,8 @@ import argparse  # noqa: E402
 
 import pytest  # noqa: E402
 
-from interp.cli import INDEX_GRAMMAR, build_parser, index_list, main  # noqa: E402
+from interp.cli import build_parser, main  # noqa: E402
+from interp.clitools import INDEX_GRAMMAR, index_list  # noqa: E402
 
 
 @pytest.mark.parametrize("text, want", [

@@ -22,7 +22,7 @@ def small_nq(data_dir, tmp_path):
 
 @pytest.fixture
 def tiny_cli(monkeypatch):
-    monkeypatch.setattr("interp.cli.load_model", lambda args: tiny(n_layers=3))
+    monkeypatch.setattr("interp.clitools.load_model", lambda args: tiny(n_layers=3))
 
 
 @pytest.mark.slow

@@ -23,7 +23,7 @@ def _prompt_and_context(args) -> tuple[str, str | None, int]:
 
 
 def _cmd_knockout(args) -> dict:
-    from ..cli import load_model, out_dir, save_result
+    from ..clitools import load_model, out_dir, save_result
     from ..errors import PromptError
     from .knockout import attention_knockout, knockout_sweep
     model = load_model(args)
@@ -63,9 +63,8 @@ def _cmd_knockout(args) -> dict:
 
 
 def _cmd_contributions(args) -> dict:
-    from ..cli import out_dir
+    from ..clitools import load_model, out_dir
     from ..figures import save_figure
-    from ..cli import load_model
     from .contributions import attention_contributions
     model = load_model(args)
     prompt, context, occ = _prompt_and_context(args)
@@ -93,7 +92,7 @@ def _top_heads(res, k: int = 5) -> list[dict]:
 
 
 def register(sub, common) -> None:
-    from ..cli import add_index_arg
+    from ..clitools import add_index_arg
     p = sub.add_parser("knockout", parents=[common],
                        help="attention knockout target→sources over layer windows (Geva et al. 2023)")
     p.add_argument("--prompt", default=None)

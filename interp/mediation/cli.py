@@ -11,7 +11,7 @@ correlation in the summary.
 
 from __future__ import annotations
 
-from ..cli import add_index_arg, load_model, out_dir, save_result
+from ..clitools import add_index_arg, load_model, out_dir, save_result
 
 
 def _noise(s: str):

@@ -1,0 +1,111 @@
+"""What every ``interp`` subcommand shares: the common flags, the one index grammar, loading the
+model, and saving a result with its figure.
+
+Subcommand modules (``interp/<family>/cli.py``, ``probes/cli.py``) import from here and never
+from :mod:`interp.cli`, which imports them: the command line is assembled in one direction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+#: the one grammar of every index-list flag, shown in ``interp --help``
+INDEX_GRAMMAR = """\
+index lists (--layers, --heads, --neurons, --positions) all read the same way:
+  5          one index
+  0-9        an inclusive range (0, 1, ..., 9)
+  0,3,7      a comma list; items combine: 0-3,7,12-14
+  all        every index (the default when the flag is left out)
+  -1         counts from the end (layers, positions); ranges take non-negative ends
+  indices are checked against the model once it is loaded: out of range is an error, exit 2"""
+
+
+def index_list(text: str, what: str = "index") -> list[int] | None:
+    """Parse one index list of :data:`INDEX_GRAMMAR`: ``None`` for ``all``, else sorted unique ints."""
+    import re
+    t = str(text).strip()
+    if t.lower() == "all":
+        return None
+    out: set[int] = set()
+    for part in t.split(","):
+        part = part.strip()
+        if re.fullmatch(r"-?\d+", part):
+            out.add(int(part))
+            continue
+        m = re.fullmatch(r"(\d+)\s*-\s*(\d+)", part)
+        if m and int(m[1]) <= int(m[2]):
+            out.update(range(int(m[1]), int(m[2]) + 1))
+            continue
+        hint = (f"the range {part!r} runs backwards: write {m[2]}-{m[1]}" if m else
+                f"{part!r} is not an index" if part else "an empty item")
+        raise argparse.ArgumentTypeError(
+            f"{hint}; write {what}s as 5, 0-9 (inclusive), 0,3,7, 0-3,7 or all")
+    return sorted(out)
+
+
+def index_type(what: str):
+    def parse(text):
+        return index_list(text, what)
+    parse.__name__ = f"{what} list"
+    return parse
+
+
+def add_index_arg(p, flag: str, what: str, help: str) -> None:
+    """Add ``flag`` (e.g. ``--layers``) reading the one index grammar; default None (= all)."""
+    p.add_argument(flag, type=index_type(what), default=None, metavar=what.upper() + "S",
+                   help=f"{help} (e.g. 5, 0-9, 0,3,7, 0-3,7, all; default all)")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``interp CMD: error: PROBLEM (see interp CMD --help)``, exit 2."""
+
+    def error(self, message):
+        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        raise SystemExit(2)
+
+
+def common_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--model", default=None, help="HF id or local dir (default: embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--engine", default="hf", choices=["hf", "transformer_lens", "nnsight"])
+    p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--out", default=None, help="directory for result files and figures")
+    p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="show the Python traceback of an error")
+    return p
+
+
+def layer_index_pairs(items, what: str = "layer:index") -> list[tuple[int, int]]:
+    """``["20:1090", "3:7"]`` → ``[(20, 1090), (3, 7)]`` (neurons, value vectors), or a clear error."""
+    from .errors import InterpError
+    out = []
+    for s in items or []:
+        try:
+            l, i = s.split(":")
+            out.append((int(l), int(i)))
+        except ValueError:
+            raise InterpError(f"{s!r} is not {what} (e.g. 20:1090)") from None
+    return out
+
+
+def load_model(args):
+    from .loading import load
+    return load(args.model, engine=args.engine, device=args.device, dtype=args.dtype)
+
+
+def out_dir(args, default: str) -> Path:
+    return Path(args.out) if args.out else Path("out") / default
+
+
+def save_result(result, fig_stem: str | None, args, default_dir: str) -> dict:
+    """Save a result and its figure under --out; return the paths for the JSON summary."""
+    from .figures import save_figure
+    out = out_dir(args, default_dir)
+    paths = {"result": str(result.save(out))}
+    if fig_stem is not None and hasattr(result, "figure"):
+        paths["figure"] = save_figure(result.figure(), out, fig_stem)
+    return paths
