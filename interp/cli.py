@@ -90,7 +90,9 @@ def register(sub, common) -> None:
     p = sub.add_parser("figures", parents=[common], help="run the standard analyses, write figures/ and REPORT.md")
     p.add_argument("--quick", action="store_true", help="small settings: finishes in minutes on 2 cores")
     p.add_argument("--redraw", action="store_true", help="redraw from saved results only (no model)")
-    p.add_argument("--only", default=None, help="comma-separated sections: lens,mediation,attention,neurons,probes")
+    from .report import SECTIONS
+    p.add_argument("--only", default=None, help=f"comma-separated sections: {','.join(SECTIONS)} (the "
+                                                 f"others keep their last entries in REPORT.md)")
     p.set_defaults(func=_cmd_figures)
     p = sub.add_parser("info", parents=[common], help="model, engine, architecture, sites, sizes")
     p.set_defaults(func=_cmd_info)

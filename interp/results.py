@@ -10,6 +10,10 @@ Subclasses declare ``stem`` (the file name) and list their tensor fields in ``te
 every other dataclass field must be JSON-serialisable.  Tensors are also written into the JSON
 as nested lists when ``json_tensors`` is true (the CLI's stable JSON for scripts).
 
+The figures job keeps results with :func:`cached` (one helper for every section): a saved
+result is reused only when it was made with the same settings, recorded next to it in
+``<stem>.settings.json``; quick and full runs use separate directories (:func:`result_dir`).
+
 In Jupyter a result renders itself (``_repr_html_``): a one-line :meth:`Result.summary_line`
 (overridden where a better line is known) followed by its figure, so ending a cell with
 ``causal_trace(...)`` shows the heatmap.
@@ -19,8 +23,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, Callable, ClassVar, TypeVar
 
 import torch
 
@@ -122,3 +127,48 @@ class Result:
             elif k in kwargs and kwargs[k] is not None:
                 kwargs[k] = torch.tensor(kwargs[k])
         return cls(**kwargs)
+
+
+# ---------------------------------------------------------------------- the figures job's cache
+def result_dir(out_dir: str | Path, name: str, quick: bool) -> Path:
+    """``<out>/results/<name>`` for a full run, ``<out>/results/<name>_quick`` for a quick one."""
+    return Path(out_dir) / "results" / (f"{name}_quick" if quick else name)
+
+
+def _settings_json(settings: dict) -> dict:
+    return json.loads(json.dumps(settings, default=str))
+
+
+def saved_settings(cls: type[Result], rdir: str | Path) -> dict | None:
+    """The ``settings.json`` record of the ``cls`` result saved in ``rdir``, or None."""
+    meta = Path(rdir) / f"{cls.stem}.settings.json"
+    return json.loads(meta.read_text()) if meta.exists() else None
+
+
+def cached(cls: type[R], rdir: str | Path, *, settings: dict, model, compute: Callable[[], R],
+           command: str) -> R:
+    """Load the ``cls`` result saved in ``rdir`` when it was made with ``settings``, else compute it.
+
+    ``compute()`` runs only with a model (``model`` not None); it is timed, saved with
+    ``result.save(rdir)``, and ``settings`` (+ model name, seconds) go to
+    ``<stem>.settings.json``.  Without a model (``interp figures --redraw``) a missing result —
+    or one made with other settings — raises :class:`~interp.errors.ResultMissingError` naming
+    ``command``, the command that makes it.
+    """
+    rdir = Path(rdir)
+    want = _settings_json(settings)
+    old = saved_settings(cls, rdir)
+    if (rdir / f"{cls.stem}.json").exists() and old is not None and old.get("settings") == want:
+        return cls.load(rdir)
+    if model is None:
+        why = ("none is saved" if not (rdir / f"{cls.stem}.json").exists() else
+               "the saved one was made with other settings" if old else "the saved one records no settings")
+        raise ResultMissingError(f"no {cls.__name__} for these settings in {rdir} ({why}); make it with: "
+                                 f"{command} (or run `interp figures` without --redraw)")
+    t = time.perf_counter()
+    res = compute()
+    seconds = time.perf_counter() - t
+    res.save(rdir)
+    (rdir / f"{cls.stem}.settings.json").write_text(json.dumps(
+        {"settings": want, "model": getattr(model, "name", ""), "seconds": round(seconds, 1)}, indent=1))
+    return res

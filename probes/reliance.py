@@ -135,6 +135,8 @@ class RelianceResult(Result):
     variant: str = "jsd"
     model: str = ""
     dataset: str = ""
+    #: ECS: the fraction of context tokens, by attention, whose hidden states are averaged
+    top_frac: float = 0.1
 
     def figure(self):
         """PKS per layer: mean ± 95% CI for context-answer vs memory-answer examples."""
@@ -216,4 +218,4 @@ def compare_reliance(model, prompts: Sequence[str], contexts: Sequence[str], sou
             "pks_per_layer_context": pks[ctx].mean(0).tolist() if ctx.any() else None,
             "pks_per_layer_memory": pks[~ctx].mean(0).tolist() if (~ctx).any() else None,
             "lfd_layer_least_change": int(L // 2 + pks[:, L // 2:].mean(0).argmin())}
-    return RelianceResult(pks, ecs, src, list(range(L)), comp, variant, model_name or model.name, dataset)
+    return RelianceResult(pks, ecs, src, list(range(L)), comp, variant, model_name or model.name, dataset, top_frac)

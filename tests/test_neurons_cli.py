@@ -63,7 +63,10 @@ def test_cli_bad_input(tmp_path, capsys):
 
 
 def test_report_redraw_without_results_names_the_command(tmp_path):
+    from interp.concepts.report import report_sections as concepts_sections
     from interp.errors import ResultMissingError
     from interp.neurons.report import report_sections
-    with pytest.raises(ResultMissingError, match="report_sections"):
+    with pytest.raises(ResultMissingError, match="make it with: interp figures --only neurons --out .* --quick"):
         report_sections(None, tmp_path, quick=True)
+    with pytest.raises(ResultMissingError, match="make it with: interp concepts find --concept Japan"):
+        concepts_sections(None, tmp_path, quick=True)

@@ -42,3 +42,86 @@ def test_results_of_another_model_are_not_reused(tmp_path):
     (tmp_path / "results" / "MODEL").write_text("some-other-model\n")
     with pytest.raises(InterpError, match="computed for model 'some-other-model'"):
         run_figures(SimpleNamespace(name="smollm2-135m-instruct"), tmp_path, only=["lens"])
+
+
+# ----------------------------------------------------------------------------- the result cache
+def test_redraw_of_mediation_without_results_names_the_command(tmp_path):
+    """It raised AttributeError (a missing result was computed with model=None)."""
+    with pytest.raises(ResultMissingError, match="make it with: interp trace --prompt"):
+        run_figures(None, tmp_path, redraw=True, only=["mediation"])
+
+
+def test_cached_results_are_keyed_by_settings_and_mode(tmp_path):
+    import dataclasses
+    from types import SimpleNamespace
+
+    from interp.results import Result, cached, result_dir
+
+    @dataclasses.dataclass
+    class Count(Result):
+        stem = "count"
+        n: int
+
+    calls = []
+
+    def make(n):
+        calls.append(n)
+        return Count(n)
+
+    model = SimpleNamespace(name="m")
+    full, quick = result_dir(tmp_path, "x", False), result_dir(tmp_path, "x", True)
+    assert full != quick and quick.name == "x_quick"
+    assert cached(Count, full, settings={"n": 5}, model=model, compute=lambda: make(5), command="c").n == 5
+    assert cached(Count, full, settings={"n": 5}, model=model, compute=lambda: make(5), command="c").n == 5
+    assert calls == [5]                                   # same settings: reused
+    assert cached(Count, quick, settings={"n": 1}, model=model, compute=lambda: make(1), command="c").n == 1
+    assert cached(Count, full, settings={"n": 5}, model=None, compute=None, command="c").n == 5  # quick kept apart
+    with pytest.raises(ResultMissingError, match=r"made with other settings\); make it with: interp x"):
+        cached(Count, full, settings={"n": 6}, model=None, compute=None, command="interp x")
+    assert cached(Count, full, settings={"n": 6}, model=model, compute=lambda: make(6), command="c").n == 6
+    assert calls == [5, 1, 6]
+    meta = (full / "count.settings.json").read_text()
+    assert '"n": 6' in meta and '"seconds"' in meta
+
+
+def test_committed_report_is_relative_and_runnable():
+    """figures/REPORT.md: no machine paths, no placeholders; every command parses and names a real subcommand."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    from interp.cli import build_parser
+    from interp.report import SECTIONS
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "figures" / "REPORT.md").read_text()
+    assert "/work/" not in text and "/root/" not in text and "/home/" not in text
+    parser = build_parser()
+    regen = re.findall(r"^Regenerate: `([^`]*)`", text, re.M)
+    same = re.findall(r"^Same analysis from the CLI: `([^`]*)`", text, re.M)
+    assert len(regen) >= 20
+    for cmd in regen + same:
+        assert "..." not in cmd and "DIR" not in cmd, cmd
+        argv = shlex.split(cmd)
+        assert argv[0] == "interp", cmd
+        assert not any(a.startswith("/") for a in argv), cmd
+        args = parser.parse_args(argv[1:])           # a real subcommand with valid flags
+        if args.command == "figures":
+            assert args.only in SECTIONS and args.out == "figures"
+
+
+def test_readme_gallery_caption_matches_the_committed_trace():
+    """The gallery says where the early MLP peak is; the committed trace must agree."""
+    import re
+    from pathlib import Path
+
+    from interp.mediation import CausalTraceResult
+    root = Path(__file__).resolve().parents[1]
+    caption = next(l for l in (root / "README.md").read_text().splitlines() if "ROME causal trace of the same fact" in l)
+    token = re.search(r"peaks early inside the subject \(at '([^']+)'\)", caption)[1]
+    tr = CausalTraceResult.load(root / "figures" / "results" / "mediation_trace")
+    g = tr.grid("mlp", effect=True)
+    l, t = divmod(int(g.nan_to_num(-1e9).argmax()), g.shape[1])
+    assert tr.tokens[t].strip() == token and tr.subject_range[0] <= t < tr.subject_range[1]
+    assert l < len(tr.layers) // 2                                    # early
+    r = tr.grid("resid", effect=True)
+    assert int(r.nan_to_num(-1e9).argmax()) % r.shape[1] == len(tr.tokens) - 1  # residual peak: last token
