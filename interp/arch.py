@@ -51,9 +51,20 @@ COMPONENTS: dict[str, str] = {"resid": "resid_post", "mlp": "mlp_out", "attn": "
 #: units a method can address one at a time (patching, AtP, clamping), and the site that holds them
 UNIT_SITES: dict[str, str] = {"head": "attn_z", "neuron": "mlp_post"}
 
+#: sites whose trailing axis can be edited one unit at a time, and what a unit is there
+UNIT_AXES: dict[str, str] = {**{site: unit for unit, site in UNIT_SITES.items()}, "attn_scores": "head"}
+
 #: sites an engine provides natively; the others are derived by :mod:`interp.model`.
 PRIMITIVE_SITES = ("embed", "resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out",
                    "mlp_post", "attn_z", "attn_pattern", "attn_scores")
+
+#: keyword arguments a decoder layer receives from the model's forward that run along the
+#: positions, with the axis of the positions (``attention_mask``: its query axis).  The work-
+#: skipping path (:mod:`interp.skipping`) slices them to the positions it computes; every
+#: supported family passes a subset of these (and its cache object, which it replaces).
+BLOCK_SEQ_ARGS: dict[str, int] = {"attention_mask": -2, "position_ids": -1, "position_embeddings": -2,
+                                  "cache_position": -1}
+BLOCK_CACHE_ARGS = ("cache", "past_key_values")
 
 #: order of sites inside one block, as they are computed (nnsight must touch them in this order)
 SITE_ORDER = {s: i for i, s in enumerate(
@@ -138,6 +149,7 @@ class ModelAdapter:
             self.n_ctx = cfg.max_position_embeddings
         self.d_head = getattr(cfg, "head_dim", None) or self.d_model // self.n_heads
         self.embed_module = _get(hf_model, lay.embed)
+        self.pos_embed_module = _get(hf_model, lay.pos_embed) if lay.pos_embed else None
         self.final_norm_module = _get(hf_model, lay.final_norm)
         self.lm_head = hf_model.get_output_embeddings()
         self.vocab_size = self.lm_head.weight.shape[0]
@@ -230,6 +242,14 @@ class ModelAdapter:
     def final_norm(self, h: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
         """The model's real final norm (RMSNorm / LayerNorm with its learned gain)."""
         return self.final_norm_module(h)
+
+    def embed_input(self, input_ids: Tensor, position_ids: Tensor) -> Float[Tensor, "batch pos d_model"]:
+        """The residual stream entering layer 0: token embedding (the ``embed`` site), plus the
+        learned position embedding for GPT-2 (rotary families add positions inside attention)."""
+        x = self.embed_module(input_ids)
+        if self.pos_embed_module is not None:
+            x = x + self.pos_embed_module(position_ids).to(x.dtype)
+        return x
 
     def unembed(self, h: Float[Tensor, "... d_model"], *, norm: bool = True) -> Float[Tensor, "... vocab"]:
         """Logits of a residual-stream vector: final norm (optional) then the LM head."""

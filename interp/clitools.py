@@ -72,6 +72,8 @@ def common_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", default="hf", choices=["hf", "transformer_lens", "nnsight"])
     p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--device-map", default=None, help="spread a large model over devices, e.g. 'auto' "
+                   "(needs accelerate; instead of --device)")
     p.add_argument("--out", default=None, help="directory for result files and figures")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
@@ -94,7 +96,8 @@ def layer_index_pairs(items, what: str = "layer:index") -> list[tuple[int, int]]
 
 def load_model(args):
     from .loading import load
-    return load(args.model, engine=args.engine, device=args.device, dtype=args.dtype)
+    return load(args.model, engine=args.engine, device=args.device, dtype=args.dtype,
+                device_map=getattr(args, "device_map", None))
 
 
 def out_dir(args, default: str) -> Path:

@@ -30,6 +30,10 @@ class EngineError(InterpError, ValueError):
     """An engine name is unknown or an engine cannot do what was asked."""
 
 
+class DeviceError(InterpError, ValueError):
+    """A device or dtype is unknown or not available on this machine."""
+
+
 class SiteError(InterpError, KeyError):
     """A site name is unknown or used in a way it does not support."""
 

@@ -10,7 +10,17 @@ penzai's worlds axis: interventions are values you insert, not callbacks hidden 
 An edit either carries its own value (a cached activation from another run, a noise draw, a
 constant) or copies the value *from another row of the same forward* (``source_row``), so a
 clean row and its corrupted variants can run side by side.  :meth:`InterventionPlan.chunks`
-splits a plan to a row budget and keeps, in every chunk, the source rows its edits read from.
+splits a plan to a row budget and keeps, in every chunk, the source rows its edits read from
+(each with its own edits, so the copied value is the one the whole plan would copy).
+
+**Derived rows.**  ``plan.derive(row, parent)`` declares that ``row`` is ``parent``'s world plus
+the row's own edits (the row inherits every edit of its ancestors).  Nothing else changes for an
+engine that runs every row in full (:meth:`InterventionPlan.flat` spells the inherited edits
+out).  An engine with the work-skipping capability (:mod:`interp.skipping`) uses it: a derived
+row equals its parent before its first own edit — in every layer before that edit's layer and
+at every position before its first edited position — so it starts there from the parent's
+cached states.  :func:`row_starts` gives each row's ``(boundary, column)`` and
+:meth:`CompiledPlan.localize` re-addresses a compiled plan to a chunk of such partial rows.
 
 Operations: ``set`` (replace), ``add``, ``scale`` (multiply), and ``block`` for attention
 edges (pre-softmax score of query → key set to the dtype's most negative value, so the softmax
@@ -21,20 +31,19 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Sequence
+from dataclasses import replace
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
 
-from .arch import SITES, check_site
+from .arch import SITES, UNIT_AXES, check_site
 from .errors import InterventionError, LayerIndexError, SiteError
 from .tokens import Batch
 
 OPS = ("set", "add", "scale", "block")
 WRITABLE = ("embed", "resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "mlp_post",
             "attn_z", "attn_scores")
-#: sites whose trailing axis is indexed by ``unit`` (head of attn_z, neuron of mlp_post)
-UNIT_SITES = {"attn_z": "head", "mlp_post": "neuron", "attn_scores": "head"}
 #: number of axes after (batch, pos) of each writable site
 _TRAILING_NDIM = {"embed": 1, "resid_pre": 1, "resid_mid": 1, "resid_post": 1, "attn_out": 1,
                   "mlp_out": 1, "mlp_post": 1, "attn_z": 2}
@@ -71,6 +80,17 @@ class _Group:
     values: Tensor | None
     src_rows: Tensor | None
     keys: Tensor | None = None
+    _moved: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def on(self, device) -> "_Group":
+        """This group with its index tensors on ``device`` (copied once per device)."""
+        if self.rows.device == device:
+            return self
+        if device not in self._moved:
+            mv = lambda t: None if t is None else t.to(device)  # noqa: E731
+            self._moved[device] = _Group(self.op, mv(self.rows), mv(self.pos), mv(self.unit), self.values,
+                                         mv(self.src_rows), mv(self.keys))
+        return self._moved[device]
 
 
 class CompiledPlan:
@@ -84,11 +104,58 @@ class CompiledPlan:
     def points(self) -> list[tuple[str, int | None]]:
         return list(self.groups)
 
+    def localize(self, local: Tensor, col0: int, starts: Tensor, n_layers: int, *,
+                 source_values: Callable | None = None, shift_resid_post: bool = True) -> "CompiledPlan":
+        """This plan re-addressed to a chunk of rows that are computed only in part.
+
+        The work-skipping path (:mod:`interp.skipping`) runs a chunk of derived rows from layer
+        boundary ``starts[i]`` on, over columns ``col0 …`` only.  ``local[g]`` is the chunk-local
+        index of global row ``g`` (−1: not in this chunk).  Kept: a row's edits at columns
+        ``≥ col0`` at a boundary ``≥`` its start (see :func:`point_boundary`); the others are
+        already contained in the states the row starts from.  Positions shift by ``−col0``; the
+        key columns of blocks stay absolute (the keys span the whole prompt).
+
+        Row-sourced values: ``source_values(point, src_rows, columns, units)`` returns them
+        (the source rows ran in an earlier forward), or, when it is None, the source rows are
+        remapped to their local index (they run in this chunk).  With ``shift_resid_post`` an
+        edit of ``resid_post`` of a layer below the last becomes an edit of the next layer's
+        ``resid_pre`` (the same tensor in every supported family), placed ahead of that layer's
+        own ``resid_pre`` edits, so a row that starts at that boundary receives it.
+        """
+        shifted: dict = defaultdict(list)
+        normal: dict = defaultdict(list)
+        for (site, layer), groups in self.groups.items():
+            bound = point_boundary(site, layer)
+            to_next = shift_resid_post and site == "resid_post" and layer < n_layers - 1
+            target, bucket = (("resid_pre", layer + 1), shifted) if to_next else ((site, layer), normal)
+            for g in groups:
+                loc = local[g.rows]
+                keep = (loc >= 0) & (g.pos >= col0)
+                keep &= starts[loc.clamp(min=0)] <= bound
+                if not bool(keep.any()):
+                    continue
+                i = keep.nonzero().flatten()
+                unit = None if g.unit is None else g.unit[i]
+                values = None if g.values is None else g.values[i]
+                src = None
+                if g.src_rows is not None:
+                    if source_values is not None:
+                        values = source_values((site, layer), g.src_rows[i], g.pos[i], unit)
+                    else:
+                        src = local[g.src_rows[i]]
+                        if bool((src < 0).any()):
+                            raise InterventionError("internal: a chunk lacks a row its edits copy from")
+                bucket[target].append(_Group(g.op, loc[i], g.pos[i] - col0, unit, values, src,
+                                             None if g.keys is None else g.keys[i]))
+        groups = {p: shifted.get(p, []) + normal.get(p, []) for p in {**shifted, **normal}}
+        return CompiledPlan(groups, self.n_heads)
+
     def apply(self, point: tuple[str, int | None], x: Tensor) -> Tensor:
         groups = self.groups.get(point)
         if not groups:
             return x
         site = point[0]
+        groups = [g.on(x.device) for g in groups]
         if site == "attn_scores":
             return _apply_block(x, groups, self.n_heads)
         x = x.clone()
@@ -106,6 +173,21 @@ class CompiledPlan:
             elif g.op == "scale":
                 x[idx] = x[idx] * val
         return x
+
+
+def point_boundary(site: str, layer: int | None) -> int:
+    """The first layer boundary whose residual an edit at ``(site, layer)`` can change.
+
+    Boundary ``k`` is the residual stream entering layer ``k`` (``n_layers``: the final one).
+    ``embed`` changes boundary 0, ``resid_post`` of layer ``l`` boundary ``l + 1``, and every
+    other site of layer ``l`` (its input, attention, MLP) is computed after boundary ``l``.
+    A row whose edits all lie at or after boundary ``k`` equals its parent before ``k``.
+    """
+    if site == "embed":
+        return 0
+    if site == "resid_post":
+        return layer + 1
+    return layer
 
 
 def _apply_block(scores: Tensor, groups: list[_Group], n_heads: int | None = None) -> Tensor:
@@ -135,11 +217,96 @@ class InterventionPlan:
 
     batch: Batch
     edits: list[Edit] = field(default_factory=list)
+    #: derived rows: ``row -> parent``; the row inherits every edit of its ancestors
+    parents: dict[int, int] = field(default_factory=dict)
 
     # -------------------------------------------------------------- building
     def add_edit(self, edit: Edit) -> "InterventionPlan":
         self.edits.append(edit)
         return self
+
+    def derive(self, row: int, parent: int) -> "InterventionPlan":
+        """Declare ``row`` = ``parent``'s world plus ``row``'s own edits (same tokens).
+
+        The row inherits all of its ancestors' edits.  Engines that can skip work start the
+        row at its first own edit from the parent's states (see the module docstring).
+        """
+        self.parents[int(row)] = int(parent)
+        return self
+
+    # -------------------------------------------------------------- derived rows
+    def _by_row(self) -> dict[int, list[Edit]]:
+        by_row: dict[int, list[Edit]] = defaultdict(list)
+        for e in self.edits:
+            by_row[e.row].append(e)
+        return by_row
+
+    def _check_parents(self) -> None:
+        b = self.batch
+        for row, parent in self.parents.items():
+            for what, r in (("row", row), ("parent", parent)):
+                if not 0 <= r < b.size:
+                    raise InterventionError(f"derive: {what} {r} not in the plan's batch of {b.size}")
+            if row == parent:
+                raise InterventionError(f"derive: row {row} cannot be its own parent")
+            if not (torch.equal(b.input_ids[row], b.input_ids[parent])
+                    and torch.equal(b.attention_mask[row], b.attention_mask[parent])):
+                raise InterventionError(
+                    f"derive: row {row} and its parent {parent} hold different prompts; a derived "
+                    f"row is its parent's prompt plus edits (use the same prompt)")
+        for row in self.parents:
+            seen = {row}
+            r = row
+            while r in self.parents:
+                r = self.parents[r]
+                if r in seen:
+                    raise InterventionError(f"derive: rows {sorted(seen)} form a cycle of parents")
+                seen.add(r)
+
+    def ancestors(self, row: int) -> list[int]:
+        """The row's ancestors, root first (empty for a row that derives from nothing)."""
+        chain = []
+        while row in self.parents:
+            row = self.parents[row]
+            chain.append(row)
+        return chain[::-1]
+
+    def flat(self) -> "InterventionPlan":
+        """The same worlds with every inherited edit written out on its row (no parents)."""
+        if not self.parents:
+            return self
+        self._check_parents()
+        by_row = self._by_row()
+        edits: list[Edit] = []
+        for r in range(self.batch.size):
+            for a in self.ancestors(r):
+                edits.extend(replace(e, row=r) for e in by_row.get(a, ()))
+            edits.extend(by_row.get(r, ()))
+        return InterventionPlan(self.batch, edits)
+
+    def row_starts(self, n_layers: int) -> tuple[list[int], list[int]]:
+        """Per row, the first boundary (:func:`point_boundary`) and the first column (absolute,
+        in the padded batch) that any of its **own** edits touches.
+
+        A row without own edits starts at ``(n_layers, width - 1)``: it only needs its parent's
+        final residual at the last column.
+        """
+        b = self.batch
+        bound = [n_layers] * b.size
+        col = [b.width - 1] * b.size
+        first = [True] * b.size
+        for e in self.edits:
+            pos = e.positions
+            if not pos or (e.op == "block" and not e.keys):
+                continue
+            layer = None if e.layer is None else e.layer % n_layers
+            c = min(b.abs_pos(e.row, p) for p in pos)
+            k = point_boundary(e.site, layer)
+            if first[e.row]:
+                bound[e.row], col[e.row], first[e.row] = k, c, False
+            else:
+                bound[e.row], col[e.row] = min(bound[e.row], k), min(col[e.row], c)
+        return bound, col
 
     def set(self, site, layer, row, positions, value=None, *, source_row=None, unit=None):
         return self.add_edit(Edit(site, layer, row, _as_list(positions), "set", value, source_row, unit))
@@ -162,6 +329,8 @@ class InterventionPlan:
         ``shapes`` gives each site's trailing shape (e.g. ``{"resid_post": (d_model,)}``) so a
         value of the wrong size is refused here, with the edit's number, not inside torch.
         """
+        if self.parents:
+            return self.flat().compile(n_layers, unit_sizes, shapes)
         unit_sizes = unit_sizes or {}
         shapes = shapes or {}
         buckets: dict[tuple, list] = defaultdict(list)
@@ -188,11 +357,11 @@ class InterventionPlan:
             if e.source_row is not None and not 0 <= e.source_row < b.size:
                 raise InterventionError(f"edit {k}: source_row {e.source_row} not in the batch")
             if e.unit is not None:
-                if e.site not in UNIT_SITES:
-                    raise InterventionError(f"edit {k}: unit= applies to {', '.join(UNIT_SITES)} only")
+                if e.site not in UNIT_AXES:
+                    raise InterventionError(f"edit {k}: unit= applies to {', '.join(UNIT_AXES)} only")
                 n = unit_sizes.get(e.site)
                 if n is not None and not 0 <= e.unit < n:
-                    raise LayerIndexError(f"edit {k}: {UNIT_SITES[e.site]} {e.unit} out of range 0..{n - 1}")
+                    raise LayerIndexError(f"edit {k}: {UNIT_AXES[e.site]} {e.unit} out of range 0..{n - 1}")
             if not e.positions:
                 continue
             pos = [b.abs_pos(e.row, p) for p in e.positions]
@@ -265,26 +434,35 @@ class InterventionPlan:
         """Split into plans of at most ``max_rows`` own rows (plus the rows they copy from).
 
         Returns ``(own_rows, plan)`` pairs: ``own_rows`` are the original row indices whose
-        outputs the chunk produces, in the order of the chunk plan's first rows.
+        outputs the chunk produces, in the order of the chunk plan's first rows.  A row that a
+        chunk only copies from comes with its own edits (and, in turn, the rows those copy
+        from), so every copied value is the one the whole plan would copy.  Derived rows are
+        written out first (:meth:`flat`).
         """
         if max_rows < 1:
             raise InterventionError(f"max_rows must be ≥ 1, not {max_rows}")
-        by_row: dict[int, list[Edit]] = defaultdict(list)
-        for e in self.edits:
-            by_row[e.row].append(e)
+        plan = self.flat()
+        by_row = plan._by_row()
         out = []
-        for start in range(0, self.batch.size, max_rows):
-            own = list(range(start, min(start + max_rows, self.batch.size)))
-            extra = sorted({e.source_row for r in own for e in by_row[r]
-                            if e.source_row is not None and e.source_row not in own})
-            rows = own + extra
+        for start in range(0, plan.batch.size, max_rows):
+            own = list(range(start, min(start + max_rows, plan.batch.size)))
+            seen = set(own)
+            todo = [e.source_row for r in own for e in by_row.get(r, ()) if e.source_row is not None]
+            extra = []
+            while todo:
+                src = todo.pop()
+                if src in seen:
+                    continue
+                seen.add(src)
+                extra.append(src)
+                todo.extend(e.source_row for e in by_row.get(src, ()) if e.source_row is not None)
+            rows = own + sorted(extra)
             remap = {r: i for i, r in enumerate(rows)}
-            sub = InterventionPlan(self.batch.select(rows))
-            for r in own:
-                for e in by_row[r]:
-                    sub.edits.append(Edit(e.site, e.layer, remap[e.row], e.positions, e.op, e.value,
-                                          None if e.source_row is None else remap[e.source_row],
-                                          e.unit, e.keys))
+            sub = InterventionPlan(plan.batch.select(rows))
+            for r in rows:
+                for e in by_row.get(r, ()):
+                    sub.edits.append(replace(e, row=remap[r], source_row=None if e.source_row is None
+                                             else remap[e.source_row]))
             out.append((own, sub))
         return out
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import DefaultModelMissingError, EngineError, ModelNotFoundError
+from .errors import DefaultModelMissingError, DeviceError, EngineError, ModelNotFoundError
 from .model import Model, check_engine
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -92,13 +92,47 @@ def default_model_dir() -> Path:
     return target
 
 
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
+
+
+def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """``torch.bfloat16`` or one of its names ("bfloat16", "bf16", "float16", "float32" …)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    key = str(dtype).replace("torch.", "").lower()
+    if key not in _DTYPES:
+        raise DeviceError(f"unknown dtype {dtype!r}; use one of: float32, bfloat16, float16")
+    return _DTYPES[key]
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` → ``cuda`` when a GPU is visible, else ``cpu``; a missing GPU is a clear error."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise DeviceError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:N'") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"device {device!r} asked for, but this torch sees no CUDA GPU "
+                          f"(torch {torch.__version__}); use device='cpu' or install a CUDA build of torch")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise DeviceError(f"device {device!r}: only {torch.cuda.device_count()} GPU(s) visible")
+    return dev
+
+
 def load_hf(name: str | None = None, *, device: str | torch.device | None = None,
-            dtype: torch.dtype | str = torch.float32):
+            dtype: torch.dtype | str = torch.float32, device_map: str | dict | None = None):
     """Load the Hugging Face model and tokenizer behind :func:`load` (eager attention)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
+    dtype = resolve_dtype(dtype)
+    if device_map is None:
+        device = resolve_device(device)
+    elif device is not None:
+        raise DeviceError("give either device= (one device) or device_map= (spread over several), not both")
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()
     if name is None or name == DEFAULT_MODEL:
@@ -112,9 +146,14 @@ def load_hf(name: str | None = None, *, device: str | torch.device | None = None
             raise ModelNotFoundError(
                 f"model {name!r} is neither a local directory nor a Hugging Face id "
                 f"('org/name'); use interp.load() for the embedded default ({DEFAULT_MODEL})")
+    extra = {}
+    if device_map is not None:
+        if importlib.util.find_spec("accelerate") is None:
+            raise DeviceError("device_map= needs the 'accelerate' package: pip install accelerate")
+        extra["device_map"] = device_map
     try:
         tok = AutoTokenizer.from_pretrained(src)
-        model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype, attn_implementation="eager")
+        model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype, attn_implementation="eager", **extra)
     except (OSError, ValueError) as e:
         if isinstance(e, ValueError) and "does not recognize this architecture" not in str(e) \
                 and "Unrecognized" not in str(e):
@@ -123,16 +162,16 @@ def load_hf(name: str | None = None, *, device: str | torch.device | None = None
             f"could not load model {name!r}: not a local model directory, not in the local "
             f"Hugging Face cache, and the hub is unreachable offline ({type(e).__name__}: "
             f"{str(e).splitlines()[0][:200]})") from None
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = model.to(device).eval()
+    if device_map is None:
+        model = model.to(device)
+    model = model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     return model, tok
 
 
 def load(name: str | None = None, *, engine: str = "hf", device: str | torch.device | None = None,
-         dtype: torch.dtype | str = torch.float32) -> Model:
+         dtype: torch.dtype | str = torch.float32, device_map: str | dict | None = None) -> Model:
     """Load a model for interpretability work.
 
     Args:
@@ -141,10 +180,16 @@ def load(name: str | None = None, *, engine: str = "hf", device: str | torch.dev
         engine: ``"hf"`` (PyTorch hooks on the plain model; default), ``"transformer_lens"``
             (TransformerBridge) or ``"nnsight"`` (TransformersModel).
         device: ``"cuda"`` when available, else ``"cpu"`` by default.
-        dtype: ``torch.float32`` by default; ``torch.bfloat16`` on a GPU.
+        dtype: ``torch.float32`` by default; ``"bfloat16"`` on a GPU (every method computes its
+            probabilities and metrics in float32 whatever the model's dtype).
+        device_map: spread a large model over several devices (``"auto"``; needs ``accelerate``),
+            instead of ``device``.  Inputs go to the embedding's device; row chunks are sized
+            from the free memory of the model's device.
+
+    Example: ``interp.load("meta-llama/Llama-3.1-8B", device="cuda", dtype="bfloat16")``.
     """
     check_engine(engine)
-    model, tok = load_hf(name, device=device, dtype=dtype)
+    model, tok = load_hf(name, device=device, dtype=dtype, device_map=device_map)
     try:
         return Model(model, tok, engine, name=name or DEFAULT_MODEL)
     except ImportError as e:

@@ -23,6 +23,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .arch import PRIMITIVE_SITES, SITES, ModelAdapter, check_site
+from .engines.base import LAST_LOGITS, SKIP_WORK
 from .errors import EngineError, SiteError
 from .interventions import InterventionPlan
 from .tokens import Batch, find_span, tokenize
@@ -84,13 +85,28 @@ class Model:
         self.engine_name = engine_name
         #: rows per forward when a call gives no ``max_rows``: None sizes chunks to memory_budget
         self.max_rows: int | None = None
-        #: bytes of activations one chunk may hold (rough estimate, see :meth:`rows_for`)
-        self.memory_budget = int(1.5 * 2**30)
+        self._memory_budget: int | None = None
 
     # ------------------------------------------------------------------ basics
     @property
     def device(self) -> torch.device:
-        return self.adapter.W_U.device
+        """Where inputs go: the embedding's device (the first of a model spread over several)."""
+        return self.adapter.W_E.device
+
+    @property
+    def memory_budget(self) -> int:
+        """Bytes of activations one chunk of rows may hold (see :meth:`rows_for`): set it, or
+        by default 60% of the free memory of a GPU (measured now) and 1.5 GiB on a CPU."""
+        if self._memory_budget is not None:
+            return self._memory_budget
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            return int(0.6 * free)
+        return int(1.5 * 2**30)
+
+    @memory_budget.setter
+    def memory_budget(self, value: int | None) -> None:
+        self._memory_budget = None if value is None else int(value)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -158,11 +174,21 @@ class Model:
         return list(dict.fromkeys(out))
 
     # ------------------------------------------------------------------ run
+    def supports(self, capability: str) -> bool:
+        """Whether this model's engine has ``capability`` (see :mod:`interp.engines.base`)."""
+        return capability in self.engine.capabilities
+
+    def compile(self, plan: InterventionPlan):
+        """Validate ``plan`` against this model and compile it (see :meth:`InterventionPlan.compile`)."""
+        a = self.adapter
+        return plan.compile(a.n_layers, {"attn_z": a.n_heads, "mlp_post": a.d_mlp, "attn_scores": a.n_heads},
+                            self.site_shapes)
+
     def run(self, prompts: str | Sequence[str] | Batch | None = None, *, reads: ReadSpec | Iterable[ReadSpec] = (),
             layers: Iterable[int] | None = None, positions: Sequence[int] | None = None,
             plan: InterventionPlan | None = None, logits: str | Callable = "last",
             max_rows: int | None = None, keep_grad: bool = False, cache_device="cpu",
-            progress: bool = False) -> RunOutput:
+            skip: bool = True, progress: bool = False) -> RunOutput:
         """Run prompts (or the plan's batch) once, with edits, keeping what was asked for.
 
         Args:
@@ -179,6 +205,11 @@ class Model:
                 ignored) is kept on the model's device with ``.grad`` enabled, and the logits are
                 not detached, so ``metric(out.logits).backward()`` fills ``out.cache[p].grad``
                 (attribution patching).  Use one chunk (``max_rows`` ≥ batch size).
+            skip: when the plan has derived rows (:meth:`InterventionPlan.derive`), no reads are
+                asked for, only last-token logits are needed and the engine can skip work
+                (capability ``skip_work``), start each derived row at its first edit
+                (:mod:`interp.skipping`; the same numbers as running every row in full).
+                ``out.extra["path"]`` says which path ran.
         """
         if plan is not None:
             batch = plan.batch  # a plan carries its own rows
@@ -189,9 +220,19 @@ class Model:
         if plan is None:
             plan = InterventionPlan(batch)
         pts = self.points(reads, layers) if reads else []
+        if isinstance(logits, str) and logits not in ("last", "all", "none"):
+            raise ValueError(f"logits must be 'last', 'all', 'none' or a function, not {logits!r}")
+        if (skip and plan.parents and not pts and not keep_grad and logits not in ("all", "none")
+                and batch.padding_side == "left" and self.supports(SKIP_WORK)):
+            from .skipping import run_derived
+            with torch.no_grad():
+                lg = run_derived(self, plan, None if logits == "last" else logits, max_rows=max_rows,
+                                 progress=progress)
+            if lg is not None:
+                return RunOutput(batch, lg, ActivationCache({}, None), {"path": "skip"})
         rows = max_rows or self.max_rows or self.rows_for(
-            batch.width, logits == "all" or self.engine_name == "transformer_lens")  # the bridge unembeds all
-        chunks = plan.chunks(rows) if batch.size > rows else [(list(range(batch.size)), plan)]
+            batch.width, logits == "all" or not self.supports(LAST_LOGITS))
+        chunks = plan.chunks(rows) if batch.size > rows else [(list(range(batch.size)), plan.flat())]
         parts_logits, parts_cache = [], {p: [] for p in pts}
         it = chunks
         if progress and len(chunks) > 1:
@@ -217,24 +258,27 @@ class Model:
         else:
             out_logits = torch.cat(parts_logits) if parts_logits else None
             data = {p: torch.cat(v) for p, v in parts_cache.items()}
-        return RunOutput(batch, out_logits, ActivationCache(data, list(positions) if positions is not None else None))
+        return RunOutput(batch, out_logits, ActivationCache(data, list(positions) if positions is not None else None),
+                         {"path": "plan"})
 
-    def _run_one(self, plan: InterventionPlan, pts, positions, logits, keep_grad, cache_device):
-        b = plan.batch
-        a = self.adapter
-        compiled = plan.compile(a.n_layers, {"attn_z": a.n_heads, "mlp_post": a.d_mlp,
-                                             "attn_scores": a.n_heads}, self.site_shapes)
-        dev = self.device
-        if positions is not None:
-            cols = torch.tensor([[b.abs_pos(r, p) for p in positions] for r in range(b.size)], device=dev)
-        else:
-            cols = None
-        store: dict = {}
+    def make_hooks(self, compiled, n_rows: int, pts=(), cols: Tensor | None = None, *, keep_grad: bool = False,
+                   cache_device="cpu", store: dict | None = None, taps: dict | None = None) -> dict:
+        """Hook functions ``{(site, layer): fn}`` that apply ``compiled`` and keep the reads.
+
+        ``pts``: points to read into ``store`` (``head_out`` is read as ``attn_z``), at the
+        columns ``cols`` ``[rows, positions]`` (None: all); ``taps``: ``{point: fn(x)}`` called
+        with each point's tensor *before* the plan's edits there (the work-skipping path records
+        states and copy sources with them).  A ``resid_mid`` write is compiled into an
+        ``attn_out`` edit (``attn_out += new_mid − old_mid``), exact for untouched entries,
+        because no engine can write the residual sum itself.
+        """
+        store = {} if store is None else store
+        taps = taps or {}
         hooks: dict = {}
         edit_points = set(compiled.points)
 
         def keep(point, x):
-            if x.shape[0] != b.size:
+            if x.shape[0] != n_rows:
                 raise RuntimeError("engine returned a tensor without the batch axis")
             if keep_grad:
                 # the stored tensor must be the one the model goes on with, so its .grad is the
@@ -246,9 +290,9 @@ class Model:
                 store[point] = x
                 return
             if point[0] == "attn_pattern":
-                y = x if cols is None else x[torch.arange(b.size, device=x.device)[:, None], :, cols]  # b n h k
+                y = x if cols is None else x[torch.arange(n_rows, device=x.device)[:, None], :, cols]  # b n h k
             else:
-                y = x if cols is None else x[torch.arange(b.size, device=x.device)[:, None], cols]
+                y = x if cols is None else x[torch.arange(n_rows, device=x.device)[:, None], cols]
             store[point] = y.detach().to(cache_device) if cache_device else y.detach()
 
         kept = {(s if s != "head_out" else "attn_z", l) for s, l in pts}  # head_out is read as z
@@ -256,8 +300,10 @@ class Model:
         # a resid_mid write needs the full resid_pre of its layer (see the attn_out hook below)
         read_points = kept | {("resid_pre", layer) for _, layer in mid_writes}
         pre_full: dict = {}
-        for point in read_points | (edit_points - mid_writes):
-            def fn(x, point=point):
+        for point in read_points | (edit_points - mid_writes) | set(taps):
+            def fn(x, point=point, tap=taps.get(point)):
+                if tap is not None:
+                    tap(x)
                 x = compiled.apply(point, x)
                 if point[0] == "resid_pre" and ("resid_mid", point[1]) in mid_writes:
                     pre_full[point[1]] = x
@@ -278,7 +324,20 @@ class Model:
         for p in hooks:
             if p[0] not in PRIMITIVE_SITES:
                 raise SiteError(f"internal: derived site {p} reached the engine")
+        return hooks
 
+    def _run_one(self, plan: InterventionPlan, pts, positions, logits, keep_grad, cache_device):
+        b = plan.batch
+        a = self.adapter
+        compiled = self.compile(plan)
+        dev = self.device
+        if positions is not None:
+            cols = torch.tensor([[b.abs_pos(r, p) for p in positions] for r in range(b.size)], device=dev)
+        else:
+            cols = None
+        store: dict = {}
+        hooks = self.make_hooks(compiled, b.size, pts, cols, keep_grad=keep_grad, cache_device=cache_device,
+                                store=store)
         ids, mask = b.input_ids.to(dev), b.attention_mask.to(dev)
         last_only = logits != "all" and b.padding_side == "left"
         out = self.engine.forward(ids, mask, b.position_ids.to(dev), hooks, last_only=last_only)
@@ -300,8 +359,6 @@ class Model:
             lg = out[torch.arange(b.size, device=out.device), last]
             if callable(logits):
                 lg = logits(lg)
-            elif logits != "last":
-                raise ValueError(f"logits must be 'last', 'all', 'none' or a function, not {logits!r}")
         if lg is not None and not keep_grad:
             lg = lg.detach()
         return lg, store
@@ -317,7 +374,8 @@ class Model:
         item = torch.finfo(self.dtype).bits // 8
         per_pos = 8 * a.d_model + 4 * a.d_mlp + 4 * a.n_heads * width
         per_row = item * (width * per_pos + (width if all_logits else 1) * a.vocab_size * 2)
-        return int(max(1, min(512, self.memory_budget // max(per_row, 1))))  # bigger chunks gain nothing
+        cap = 512 if self.device.type == "cpu" else 8192   # bigger CPU chunks gain nothing
+        return int(max(1, min(cap, self.memory_budget // max(per_row, 1))))
 
     # ------------------------------------------------------------------ helpers
     def next_token_probs(self, prompts: str | Sequence[str]) -> Float[Tensor, "batch vocab"]:

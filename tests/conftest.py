@@ -1,7 +1,8 @@
 """Shared fixtures.
 
 * ``tiny(arch, engine)`` builds a random-weight model of a given family (``llama`` with
-  grouped-query attention, ``gpt2``) from a fixed seed, so every engine gets identical weights
+  grouped-query attention, ``mistral`` and ``qwen2`` with a sliding window of 4 tokens — qwen2
+  with q/k/v biases and mixed full / sliding layers —, ``gpt2``) from a fixed seed, so every engine gets identical weights
   (each call builds a fresh instance: the TransformerLens bridge wraps modules in place).
   It uses the default model's tokenizer (offline), with a small vocabulary-sized embedding.
 * ``default_model`` is the real embedded SmolLM2-135M-Instruct, loaded once per session
@@ -43,6 +44,23 @@ def tiny_hf(arch: str = "llama", seed: int = 0, n_layers: int = 3):
                           attn_implementation="eager", tie_word_embeddings=False, pad_token_id=2,
                           bos_token_id=1, eos_token_id=2)
         m = LlamaForCausalLM(cfg)
+    elif arch == "mistral":
+        from transformers import MistralConfig, MistralForCausalLM
+        # a sliding window shorter than the test prompts, so the window really masks
+        cfg = MistralConfig(vocab_size=vocab, hidden_size=48, intermediate_size=96, num_hidden_layers=n_layers,
+                            num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=128,
+                            sliding_window=4, attn_implementation="eager", tie_word_embeddings=False,
+                            pad_token_id=2, bos_token_id=1, eos_token_id=2)
+        m = MistralForCausalLM(cfg)
+    elif arch == "qwen2":
+        from transformers import Qwen2Config, Qwen2ForCausalLM
+        # q/k/v biases; sliding-window layers from layer 1 on (mixed layer types), window 4
+        cfg = Qwen2Config(vocab_size=vocab, hidden_size=48, intermediate_size=96, num_hidden_layers=n_layers,
+                          num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=128,
+                          use_sliding_window=True, sliding_window=4, max_window_layers=1,
+                          attn_implementation="eager", tie_word_embeddings=False, pad_token_id=2,
+                          bos_token_id=1, eos_token_id=2)
+        m = Qwen2ForCausalLM(cfg)
     elif arch == "gpt2":
         cfg = GPT2Config(vocab_size=vocab, n_embd=48, n_layer=n_layers, n_head=4, n_positions=128,
                          attn_implementation="eager", bos_token_id=1, eos_token_id=2)

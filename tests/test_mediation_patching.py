@@ -31,10 +31,11 @@ def test_identical_prompts_give_zero_effect(tm):
             assert r.effect(s).abs().max().item() < 1e-5, (direction, s)
 
 
-def test_fast_suffix_path_equals_plan(tm):
-    f = activation_patching(tm, CLEAN, CORRUPT, sites=["resid_pre", "resid_post"], fast=True, max_rows=5, **KW)
-    p = activation_patching(tm, CLEAN, CORRUPT, sites=["resid_pre", "resid_post"], fast=False, **KW)
-    assert f.settings["fast_cells"] > 0 and p.settings["fast_cells"] == 0
+def test_skipping_path_equals_full_rows(tm):
+    sites = ["resid_pre", "resid_post", "attn_out", "mlp_out", "head"]
+    f = activation_patching(tm, CLEAN, CORRUPT, sites=sites, fast=True, max_rows=5, **KW)
+    p = activation_patching(tm, CLEAN, CORRUPT, sites=sites, fast=False, **KW)
+    assert f.settings["path"] == "skip" and p.settings["path"] == "plan"
     for s in f.sites:
         assert torch.allclose(f.grid(s), p.grid(s), atol=1e-5)
     assert f.clean_metric == pytest.approx(p.clean_metric, abs=1e-5)

@@ -29,11 +29,14 @@ def test_restore_all_gives_clean_and_nothing_gives_corrupt(tm):
     everything = [("embed", None, list(range(n)))]
     layer0_all = [("resid_post", 0, list(range(n)))]
     last_state = [("resid_post", tm.n_layers - 1, [n - 1])]
-    p_clean, p_corrupt, p = restoration_probs(tm, setup, [[], everything, layer0_all, last_state], max_rows=5)
-    assert abs(p_corrupt - p_clean) > 1e-7  # the noise does something
-    assert float(p[0]) == pytest.approx(p_corrupt, abs=1e-7)  # restoring nothing
-    for v in p[1:]:
-        assert float(v) == pytest.approx(p_clean, abs=1e-6)  # restoring every (needed) state
+    for skip in (True, False):
+        p_clean, p_corrupt, p, path = restoration_probs(tm, setup, [[], everything, layer0_all, last_state],
+                                                        max_rows=5, skip=skip)
+        assert path == ("skip" if skip else "plan")
+        assert abs(p_corrupt - p_clean) > 1e-7  # the noise does something
+        assert float(p[0]) == pytest.approx(p_corrupt, abs=1e-7)  # restoring nothing
+        for v in p[1:]:
+            assert float(v) == pytest.approx(p_clean, abs=1e-6)  # restoring every (needed) state
 
 
 def test_grid_invariants(tm):

@@ -47,6 +47,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from ..engines.base import SWITCH_ATTENTION
 from ..errors import EngineError, InterventionError, LayerIndexError, SpanNotFoundError
 from ..interventions import InterventionPlan
 from ..results import Result
@@ -76,10 +77,10 @@ def ensure_eager(model, *, switch: bool = True) -> None:
             f"the model uses {impl!r} attention, whose scores cannot be edited, so a knockout would "
             f"return unedited numbers; load it with attn_implementation='eager' (interp.load does) "
             f"or call ensure_eager(model) to switch it")
-    if model.engine_name == "transformer_lens":
+    if not model.supports(SWITCH_ATTENTION):
         raise EngineError(
-            f"the model uses {impl!r} attention under the transformer_lens engine, which was booted "
-            f"from it; load the model with attn_implementation='eager' (interp.load does)")
+            f"the model uses {impl!r} attention and engine {model.engine_name!r} cannot switch it "
+            f"after loading; load the model with attn_implementation='eager' (interp.load does)")
     try:
         if hasattr(model.hf, "set_attn_implementation"):
             model.hf.set_attn_implementation("eager")
@@ -201,9 +202,12 @@ def build_plan(model, prompt: str, target: int, row_keys: Sequence[Sequence[int]
     """A plan of ``len(row_keys)`` copies of ``prompt``; row r blocks target → row_keys[r] in row_layers[r]."""
     base = model.tokenize(prompt)
     plan = InterventionPlan(base.select([0] * len(row_keys)))
+    clean = next((r for r, keys in enumerate(row_keys) if not keys), None)
     for r, (keys, layers) in enumerate(zip(row_keys, row_layers)):
         if not keys:
             continue
+        if clean is not None:
+            plan.derive(r, clean)   # an engine that skips work starts the row at its window
         for l in layers:
             if heads is None:
                 plan.block(l, r, [target], keys)

@@ -1,14 +1,38 @@
-"""The engine contract: one forward pass with hook functions at (site, layer) points."""
+"""The engine contract: one forward pass with hook functions at (site, layer) points.
+
+An engine also *advertises capabilities* (:attr:`Engine.capabilities`), and methods ask for a
+capability — ``model.supports(SKIP_WORK)`` — never for an engine's name:
+
+* :data:`EDIT_SCORES` — a block of attention edges (site ``attn_scores``) reaches the
+  pre-softmax scores (needs eager attention);
+* :data:`LAST_LOGITS` — the engine can unembed the last position only (the LM head is ~20% of a
+  small model's forward);
+* :data:`SWITCH_ATTENTION` — the attention implementation can be switched to eager after
+  loading (an engine that compiled its own graph from the model cannot);
+* :data:`GRADIENTS` — ``Model.run(keep_grad=True)`` works (attribution patching);
+* :data:`SKIP_WORK` — derived rows of a plan run from their first edit on (:mod:`interp.skipping`):
+  the engine offers the primitives below (a capturing forward, one decoder layer on a slice of
+  positions with the prefix's keys/values, the embedding and the unembedding), built from the
+  model's own modules.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from typing import Callable, Mapping
 
 from jaxtyping import Float, Int
 from torch import Tensor
 
 ENGINES = ("hf", "transformer_lens", "nnsight")
+
+EDIT_SCORES = "edit_scores"
+LAST_LOGITS = "last_logits"
+SWITCH_ATTENTION = "switch_attention"
+GRADIENTS = "gradients"
+SKIP_WORK = "skip_work"
+CAPABILITIES = (EDIT_SCORES, LAST_LOGITS, SWITCH_ATTENTION, GRADIENTS, SKIP_WORK)
 
 #: (site, layer); layer is None for sites outside the blocks ("embed")
 Point = tuple[str, "int | None"]
@@ -18,6 +42,7 @@ HookFn = Callable[[Tensor], Tensor]
 
 class Engine(ABC):
     name: str
+    capabilities: frozenset[str] = frozenset()
 
     @abstractmethod
     def forward(self, input_ids: Int[Tensor, "batch pos"], attention_mask: Int[Tensor, "batch pos"],
@@ -26,8 +51,8 @@ class Engine(ABC):
         """Run the model once, calling each hook at its point; return the logits.
 
         ``last_only``: the caller needs only the last column's logits (left-padded batch); an
-        engine may then skip the unembedding of the other positions and return ``[batch, 1,
-        vocab]`` (the LM head is ~20% of a small model's forward).
+        engine with :data:`LAST_LOGITS` may then skip the unembedding of the other positions and
+        return ``[batch, 1, vocab]``.
 
         Canonical layouts: residual-type sites ``[batch, pos, d_model]``; ``mlp_post``
         ``[batch, pos, d_mlp]``; ``attn_z`` ``[batch, pos, head, d_head]``; ``attn_pattern``
@@ -35,3 +60,37 @@ class Engine(ABC):
         key]`` *added to* the pre-softmax scores (an engine may pass the scores themselves or
         the additive mask: the only edit allowed, blocking, gives the same softmax either way).
         """
+
+    # ------------------------------------------------------------------ SKIP_WORK primitives
+    def _no_skip(self):
+        from ..errors import EngineError
+        raise EngineError(f"engine {self.name!r} cannot skip work (capability {SKIP_WORK!r}); "
+                          f"run the plan in full (Model.run(..., skip=False)) or use engine 'hf'")
+
+    @contextmanager
+    def hooked(self, hooks: Mapping[Point, HookFn]):
+        """Keep ``hooks`` active while the primitives below run."""
+        self._no_skip()
+        yield
+
+    def forward_capture(self, input_ids, attention_mask, position_ids, hooks: Mapping[Point, HookFn]
+                        ) -> tuple[Float[Tensor, "batch vocab"], list, list[dict]]:
+        """A hooked forward that also returns, per layer, the keys/values the attention used
+        (``(K, V)``, each ``[batch, kv_head, pos, d_head]``) and the keyword arguments the model
+        gave the decoder layer; logits at the last column only."""
+        self._no_skip()
+
+    def embed(self, input_ids: Int[Tensor, "rows pos"], position_ids: Int[Tensor, "rows pos"]
+              ) -> Float[Tensor, "rows pos d_model"]:
+        """The residual stream entering layer 0 for these tokens (embedding hooks fire)."""
+        self._no_skip()
+
+    def block(self, layer: int, hidden: Float[Tensor, "rows pos d_model"], args: dict, cache
+              ) -> Float[Tensor, "rows pos d_model"]:
+        """Decoder layer ``layer`` on ``hidden`` with the model's own keyword ``args`` (sliced to
+        these positions) and ``cache`` supplying the earlier positions' keys/values."""
+        self._no_skip()
+
+    def unembed(self, h: Float[Tensor, "rows d_model"]) -> Float[Tensor, "rows vocab"]:
+        """Final norm and LM head."""
+        self._no_skip()

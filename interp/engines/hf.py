@@ -11,17 +11,25 @@ Where each site lives (see :mod:`interp.arch` for the module names):
 * ``attn_z`` = input of the output projection, reshaped to heads;
 * ``attn_scores`` = the additive attention mask passed to the attention module (blocking an
   edge there equals blocking its pre-softmax score).
+
+It is the engine with every capability, including **work skipping** (:mod:`interp.skipping`):
+its primitives call the Hugging Face modules themselves — the decoder layers with the keyword
+arguments the model's own forward gave them (rotary or learned positions, the causal / sliding-
+window masks the model built), the embedding, the final norm and LM head — never a re-written
+attention.  The keys/values of the earlier positions reach a layer through a small cache object
+with the ``update`` method Hugging Face attention calls.
 """
 
 from __future__ import annotations
 
 import functools
-from contextlib import ExitStack
+import inspect
+from contextlib import ExitStack, contextmanager
 from typing import Mapping
 
 import torch
 
-from .base import Engine, HookFn, Point
+from .base import EDIT_SCORES, GRADIENTS, LAST_LOGITS, SKIP_WORK, SWITCH_ATTENTION, Engine, HookFn, Point
 
 
 def _keeps_logits(model) -> bool:
@@ -43,12 +51,41 @@ def _replace_first(x, new):
     return (new,) + tuple(x[1:]) if isinstance(x, tuple) else new
 
 
+@functools.lru_cache(maxsize=None)
+def _cache_kwarg(cls) -> str:
+    """Name under which this transformers version passes the cache ("cache" from 5.x)."""
+    params = inspect.signature(cls.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+@functools.lru_cache(maxsize=None)
+def _recording_cache_class():
+    from transformers import DynamicCache
+
+    class RecordingCache(DynamicCache):
+        """A ``DynamicCache`` that also keeps the full keys/values each layer attended over
+        (a sliding-window layer keeps only its window for later steps; we need them all)."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.kv: dict = {}
+
+        def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+            out = super().update(key_states, value_states, layer_idx, *args, **kwargs)
+            self.kv[layer_idx] = out
+            return out
+
+    return RecordingCache
+
+
 class HFEngine(Engine):
     name = "hf"
+    capabilities = frozenset({EDIT_SCORES, LAST_LOGITS, SWITCH_ATTENTION, GRADIENTS, SKIP_WORK})
 
     def __init__(self, hf_model, adapter):
         self.model = hf_model
         self.a = adapter
+        self._block_sig = inspect.signature(adapter.blocks[0].forward)
 
     def _register(self, point: Point, fn: HookFn):
         site, layer = point
@@ -91,12 +128,59 @@ class HFEngine(Engine):
             return a.attn[layer].register_forward_pre_hook(sc, with_kwargs=True)
         raise KeyError(site)
 
-    def forward(self, input_ids, attention_mask, position_ids, hooks: Mapping[Point, HookFn],
-                last_only: bool = False):
-        extra = {"logits_to_keep": 1} if last_only and _keeps_logits(self.model) else {}
+    @contextmanager
+    def hooked(self, hooks: Mapping[Point, HookFn]):
         with ExitStack() as stack:
             for point, fn in hooks.items():
                 stack.callback(self._register(point, fn).remove)
+            yield
+
+    def forward(self, input_ids, attention_mask, position_ids, hooks: Mapping[Point, HookFn],
+                last_only: bool = False):
+        extra = {"logits_to_keep": 1} if last_only and _keeps_logits(self.model) else {}
+        with self.hooked(hooks):
             out = self.model(input_ids=input_ids, attention_mask=attention_mask,
                              position_ids=position_ids, use_cache=False, **extra)
         return out.logits
+
+    # ------------------------------------------------------------------ SKIP_WORK primitives
+    def forward_capture(self, input_ids, attention_mask, position_ids, hooks):
+        args: list = [None] * self.a.n_layers
+        first = next(iter(self._block_sig.parameters))
+
+        def grab(layer):
+            def pre(module, a, kw):
+                bound = self._block_sig.bind(*a, **kw).arguments
+                out = {}
+                for name, v in bound.items():
+                    if name == first:
+                        continue
+                    if self._block_sig.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+                        out.update(v)
+                    else:
+                        out[name] = v
+                args[layer] = out
+            return pre
+
+        cache = _recording_cache_class()(config=self.model.config)
+        extra = {"logits_to_keep": 1} if _keeps_logits(self.model) else {}
+        extra[_cache_kwarg(type(self.model))] = cache
+        with ExitStack() as stack:
+            for k, blk in enumerate(self.a.blocks):
+                stack.callback(blk.register_forward_pre_hook(grab(k), with_kwargs=True).remove)
+            with self.hooked(hooks):
+                out = self.model(input_ids=input_ids, attention_mask=attention_mask,
+                                 position_ids=position_ids, use_cache=True, **extra)
+        kv = [cache.kv[k] for k in range(self.a.n_layers)]
+        return out.logits[:, -1], kv, args
+
+    def embed(self, input_ids, position_ids):
+        return self.a.embed_input(input_ids, position_ids)
+
+    def block(self, layer, hidden, args, cache):
+        name = "cache" if "cache" in self._block_sig.parameters else "past_key_values"
+        out = self.a.blocks[layer](hidden, **{**args, name: cache, "use_cache": True})
+        return _first(out)
+
+    def unembed(self, h):
+        return self.a.unembed(h)

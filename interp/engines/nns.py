@@ -16,11 +16,12 @@ from __future__ import annotations
 from typing import Mapping
 
 from ..arch import SITE_ORDER
-from .base import Engine, HookFn, Point
+from .base import EDIT_SCORES, GRADIENTS, LAST_LOGITS, SWITCH_ATTENTION, Engine, HookFn, Point
 
 
 class NNsightEngine(Engine):
     name = "nnsight"
+    capabilities = frozenset({EDIT_SCORES, LAST_LOGITS, SWITCH_ATTENTION, GRADIENTS})
 
     def __init__(self, hf_model, tokenizer, adapter):
         from nnsight import TransformersModel

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from .base import Engine, HookFn, Point
+from .base import EDIT_SCORES, GRADIENTS, Engine, HookFn, Point
 
 _NAMES = {
     "resid_pre": "blocks.{l}.hook_resid_pre",
@@ -32,6 +32,8 @@ _NAMES = {
 
 class TLEngine(Engine):
     name = "transformer_lens"
+    #: the bridge unembeds every position and was booted from the model's attention as loaded
+    capabilities = frozenset({EDIT_SCORES, GRADIENTS})
 
     def __init__(self, hf_model, tokenizer, adapter):
         import logging

@@ -205,36 +205,42 @@ Restoration = Sequence[tuple[str, int, Sequence[int]]]
 
 
 def restoration_probs(model, setup: TraceSetup, restorations: Sequence[Restoration], *,
-                      max_rows: int | None = None, progress: bool = False
-                      ) -> tuple[float, float, Float[Tensor, "n_restorations"]]:
+                      max_rows: int | None = None, skip: bool = True, progress: bool = False
+                      ) -> tuple[float, float, Float[Tensor, "n_restorations"], str]:
     """p_clean, p_corrupt and, per restoration, the mean target probability over noise samples.
 
     A restoration is a list of ``(site, layer, positions)`` whose clean values are copied into
-    the corrupted rows.  All rows run in one chunked ``model.run`` (row 0 clean, then
-    ``samples`` baseline rows, then ``samples`` rows per restoration, sample ``s`` always using
-    the noise draw ``ε[s]``).
+    the corrupted rows.  All rows run in one chunked ``model.run``: row 0 clean; ``samples``
+    corrupted rows derived from it (noise ``ε[s]`` added to the subject's token embeddings);
+    then ``samples`` rows per restoration, row ``s`` derived from corrupted row ``s`` (so it
+    carries the same noise draw) plus ``set`` edits copying the clean values from row 0.  An
+    engine that skips work starts each restoration at its restored layer and token (``skip``).
+    Returns the three numbers and the path that ran (``"skip"`` or ``"plan"``).
     """
+    from ..interventions import Edit
+
     S = setup.noise.shape[0]
     n_rows = 1 + S * (1 + len(restorations))
     batch = model.tokenize([setup.text]).select([0] * n_rows)
     plan = InterventionPlan(batch)
     cpos = setup.corrupt_positions
     edits = plan.edits
-    from ..interventions import Edit
-    for block in range(1 + len(restorations)):
-        restore = restorations[block - 1] if block else ()
+    for s in range(S):
+        plan.derive(1 + s, 0)
+        edits.append(Edit("embed", None, 1 + s, cpos, "add", setup.noise[s]))
+    for block, restore in enumerate(restorations, start=1):
         for s in range(S):
             r = 1 + block * S + s
-            edits.append(Edit("embed", None, r, cpos, "add", setup.noise[s]))
+            plan.derive(r, 1 + s)
             for site, layer, pos in restore:
                 edits.append(Edit(site, layer, r, list(pos), "set", None, 0))
     tid = setup.target_id
     out = model.run(plan=plan, logits=lambda lg: lg.float().softmax(-1)[:, tid], max_rows=max_rows,
-                    progress=progress)
+                    skip=skip, progress=progress)
     p = out.logits.cpu().double()
     p_clean = float(p[0])
     blocks = p[1:].view(1 + len(restorations), S).mean(1)
-    return p_clean, float(blocks[0]), blocks[1:].float()
+    return p_clean, float(blocks[0]), blocks[1:].float(), out.extra.get("path", "plan")
 
 
 def restored_layers(kind: str, layer: int, window: int, n_layers: int,
@@ -319,9 +325,10 @@ def causal_trace(model, prompt: str, subject: str, target: str | None = None, *,
             range then refers to the question's subject; ``corrupt`` = ``"subject"`` or
             ``"subject+context"`` (default with a context, as Wadhwa et al. 2024).
         positions: tokens to trace (default: all; with a context: the question's tokens).
-        fast: on Llama models with the ``hf`` engine, compute each restoration only from its
-            first restored layer and token on (:func:`._suffix.trace_rows`; equal numbers,
-            tested); otherwise, or with ``fast=False``, the plain batched plan.
+        fast: when the engine can skip work (capability ``skip_work``; the ``hf`` engine on
+            every supported architecture), compute each restoration only from its first restored
+            layer and token on (:mod:`interp.skipping`; the same numbers, tested); otherwise, or
+            with ``fast=False``, every row in full.
 
     Returns:
         :class:`CausalTraceResult` with ``p_restored[kind]`` of shape [layers][tokens].
@@ -343,13 +350,8 @@ def causal_trace(model, prompt: str, subject: str, target: str | None = None, *,
         for l, t, r in grid_restorations(kind, L, run_pos, window, window_convention):
             cells.append((kind, l, t))
             rests.append(r)
-    from ._suffix import suffix_supported, trace_rows
-    if fast and suffix_supported(model):
-        fcells = [(k, l, t, restored_layers(k, l, window, L, window_convention)) for k, l, t in cells]
-        p_clean, p_corrupt, probs = trace_rows(model, setup, fcells, max_rows=max_rows)
-    else:
-        fast = False
-        p_clean, p_corrupt, probs = restoration_probs(model, setup, rests, max_rows=max_rows, progress=progress)
+    p_clean, p_corrupt, probs, path = restoration_probs(model, setup, rests, max_rows=max_rows, skip=fast,
+                                                        progress=progress)
     grids = {k: [[None] * n for _ in range(L)] for k in kinds}
     for k in kinds:
         for l in range(L):
@@ -366,7 +368,8 @@ def causal_trace(model, prompt: str, subject: str, target: str | None = None, *,
                 "corrupt_positions": setup.corrupt_positions, "occurrence": occurrence,
                 "engine": model.engine_name, "target_rule": "clean top-1" if target is None else "given",
                 "metric": "mean over noise samples of softmax(last-token logits)[target]",
-                "path": "suffix (start at the restored layer/token)" if fast else "plan (full batched rows)"}
+                "path": ("skip: each restoration from its restored layer and token on" if path == "skip"
+                         else "plan: every row in full")}
     return CausalTraceResult(prompt, subject, setup.tokens, list(setup.subject_range), setup.target,
                              setup.target_id, p_clean, p_corrupt, list(kinds), list(range(L)), grids, ie,
                              settings, seed, setup.target_multi_token, positions, context,

@@ -24,11 +24,12 @@ the clean top-1, wrong to the corrupt top-1), ``"prob"`` = softmax(answer), or a
 ``clean_metric`` / ``corrupt_metric`` the two unpatched rows; :meth:`PatchingResult.normalized`
 gives (v − base) / (source − base), 1 = the patch restores everything.
 
-``fast=True`` (the default) uses :mod:`._suffix` for residual-stream sites on Llama models with
-the ``hf`` engine: each patched row starts at its patch layer from the cached base residuals and
-computes only positions ≥ the patched one (earlier positions' keys/values come from the cached
-base run) — identical numbers (tested to 1e-4), several times less work.  Every other case uses
-the plain batched plan.
+Every cell row is *derived* from the base row (``plan.derive``): with ``fast=True`` (the default)
+and an engine that can skip work (capability ``skip_work``; the ``hf`` engine on every supported
+architecture), each row starts at its patched layer from the base run's cached residual and
+computes only positions ≥ the patched one (earlier positions' keys/values come from the base
+run; :mod:`interp.skipping`) — the same numbers, several times less work.  Otherwise every row
+runs in full.
 """
 
 from __future__ import annotations
@@ -247,6 +248,8 @@ def activation_patching(model, clean: str, corrupt: str, *, sites: Sequence[str]
             ``f(last_logits [rows, vocab]) -> Float[Tensor, "rows"]``.
         heads / neurons: units for the ``head`` / ``neuron`` sites.
         context: a retrieved context placed before both prompts (:mod:`.rag`).
+        fast: let an engine that can skip work start each patched row at its patched layer and
+            position (the same numbers; ``settings["path"]`` records which path ran).
     Returns:
         :class:`PatchingResult`; ``values[site]`` has shape [layer, pos] (``head``/``neuron``:
         [layer, pos, unit]).
@@ -257,33 +260,15 @@ def activation_patching(model, clean: str, corrupt: str, *, sites: Sequence[str]
     fn, mname = metric_fn(model, metric, setup.answer_id, setup.wrong_id)
     cells = patch_cells(sites, layers, positions, heads, neurons, per_position)
     base_row, src_row = (1, 0) if direction == "denoise" else (0, 1)
-    values = {}
-    fast_cells = []
-    if fast:
-        from ._suffix import suffix_supported
-        if suffix_supported(model):
-            fast_cells = [c for c in cells if c[0] in ("resid_pre", "resid_post")]
-    slow_cells = [c for c in cells if c not in fast_cells] if fast_cells else cells
     pair = model.tokenize([setup.clean_text, setup.corrupt_text])
-    out_vals: list[float] = []
-    m_clean = m_corrupt = None
-    if slow_cells or not fast_cells:
-        batch = pair.select([0, 1] + [base_row] * len(slow_cells))
-        plan = InterventionPlan(batch)
-        for r, (_, _, edits) in enumerate(slow_cells, start=2):
-            for site, l, ps, u in edits:
-                plan.edits.append(Edit(site, l, r, ps, "set", None, src_row, u))
-        v = model.run(plan=plan, logits=fn, max_rows=max_rows, progress=progress).logits.float().cpu()
-        m_clean, m_corrupt = float(v[0]), float(v[1])
-        out_vals = v[2:].tolist()
-    fast_vals: list[float] = []
-    if fast_cells:
-        from ._suffix import patch_residual_rows
-        mc, mk, fast_vals = patch_residual_rows(model, pair, base_row, src_row,
-                                                [(c[2][0][0], c[2][0][1], c[2][0][2][0]) for c in fast_cells],
-                                                fn, max_rows=max_rows)
-        if m_clean is None:
-            m_clean, m_corrupt = mc, mk
+    plan = InterventionPlan(pair.select([0, 1] + [base_row] * len(cells)))
+    for r, (_, _, edits) in enumerate(cells, start=2):
+        plan.derive(r, base_row)
+        for site, l, ps, u in edits:
+            plan.edits.append(Edit(site, l, r, ps, "set", None, src_row, u))
+    out = model.run(plan=plan, logits=fn, max_rows=max_rows, skip=fast, progress=progress)
+    v = out.logits.float().cpu()
+    m_clean, m_corrupt = float(v[0]), float(v[1])
     # assemble grids
     shapes = {}
     for site in sites:
@@ -293,10 +278,8 @@ def activation_patching(model, clean: str, corrupt: str, *, sites: Sequence[str]
             nu = len(heads) if site == "head" else len(neurons)
             shapes[site] = (len(layers), len(positions) if per_position else 1, nu)
     grids = {s: torch.full(shapes[s], float("nan")) for s in sites}
-    for (site, idx, _), v in zip(slow_cells, out_vals):
-        grids[site][idx] = v
-    for (site, idx, _), v in zip(fast_cells, fast_vals):
-        grids[site][idx] = v
+    for (site, idx, _), x in zip(cells, v[2:].tolist()):
+        grids[site][idx] = x
     values = {s: g.tolist() for s, g in grids.items()}
     return PatchingResult(
         clean=setup.clean_text, corrupt=setup.corrupt_text, tokens=setup.tokens, corrupt_tokens=setup.corrupt_tokens,
@@ -304,7 +287,7 @@ def activation_patching(model, clean: str, corrupt: str, *, sites: Sequence[str]
         corrupt_metric=m_corrupt, sites=list(sites), layers=layers, positions=positions, values=values,
         heads=heads if "head" in sites else [], neurons=neurons, per_position=per_position,
         context_range=list(setup.context_range) if setup.context_range else None,
-        settings={"fast_cells": len(fast_cells), "engine": model.engine_name,
+        settings={"path": out.extra.get("path", "plan"), "engine": model.engine_name,
                   "head_site": "attn_z (per-head z before W_O)", "neuron_site": "mlp_post"},
         model=model.name)
 
