@@ -163,10 +163,10 @@ def cached_loads():
     import interp.loading as loading
     real, cache = loading.load, {}
 
-    def load(name=None, *, engine="hf", device=None, dtype="float32"):
-        key = (name, engine, str(device), str(dtype))
+    def load(name=None, *, engine="hf", device=None, dtype="float32", **kw):
+        key = (name, engine, str(device), str(dtype), str(sorted(kw.items())))
         if key not in cache:
-            cache[key] = real(name, engine=engine, device=device, dtype=dtype)
+            cache[key] = real(name, engine=engine, device=device, dtype=dtype, **kw)
         return cache[key]
 
     loading.load = load
