@@ -23,7 +23,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .arch import PRIMITIVE_SITES, SITES, ModelAdapter, check_site
-from .engines.base import LAST_LOGITS, SKIP_WORK
+from .capabilities import LAST_LOGITS, SKIP_WORK
 from .errors import EngineError, SiteError
 from .interventions import InterventionPlan
 from .tokens import Batch, find_span, tokenize

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import tiny
-from interp.engines.base import SKIP_WORK
+from interp.capabilities import SKIP_WORK
 from interp.errors import InterventionError
 from interp.interventions import InterventionPlan
 

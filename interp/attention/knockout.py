@@ -47,7 +47,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..engines.base import SWITCH_ATTENTION
+from ..capabilities import SWITCH_ATTENTION
 from ..errors import EngineError, InterventionError, LayerIndexError, SpanNotFoundError
 from ..interventions import InterventionPlan
 from ..results import Result

@@ -1,19 +1,10 @@
 """The engine contract: one forward pass with hook functions at (site, layer) points.
 
-An engine also *advertises capabilities* (:attr:`Engine.capabilities`), and methods ask for a
-capability — ``model.supports(SKIP_WORK)`` — never for an engine's name:
-
-* :data:`EDIT_SCORES` — a block of attention edges (site ``attn_scores``) reaches the
-  pre-softmax scores (needs eager attention);
-* :data:`LAST_LOGITS` — the engine can unembed the last position only (the LM head is ~20% of a
-  small model's forward);
-* :data:`SWITCH_ATTENTION` — the attention implementation can be switched to eager after
-  loading (an engine that compiled its own graph from the model cannot);
-* :data:`GRADIENTS` — ``Model.run(keep_grad=True)`` works (attribution patching);
-* :data:`SKIP_WORK` — derived rows of a plan run from their first edit on (:mod:`interp.skipping`):
-  the engine offers the primitives below (a capturing forward, one decoder layer on a slice of
-  positions with the prefix's keys/values, the embedding and the unembedding), built from the
-  model's own modules.
+An engine also *advertises capabilities* (:attr:`Engine.capabilities`, names in
+:mod:`interp.capabilities`); methods ask for a capability — ``model.supports(SKIP_WORK)`` —
+never for an engine's name.  An engine with :data:`~interp.capabilities.SKIP_WORK` implements
+the primitives below (a capturing forward, one decoder layer on a slice of positions with the
+prefix's keys/values, the embedding and the unembedding), built from the model's own modules.
 """
 
 from __future__ import annotations
@@ -25,14 +16,9 @@ from typing import Callable, Mapping
 from jaxtyping import Float, Int
 from torch import Tensor
 
-ENGINES = ("hf", "transformer_lens", "nnsight")
+from ..capabilities import SKIP_WORK
 
-EDIT_SCORES = "edit_scores"
-LAST_LOGITS = "last_logits"
-SWITCH_ATTENTION = "switch_attention"
-GRADIENTS = "gradients"
-SKIP_WORK = "skip_work"
-CAPABILITIES = (EDIT_SCORES, LAST_LOGITS, SWITCH_ATTENTION, GRADIENTS, SKIP_WORK)
+ENGINES = ("hf", "transformer_lens", "nnsight")
 
 #: (site, layer); layer is None for sites outside the blocks ("embed")
 Point = tuple[str, "int | None"]

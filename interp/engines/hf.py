@@ -29,7 +29,8 @@ from typing import Mapping
 
 import torch
 
-from .base import EDIT_SCORES, GRADIENTS, LAST_LOGITS, SKIP_WORK, SWITCH_ATTENTION, Engine, HookFn, Point
+from ..capabilities import EDIT_SCORES, GRADIENTS, LAST_LOGITS, SKIP_WORK, SWITCH_ATTENTION
+from .base import Engine, HookFn, Point
 
 
 def _keeps_logits(model) -> bool:

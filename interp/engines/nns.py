@@ -16,7 +16,8 @@ from __future__ import annotations
 from typing import Mapping
 
 from ..arch import SITE_ORDER
-from .base import EDIT_SCORES, GRADIENTS, LAST_LOGITS, SWITCH_ATTENTION, Engine, HookFn, Point
+from ..capabilities import EDIT_SCORES, GRADIENTS, LAST_LOGITS, SWITCH_ATTENTION
+from .base import Engine, HookFn, Point
 
 
 class NNsightEngine(Engine):

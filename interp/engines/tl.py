@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from .base import EDIT_SCORES, GRADIENTS, Engine, HookFn, Point
+from ..capabilities import EDIT_SCORES, GRADIENTS
+from .base import Engine, HookFn, Point
 
 _NAMES = {
     "resid_pre": "blocks.{l}.hook_resid_pre",

@@ -1,0 +1,19 @@
+"""What an engine can do, by name: methods ask ``model.supports(X)``, never for an engine's name.
+
+* :data:`EDIT_SCORES` — a block of attention edges (site ``attn_scores``) reaches the
+  pre-softmax scores (needs eager attention);
+* :data:`LAST_LOGITS` — the engine can unembed the last position only (the LM head is ~20% of a
+  small model's forward);
+* :data:`SWITCH_ATTENTION` — the attention implementation can be switched to eager after
+  loading (an engine that built its own graph from the model cannot);
+* :data:`GRADIENTS` — ``Model.run(keep_grad=True)`` works (attribution patching);
+* :data:`SKIP_WORK` — derived rows of a plan run from their first edit on
+  (:mod:`interp.skipping`), through the primitives of :class:`interp.engines.base.Engine`.
+"""
+
+EDIT_SCORES = "edit_scores"
+LAST_LOGITS = "last_logits"
+SWITCH_ATTENTION = "switch_attention"
+GRADIENTS = "gradients"
+SKIP_WORK = "skip_work"
+CAPABILITIES = (EDIT_SCORES, LAST_LOGITS, SWITCH_ATTENTION, GRADIENTS, SKIP_WORK)
