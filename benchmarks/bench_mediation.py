@@ -1,14 +1,16 @@
-"""Causal mediation benchmark, one run, one model, one prompt pair (prints ratios measured here).
+"""Causal mediation benchmark: every ratio measured within this one run (prints JSON).
 
-(a) residual patching sweep (resid_pre, every layer × position, denoising) vs TransformerLens
-    4.x ``transformer_lens.patching.get_act_patch_resid_pre`` on the TL engine's
-    ``TransformerBridge`` — max |difference| and speed ratio; also the plain batched plan
-    (``fast=False``) and the bare batched forward of the same number of rows (the floor).
-(b) causal trace grid vs the bare batched forward of the same number of rows (the floor):
-    plan path (``fast=False``) and suffix path (``fast=True``).
+(a) residual patching sweep (resid_pre, every layer × position, denoising) on the default model vs
+    TransformerLens 4.x ``transformer_lens.patching.get_act_patch_resid_pre`` on the TL engine's
+    ``TransformerBridge``: max |difference| (asserted ≤ 1e-4) and speed ratio; also the plan path
+    (every row in full, ``fast=False``) and the bare batched forward of the same rows (the floor).
+(b) causal-trace grid (3 kinds, ``--samples``) vs the bare batched forward of the same number of
+    rows (the floor), skipping path (``fast=True``) and plan path, on the default model and on
+    random-weight gpt2 and qwen2 models of the default model's size (timing ratios need no
+    trained weights); skipping == plan asserted to 1e-5.
 (c) AtP vs full patching (resid_pre, attn_out, mlp_out): time ratio and Spearman correlation.
 
-Run: ``.venv/bin/python benchmarks/bench_mediation.py [--samples 2] [--kinds resid,mlp,attn]``
+Run: ``.venv/bin/python benchmarks/bench_mediation.py [--samples 2] [--archs default,gpt2,qwen2]``
 """
 
 from __future__ import annotations
@@ -34,6 +36,31 @@ def floor_forward(model, prompt: str, n_rows: int, max_rows: int) -> float:
     return t
 
 
+def similar_random_model(ref, arch: str):
+    """A random-weight ``arch`` model with the reference model's sizes (layers, width, heads, MLP,
+    vocabulary) and its tokenizer: speed ratios need no trained weights."""
+    from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM
+
+    from interp.model import Model
+    a = ref.adapter
+    torch.manual_seed(0)
+    if arch == "gpt2":
+        cfg = GPT2Config(vocab_size=a.vocab_size, n_embd=a.d_model, n_layer=a.n_layers, n_head=a.n_heads,
+                         n_inner=a.d_mlp, n_positions=2048, attn_implementation="eager")
+        hf = GPT2LMHeadModel(cfg)
+    elif arch == "qwen2":
+        cfg = Qwen2Config(vocab_size=a.vocab_size, hidden_size=a.d_model, num_hidden_layers=a.n_layers,
+                          num_attention_heads=a.n_heads, num_key_value_heads=a.n_kv_heads,
+                          intermediate_size=a.d_mlp, max_position_embeddings=2048, attn_implementation="eager")
+        hf = Qwen2ForCausalLM(cfg)
+    else:
+        raise SystemExit(f"unknown arch {arch!r}: use default, gpt2 or qwen2")
+    hf.eval()
+    for p in hf.parameters():
+        p.requires_grad_(False)
+    return Model(hf, ref.tokenizer, "hf", name=f"random-{arch}-{sum(p.numel() for p in hf.parameters()) // 10**6}M")
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser()
     ap.add_argument("--clean", default="The Eiffel Tower is located in the city of")
@@ -42,6 +69,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--samples", type=int, default=2)
     ap.add_argument("--kinds", default="resid,mlp,attn")
     ap.add_argument("--max-rows", type=int, default=64)
+    ap.add_argument("--archs", default="default,gpt2,qwen2", help="models for (b)")
     ap.add_argument("--skip-tl", action="store_true")
     ap.add_argument("--out", default=None, help="write the numbers as JSON here")
     args = ap.parse_args(argv)
@@ -92,6 +120,7 @@ def main(argv=None) -> dict:
         tl_grid, t_tl = timed(lambda: patching.get_act_patch_resid_pre(bridge, kt, cache, tl_metric))
         tl_grid = tl_grid.float().cpu()
         d = float((tl_grid - ours).abs().max())
+        assert d <= 1e-4, f"TransformerLens and interp differ by {d}"
         res["a"].update(t_tl_s=t_tl, tl_vs_ours_max_abs=d, speedup_fast_vs_tl=t_tl / t_fast,
                         speedup_plan_vs_tl=t_tl / t_plan, tl_shape=list(tl_grid.shape))
         print(f"(a) TL get_act_patch_resid_pre {t_tl:.2f}s; max|TL − ours| = {d:.2e}; "
@@ -100,19 +129,25 @@ def main(argv=None) -> dict:
 
     # ---------------------------------------------------------------- (b)
     kinds = tuple(args.kinds.split(","))
-    tr_fast, tf = timed(lambda: causal_trace(hf, clean, args.subject, kinds=kinds, samples=args.samples,
-                                             fast=True, max_rows=args.max_rows))
-    tr_plan, tp = timed(lambda: causal_trace(hf, clean, args.subject, kinds=kinds, samples=args.samples,
-                                             fast=False, max_rows=args.max_rows))
-    first = tr_plan.subject_range[0]
-    n_rows = 1 + args.samples * (1 + len(kinds) * L * (n - first))
-    t_fl = floor_forward(hf, clean, n_rows, args.max_rows)
-    dmax = max(float((tr_fast.grid(k) - tr_plan.grid(k)).abs().max()) for k in kinds)
-    res["b"] = {"rows": n_rows, "kinds": list(kinds), "samples": args.samples, "t_plan_s": tp, "t_fast_s": tf,
-                "t_floor_s": t_fl, "plan_over_floor": tp / t_fl, "fast_over_floor": tf / t_fl,
-                "fast_vs_plan_max_abs": dmax, "p_clean": tr_plan.p_clean, "p_corrupt": tr_plan.p_corrupt}
-    print(f"(b) trace {n_rows} rows: plan {tp:.2f}s ({tp / t_fl:.2f}× floor), fast {tf:.2f}s "
-          f"({tf / t_fl:.2f}× floor), floor {t_fl:.2f}s; max|fast − plan| {dmax:.1e}", file=sys.stderr)
+    res["b"] = {}
+    for arch in args.archs.split(","):
+        m = hf if arch == "default" else similar_random_model(hf, arch)
+        tr_fast, tf = timed(lambda: causal_trace(m, clean, args.subject, kinds=kinds, samples=args.samples,
+                                                 fast=True, max_rows=args.max_rows))
+        tr_plan, tp = timed(lambda: causal_trace(m, clean, args.subject, kinds=kinds, samples=args.samples,
+                                                 fast=False, max_rows=args.max_rows))
+        assert tr_fast.settings["path"].startswith("skip") and tr_plan.settings["path"].startswith("plan")
+        first = tr_plan.subject_range[0]
+        n_rows = 1 + args.samples * (1 + len(kinds) * L * (n - first))
+        t_fl = floor_forward(m, clean, n_rows, args.max_rows)
+        dmax = max(float((tr_fast.grid(k) - tr_plan.grid(k)).abs().nan_to_num().max()) for k in kinds)
+        assert dmax <= 1e-5, f"{arch}: skipping and plan paths differ by {dmax}"
+        res["b"][arch] = {"model": m.name, "rows": n_rows, "kinds": list(kinds), "samples": args.samples,
+                          "t_plan_s": tp, "t_fast_s": tf, "t_floor_s": t_fl, "plan_over_floor": tp / t_fl,
+                          "fast_over_floor": tf / t_fl, "fast_vs_plan_max_abs": dmax,
+                          "p_clean": tr_plan.p_clean, "p_corrupt": tr_plan.p_corrupt}
+        print(f"(b) {arch}: trace {n_rows} rows: plan {tp:.2f}s ({tp / t_fl:.2f}× floor), skipping {tf:.2f}s "
+              f"({tf / t_fl:.2f}× floor), floor {t_fl:.2f}s; max|skip − plan| {dmax:.1e}", file=sys.stderr)
 
     # ---------------------------------------------------------------- (c)
     sites = ("resid_pre", "attn_out", "mlp_out")

@@ -19,6 +19,7 @@ alone: batched results equal one-prompt-at-a-time results.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -48,9 +49,10 @@ class Batch:
     def width(self) -> int:
         return self.input_ids.shape[1]
 
-    @property
+    @functools.cached_property
     def pad(self) -> list[int]:
-        """Number of padding columns before each prompt's first token."""
+        """Number of padding columns before each prompt's first token (computed once: a batch's
+        tensors are never changed in place)."""
         if self.padding_side == "left":
             return [self.width - n for n in self.lengths]
         return [0] * self.size
@@ -79,6 +81,18 @@ class Batch:
         rows = list(rows)
         return Batch([self.prompts[i] for i in rows], self.input_ids[rows], self.attention_mask[rows],
                      [self.lengths[i] for i in rows], [self.offsets[i] for i in rows], self.padding_side)
+
+    def head(self, n: int) -> "Batch":
+        """The first ``n`` tokens of every prompt (left-padded anew).  With causal attention every
+        state of those positions is the same as in the whole prompt, so a method that reads
+        nothing after position ``n - 1`` runs this instead and skips the rest."""
+        if not 1 <= n <= min(self.lengths):
+            raise LayerIndexError(f"cannot keep the first {n} tokens of prompts of {min(self.lengths)} tokens")
+        ids = [self.token_ids(r)[:n] for r in range(self.size)]
+        left = self.padding_side == "left"
+        return Batch(self.prompts, torch.tensor(ids, dtype=self.input_ids.dtype),
+                     torch.ones(self.size, n, dtype=self.attention_mask.dtype), [n] * self.size,
+                     [o[:n] for o in self.offsets], "left" if left else "right")
 
     def to(self, device) -> "Batch":
         return Batch(self.prompts, self.input_ids.to(device), self.attention_mask.to(device),

@@ -71,7 +71,9 @@ def contribution_vectors(model, prompt: str, target: int = -1, layers: Sequence[
     layers = list(range(a.n_layers)) if layers is None else [a.check_layer(l) for l in layers]
     reads = [(s, l) for l in layers for s in ("resid_pre", "attn_pattern", "attn_out")]
     reads.append(("resid_post", a.n_layers - 1))
-    out = model.run(prompt, reads=reads, logits="all", cache_device=None)
+    # positions after the target change nothing at the target (causal attention): never computed
+    # and the target is then the last token, whose logits alone are unembedded
+    out = model.run(model.tokenize(prompt).head(t + 1), reads=reads, logits="last", cache_device=None)
     col = out.batch.abs_pos(0, t)
     pad = out.batch.pad[0]
     src = slice(pad, col + 1)
@@ -88,7 +90,7 @@ def contribution_vectors(model, prompt: str, target: int = -1, layers: Sequence[
     return {"vectors": torch.stack(vecs), "attn_out": torch.stack(attn), "b_O": torch.stack(bo),
             "pattern": torch.stack(pats), "layers": layers, "target": t,
             "resid_final": out.cache["resid_post", a.n_layers - 1][0, col].float().cpu(),
-            "logits": out.logits[0, col].float().cpu()}
+            "logits": out.logits[0].float().cpu()}
 
 
 @dataclass
