@@ -43,7 +43,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("unknown figures section", ["figures", "--redraw", "--only", "lens,nope", "--out", "{empty_dir}"],
      "unknown section(s) ['nope']"),
     ("figures redraw without results", ["figures", "--redraw", "--only", "lens", "--out", "{empty_dir}"],
-     "no saved logit-lens result"),
+     "no LensResult for these settings"),
     # --- trace
     ("subject not in the prompt (trace)", ["trace", "--model", "{tiny}", "--prompt", PROMPT, "--subject", "Louvre"],
      "'Louvre' does not occur in the prompt"),
