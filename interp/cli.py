@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 from .clitools import INDEX_GRAMMAR, Parser, common_parser, load_model, save_result
@@ -115,6 +116,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warnings(name: str) -> None:
+    """Inside ``warnings.catch_warnings()``: interp's own warnings print as ``interp CMD: warning: …``."""
+    from .errors import InterpWarning
+    show = warnings.showwarning
+    warnings.simplefilter("always", InterpWarning)
+
+    def one_line(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, InterpWarning):
+            print(f"{name}: warning: {' '.join(str(message).split())}", file=sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+    warnings.showwarning = one_line
+
+
 def main(argv: list[str] | None = None) -> int:
     from .errors import InterpError
     parser = build_parser()
@@ -125,7 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     name = "interp " + " ".join(str(getattr(args, k)) for k in ("command", "neurons_command", "concepts_command")
                                 if getattr(args, k, None))
     try:
-        summary = args.func(args)
+        with warnings.catch_warnings():
+            _one_line_warnings(name)
+            summary = args.func(args)
         if args.json:
             print(json.dumps(summary, indent=1, default=str))
     except KeyboardInterrupt:

@@ -81,6 +81,30 @@ def common_parser() -> argparse.ArgumentParser:
     return p
 
 
+def probability(text: str) -> float:
+    """argparse type: a float in [0, 1]."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; give a probability in [0, 1]") from None
+    if not 0 <= v <= 1:
+        raise argparse.ArgumentTypeError(f"{v} is not a probability; give a value in [0, 1]")
+    return v
+
+
+def add_target_check_args(p, *, bos: bool = False) -> None:
+    """``--min-p-clean`` (the unknown-target warning's threshold) and, for knockouts, ``--bos``."""
+    from .known import MIN_P_CLEAN
+    p.add_argument("--min-p-clean", type=probability, default=MIN_P_CLEAN, metavar="P",
+                   help=f"warn when the tracked answer is not the clean top-1 or its clean probability is "
+                        f"below P (default {MIN_P_CLEAN}; sweeps count such facts)")
+    if bos:
+        p.add_argument("--bos", nargs="?", const=True, default=None, metavar="TOKEN",
+                       help="prepend the tokenizer's BOS (or TOKEN, e.g. '<|endoftext|>') so that position 0, "
+                            "the attention sink, is not a prompt token; without it a blocked set holding "
+                            "position 0 is flagged. The prompt changes, so p_clean changes (both are recorded)")
+
+
 def layer_index_pairs(items, what: str = "layer:index") -> list[tuple[int, int]]:
     """``["20:1090", "3:7"]`` → ``[(20, 1090), (3, 7)]`` (neurons, value vectors), or a clear error."""
     from .errors import InterpError

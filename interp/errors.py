@@ -85,3 +85,8 @@ class UnknownTargetWarning(InterpWarning):
     """The tracked target is not what the model predicts (not its top-1, or p_clean is tiny):
     the effects measured on it are effects on a token the model does not answer."""
 
+
+
+class PositionZeroWarning(InterpWarning):
+    """A set of blocked source positions holds position 0 of a prompt without a BOS token:
+    that token is the attention sink, and blocking it inflates the knockout's effect."""

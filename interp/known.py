@@ -107,8 +107,8 @@ def check_target(target: str, p_clean: float, is_top1: bool, *, min_p_clean: flo
     why = unknown_target(p_clean, is_top1, min_p_clean)
     if why:
         warnings.warn(f"{method + ': ' if method else ''}the target {target!r} is not what the model "
-                      f"predicts ({why}); the effects below are measured on a token it does not answer "
-                      f"(pick a fact the model knows, or set min_p_clean= to change the threshold)",
+                      f"predicts ({why}): the effects are measured on a token it does not answer (pick a fact "
+                      f"the model knows, or set min_p_clean= / --min-p-clean to change the threshold)",
                       UnknownTargetWarning, stacklevel=stacklevel)
     return why
 

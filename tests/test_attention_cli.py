@@ -91,3 +91,47 @@ def test_errors_exit_2(tiny_dir, tmp_path, capsys):
     assert main(["knockout", "--model", tiny_dir, "--prompt", PROMPT, "--subject", "The Eiffel Tower",
                  "--window", "9", "--out", str(tmp_path)]) == 2
     assert "larger than the model" in capsys.readouterr().err
+
+
+def test_position_zero_warning_line_and_bos(tiny_dir, tmp_path, capsys):
+    rc = main(["knockout", "--model", tiny_dir, "--prompt", PROMPT, "--subject", "The Eiffel Tower",
+               "--window", "1", "--out", str(tmp_path / "a"), "--json", "--min-p-clean", "0"])
+    err = capsys.readouterr().err
+    assert rc == 0
+    lines = [l for l in err.splitlines() if "warning:" in l]
+    assert len(lines) == 1 and lines[0].startswith("interp knockout: warning: attention_knockout: source set(s) "
+                                                   "'subject' hold position 0")
+    assert "--bos" in lines[0] and "Traceback" not in err
+    assert json.loads((tmp_path / "a" / "knockout.json").read_text())["position_zero"] == ["subject"]
+    for flag, first in ((["--bos"], "<|im_start|>"), (["--bos", "<|endoftext|>"], "<|endoftext|>")):
+        rc = main(["knockout", "--model", tiny_dir, "--prompt", PROMPT, "--subject", "The Eiffel Tower", "--window",
+                   "1", "--out", str(tmp_path / "b"), "--json", "--min-p-clean", "0", *flag])
+        out, err = capsys.readouterr()
+        assert rc == 0 and "warning" not in err
+        s = json.loads(out)
+        assert s["bos"] == first and s["tokens"][0] == first and s["position_zero"] == []
+    # a sweep counts the facts instead of warning per fact
+    facts = tmp_path / "facts.json"
+    facts.write_text(json.dumps([{"prompt": PROMPT, "subject": "The Eiffel Tower", "attribute": "Paris"},
+                                 {"prompt": "Rome is the capital of", "subject": "Rome", "attribute": "Italy"}]))
+    rc = main(["knockout", "--model", tiny_dir, "--dataset", str(facts), "--all-facts", "--window", "1",
+               "--out", str(tmp_path / "c"), "--json"])
+    out, err = capsys.readouterr()
+    assert rc == 0 and json.loads(out)["n_position_zero"] == 2 and json.loads(out)["n_unknown_target"] == 2
+    assert [l for l in err.splitlines() if "warning:" in l] == [
+        "interp knockout: warning: knockout_sweep: in 2 of 2 facts a blocked set holds position 0, a prompt token "
+        "(no BOS: the attention sink); pass bos=True (--bos) or a chosen token",
+        "interp knockout: warning: knockout_sweep: 2 of 2 facts track an answer with p_clean < 0.05 or that is "
+        "not the top-1"]
+
+
+def test_unknown_target_warning_line_and_threshold(tiny_dir, tmp_path, capsys):
+    args = ["trace", "--model", tiny_dir, "--prompt", PROMPT, "--subject", "Eiffel Tower", "--target", " Hawaii",
+            "--kinds", "resid", "--samples", "1", "--out", str(tmp_path), "--json"]
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    lines = [l for l in err.splitlines() if "warning:" in l]
+    assert len(lines) == 1 and lines[0].startswith("interp trace: warning: causal_trace: the target ' Hawaii' is not")
+    assert "not the model's top-1" in json.loads(out)["unknown_target"]
+    assert main(args + ["--min-p-clean", "1.5"]) == 2
+    assert "--min-p-clean: 1.5 is not a probability" in capsys.readouterr().err

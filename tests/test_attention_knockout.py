@@ -255,3 +255,68 @@ def test_default_model_geva_ordering(default_model):
     assert r.relative_change["subject"][late] < -0.5
     assert r.relative_change["subject"][late] < r.relative_change["subject"][early] - 0.3
     assert max(abs(v) for v in r.relative_change["last"]) < 0.2
+
+
+# ----------------------------------------------------------------------------- position 0 and --bos
+def test_position_zero_is_flagged_and_bos_moves_the_sink():
+    from interp.errors import PositionZeroWarning
+    m = tiny("llama")
+    with pytest.warns(PositionZeroWarning, match=r"'subject' hold position 0 \('The'\)"):
+        r = attention_knockout(m, PROMPT, ["subject", "non_subject", "last"], subject=SUBJ, window=1)
+    assert r.position_zero == ["subject"] and r.bos == ""
+    # a subject that does not start the prompt: the other set now holds position 0
+    with pytest.warns(PositionZeroWarning, match="'non_subject'"):
+        r2 = attention_knockout(m, PROMPT, ["subject", "non_subject"], subject="Eiffel Tower", window=1)
+    assert r2.position_zero == ["non_subject"] and 0 in r2.sources["non_subject"]
+    tok = m.tokenizer
+    for bos, first in ((True, tok.bos_token), ("<|endoftext|>", "<|endoftext|>")):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", PositionZeroWarning)
+            b = attention_knockout(m, PROMPT, ["subject", "non_subject", "last"], subject=SUBJ, window=1, bos=bos)
+        assert b.bos == first and b.tokens[0] == first and b.tokens[1:] == r.tokens
+        assert b.position_zero == [] and b.prompt == first + PROMPT
+        # the named sets are the same tokens, one position later; the prefix is in none of them
+        assert {k: [p - 1 for p in v] for k, v in b.sources.items()} == r.sources
+        # the same knockout by explicit positions on the prefixed text gives the same numbers
+        e = attention_knockout(m, first + PROMPT, dict(b.sources), window=1)
+        assert e.answer_id == b.answer_id and e.position_zero == []
+        for k in b.p_knockout:
+            assert e.p_knockout[k] == pytest.approx(b.p_knockout[k], rel=1e-5), k
+    from interp.errors import PromptError
+    from interp.prompts import bos_prefix
+    with pytest.raises(PromptError, match="no BOS token"):
+        bos_prefix(type("T", (), {"bos_token": None})(), True)
+    with pytest.raises(PromptError, match="bos must be"):
+        bos_prefix(tok, 3)
+
+
+def test_unknown_answer_warns_with_a_settable_threshold():
+    from interp.errors import UnknownTargetWarning
+    m = tiny("llama")
+    top = attention_knockout(m, PROMPT, ["last"], window=1, min_p_clean=None)
+    assert top.unknown_target is None and top.rank_clean == 0
+    other = " Hawaii" if top.answer != " Hawaii" else " Rome"
+    with pytest.warns(UnknownTargetWarning, match=f"{other!r} is not what the model predicts"):
+        r = attention_knockout(m, PROMPT, ["last"], window=1, answer=other)
+    assert "not the model's top-1" in r.unknown_target
+    with pytest.warns(UnknownTargetWarning, match="p_clean = "):
+        r = attention_knockout(m, PROMPT, ["last"], window=1, min_p_clean=1.0)
+    assert r.unknown_target.startswith("p_clean")
+
+
+def test_sweep_counts_position_zero_and_unknown_targets(tmp_path):
+    from interp.errors import PositionZeroWarning, UnknownTargetWarning
+    m = tiny("llama")
+    facts = [Fact(PROMPT, SUBJ, "Paris", row=0), Fact("Rome is the capital of", "Rome", "Italy", row=1),
+             Fact("The capital of Japan is", "Japan", "Tokyo", row=2)]
+    with pytest.warns(PositionZeroWarning, match="in 3 of 3 facts"):
+        with pytest.warns(UnknownTargetWarning, match="3 of 3 facts"):
+            sw = knockout_sweep(m, facts, tmp_path / "a", n_facts=None, require_known=False, window=1,
+                                min_p_clean=1.0, progress=False)
+    # rows 0 and 1 start with the subject; row 2 blocks position 0 with non_subject — so 3 facts hold it
+    assert sw.n_known == 3 and sw.n_position_zero == 3 and sw.n_unknown_target == 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PositionZeroWarning)
+        sb = knockout_sweep(m, facts, tmp_path / "b", n_facts=None, require_known=False, window=1, bos=True,
+                            min_p_clean=None, progress=False)
+    assert sb.n_position_zero == 0 and sb.n_unknown_target == 0 and sb.bos == m.tokenizer.bos_token

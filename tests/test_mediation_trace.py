@@ -260,3 +260,36 @@ def test_default_model_trace_ie_equals_te(default_model):
     assert r.target.strip() == "Paris" and r.p_clean > 0.3
     assert r.p_corrupt < r.p_clean
     assert r.grid("resid")[-1, -1].item() == pytest.approx(r.p_clean, abs=1e-5)
+
+
+# ----------------------------------------------------------------------------- unknown targets
+def test_unknown_target_warns_with_a_settable_threshold(tm, tmp_path):
+    from interp.errors import UnknownTargetWarning
+    top = causal_trace(tm, PROMPT, SUBJ, kinds=("resid",), samples=1, noise=0.2, positions=[-1], min_p_clean=None)
+    assert top.unknown_target is None and top.target_is_top1
+    other = " Hawaii" if top.target != " Hawaii" else " Rome"
+    with pytest.warns(UnknownTargetWarning, match=f"causal_trace: the target {other!r} is not what the model"):
+        r = causal_trace(tm, PROMPT, SUBJ, other, kinds=("resid",), samples=1, noise=0.2, positions=[-1])
+    assert not r.target_is_top1 and "not the model's top-1" in r.unknown_target
+    assert r.settings["min_p_clean"] == 0.05
+    with pytest.warns(UnknownTargetWarning, match="p_clean = .* < 1.0"):
+        r = causal_trace(tm, PROMPT, SUBJ, kinds=("resid",), samples=1, noise=0.2, positions=[-1], min_p_clean=1.0)
+    assert r.unknown_target.startswith("p_clean")
+    # a sweep counts them (one warning at the end): the tiny model predicts none of the attributes
+    rows = [{"prompt": PROMPT, "subject": SUBJ, "attribute": "Paris"},
+            {"prompt": "The Louvre is a museum in", "subject": "Louvre", "attribute": "Paris"}]
+    (tmp_path / "f.json").write_text(json.dumps(rows))
+    with pytest.warns(UnknownTargetWarning, match="2 of 2 traced facts"):
+        sw = trace_dataset(tm, tmp_path / "f.json", tmp_path / "s", samples=1, window=2, noise=0.3, min_p=0.0,
+                           min_p_clean=None, progress=False)
+    assert sw.n_traced == 2 and sw.n_unknown_target == 2
+
+
+@pytest.mark.slow
+def test_default_model_unknown_fact_warns(default_model):
+    """The issue's case: ' Hawaii' for the Eiffel Tower has p_clean ≈ 0.007 — a heatmap of noise."""
+    from interp.errors import UnknownTargetWarning
+    with pytest.warns(UnknownTargetWarning, match="not the model's top-1 prediction and p_clean = "):
+        r = causal_trace(default_model, "The Eiffel Tower is located in the city of", "Eiffel Tower", " Hawaii",
+                         kinds=("resid",), samples=1, positions=[-1])
+    assert r.p_clean < 0.05 and not r.target_is_top1

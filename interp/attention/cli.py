@@ -31,8 +31,8 @@ def _cmd_knockout(args) -> dict:
     if args.dataset:
         out = out_dir(args, "knockout")
         res = knockout_sweep(model, args.dataset, out / "sweep", sources=sources, window=args.window,
-                             n_facts=args.n_facts, max_scan=args.max_scan,
-                             require_known=not args.all_facts, progress=not args.json)
+                             n_facts=args.n_facts, max_scan=args.max_scan, require_known=not args.all_facts,
+                             bos=args.bos, min_p_clean=args.min_p_clean, progress=not args.json)
         paths = save_result(res, "knockout_sweep", args, "knockout")
         if not args.json:
             for s in res.sources:
@@ -43,13 +43,15 @@ def _cmd_knockout(args) -> dict:
                 print(f"{len(res.errors)} fact(s) failed (listed in knockout_sweep.json)")
         return {"n_known": res.n_known, "n_scanned": res.n_scanned, "window": res.window,
                 "layers": res.layers, "mean": res.mean, "sem": res.sem, "n_errors": len(res.errors),
-                "errors": res.errors[:20], "files": paths}
+                "errors": res.errors[:20], "bos": res.bos, "n_position_zero": res.n_position_zero,
+                "n_unknown_target": res.n_unknown_target, "files": paths}
     if not args.prompt:
         raise PromptError("give --prompt (and --subject), or --dataset PATH for a sweep")
     prompt, context, occ = _prompt_and_context(args)
     res = attention_knockout(model, prompt, sources, target=args.target, window=args.window,
                              layers=args.layers, heads=args.heads, subject=args.subject,
-                             context=context, answer=args.answer, subject_occurrence=occ)
+                             context=context, answer=args.answer, subject_occurrence=occ, bos=args.bos,
+                             min_p_clean=args.min_p_clean)
     paths = save_result(res, "knockout", args, "knockout")
     if not args.json:
         print(f"p_clean({res.answer!r}) = {res.p_clean:.4f}, window {res.window}")
@@ -59,7 +61,8 @@ def _cmd_knockout(args) -> dict:
     return {"prompt": res.prompt, "tokens": res.tokens, "subject_range": res.subject_range,
             "context_range": res.context_range, "target": res.target, "answer": res.answer,
             "p_clean": res.p_clean, "window": res.window, "layers": res.layers,
-            "p_knockout": res.p_knockout, "relative_change": res.relative_change, "files": paths}
+            "p_knockout": res.p_knockout, "relative_change": res.relative_change, "bos": res.bos,
+            "position_zero": res.position_zero, "unknown_target": res.unknown_target, "files": paths}
 
 
 def _cmd_contributions(args) -> dict:
@@ -92,7 +95,7 @@ def _top_heads(res, k: int = 5) -> list[dict]:
 
 
 def register(sub, common) -> None:
-    from ..clitools import add_index_arg
+    from ..clitools import add_index_arg, add_target_check_args
     p = sub.add_parser("knockout", parents=[common],
                        help="attention knockout target→sources over layer windows (Geva et al. 2023)")
     p.add_argument("--prompt", default=None)
@@ -111,6 +114,7 @@ def register(sub, common) -> None:
     p.add_argument("--max-scan", type=int, default=None, help="scan at most this many dataset rows")
     p.add_argument("--all-facts", action="store_true",
                    help="with --dataset: sweep every fact, not only those the model gets right")
+    add_target_check_args(p, bos=True)
     p.set_defaults(func=_cmd_knockout)
     p = sub.add_parser("contributions", parents=[common],
                        help="per-head, per-source-token attention contributions to the last token")

@@ -48,8 +48,10 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..capabilities import SWITCH_ATTENTION
-from ..errors import EngineError, InterventionError, LayerIndexError, SpanNotFoundError
+from ..errors import (EngineError, InterventionError, InterpWarning, LayerIndexError,
+                      PositionZeroWarning, SpanNotFoundError, UnknownTargetWarning)
 from ..interventions import InterventionPlan
+from ..known import MIN_P_CLEAN
 from ..results import Result
 from ..windows import DEFAULT_CONVENTION, check_convention, check_window, window_layers
 
@@ -118,13 +120,15 @@ def _span(model, prompt: str, text: str | None, what: str, occurrence: int = 0) 
 
 def source_positions(model, prompt: str, sources: Iterable, *, target: int = -1,
                      subject: str | None = None, context: str | None = None,
-                     subject_occurrence: int = 0
+                     subject_occurrence: int = 0, skip: int = 0
                      ) -> tuple[int, dict[str, list[int]], tuple | None, tuple | None]:
     """Resolve source sets to prompt-relative positions.
 
     Args:
         sources: names from :data:`NAMED_SETS`, or ``(name, positions)`` pairs / a dict
             ``{name: positions}`` of explicit prompt-relative positions, or one list of ints.
+        skip: leading positions that are no part of any named set (a prepended BOS / sink
+            prefix: ``non_subject`` / ``non_context`` start after it).
     Returns:
         ``(target, {name: positions}, subject_range, context_range)`` with a non-negative target.
     """
@@ -161,7 +165,7 @@ def source_positions(model, prompt: str, sources: Iterable, *, target: int = -1,
                     raise SpanNotFoundError(f"subject {subject!r} (tokens {subj[0]}..{subj[1] - 1}) lies "
                                             f"after the target position {t}: the target cannot see it")
             elif name == "non_subject":
-                pos = [p for p in range(t) if not subj[0] <= p < subj[1]]
+                pos = [p for p in range(skip, t) if not subj[0] <= p < subj[1]]
             elif name == "last":
                 pos = [t]
             elif name == "context":
@@ -170,7 +174,7 @@ def source_positions(model, prompt: str, sources: Iterable, *, target: int = -1,
                     raise SpanNotFoundError(f"context (tokens {ctx[0]}..{ctx[1] - 1}) lies after the "
                                             f"target position {t}: the target cannot see it")
             else:
-                pos = [p for p in range(t) if not ctx[0] <= p < ctx[1]]
+                pos = [p for p in range(skip, t) if not ctx[0] <= p < ctx[1]]
         else:
             pos = list(pos.tolist() if isinstance(pos, Tensor) else pos)
             norm = []
@@ -247,7 +251,13 @@ def knockout_logits(model, prompt: str, row_keys: Sequence[Sequence[int]],
 
 @dataclass
 class KnockoutResult(Result):
-    """Knockout sweep of one prompt: ``p_knockout[set][i]`` for the window centred on ``layers[i]``."""
+    """Knockout sweep of one prompt: ``p_knockout[set][i]`` for the window centred on ``layers[i]``.
+
+    ``prompt`` / ``tokens`` are the text actually run (with the ``bos`` prefix, if any);
+    ``position_zero`` names the sets that hold position 0 while it is a content token (no BOS: the
+    attention sink is blocked with them); ``unknown_target`` says why the tracked answer is not
+    one the model predicts, or is None.
+    """
 
     stem = "knockout"
 
@@ -271,6 +281,15 @@ class KnockoutResult(Result):
     model: str = ""
     engine: str = ""
     window_convention: str = DEFAULT_CONVENTION
+    bos: str = ""
+    position_zero: list[str] = field(default_factory=list)
+    unknown_target: str | None = None
+
+    def summary_line(self) -> str:
+        drops = ", ".join(f"{s} {100 * min(r):+.1f}%" for s, r in self.relative_change.items() if r)
+        flag = f"; position 0 (sink) in {', '.join(self.position_zero)}" if self.position_zero else ""
+        return (f"KnockoutResult({self.model}: p_clean({self.answer!r})={self.p_clean:.3f}, {self.window}-layer "
+                f"windows; strongest drops {drops}{flag})")
 
     def figure(self):
         """One line per source set over the centre layer (Geva et al. 2023, Fig. 2)."""
@@ -279,12 +298,14 @@ class KnockoutResult(Result):
         from ..figures import style
         fig = go.Figure()
         for name, rel in self.relative_change.items():
+            sink = " — holds position 0, the sink" if name in self.position_zero else ""
             fig.add_trace(go.Scatter(x=self.layers, y=[100 * v for v in rel], mode="lines+markers",
-                                     name=f"{name} → target ({len(self.sources[name])} tok)"))
+                                     name=f"{name} → target ({len(self.sources[name])} tok){sink}"))
         fig.add_hline(y=0, line=dict(color="#888", width=1))
         fig.update_xaxes(title=f"centre layer of a {self.window}-layer window")
         fig.update_yaxes(title=f"% change of p({self.answer!r})")
-        return style(fig, title=f"Attention knockout — {self.model} · p_clean={self.p_clean:.3f}")
+        pre = f" · prefix {self.bos!r}" if self.bos else (" · no BOS" if self.position_zero else "")
+        return style(fig, title=f"Attention knockout — {self.model} · p_clean={self.p_clean:.3f}{pre}")
 
 
 def attention_knockout(model, prompt: str, sources: Iterable = DEFAULT_SETS, *, target: int = -1,
@@ -292,6 +313,7 @@ def attention_knockout(model, prompt: str, sources: Iterable = DEFAULT_SETS, *, 
                        heads: Sequence[int] | None = None, subject: str | None = None,
                        context: str | None = None, answer: str | None = None,
                        subject_occurrence: int = 0, window_convention: str = DEFAULT_CONVENTION,
+                       bos: bool | str | None = None, min_p_clean: float | None = MIN_P_CLEAN,
                        max_rows: int | None = None) -> KnockoutResult:
     """Block target → source edges in a window of layers around each layer (Geva et al. 2023).
 
@@ -308,15 +330,35 @@ def attention_knockout(model, prompt: str, sources: Iterable = DEFAULT_SETS, *, 
         heads: block only these heads (default all heads).
         subject / context: text of the subject / retrieved passage in the prompt.
         answer: token to track (default: the clean top-1 prediction, as Geva).
+        bos: prepend the tokenizer's BOS (True) or this token text (:func:`interp.prompts.bos_prefix`),
+            so that position 0 — the attention sink — is not a prompt token; named sets leave
+            the prefix (and any leading special token) out; explicit positions and ``target``
+            index the prefixed text.  Without
+            it, a set holding position 0 of a prompt whose first token is a content token is
+            flagged (``position_zero``, :class:`~interp.errors.PositionZeroWarning`): Geva et al.'s
+            notebook flags the same case (``is_subject_position_zero``).  The prompt changes, so
+            p_clean changes too (the result records both the prefix and p_clean).
+        min_p_clean: warn (:class:`~interp.errors.UnknownTargetWarning`) when the answer is not
+            the clean top-1 or p_clean is below this (None: only the top-1 condition).
     Returns:
         :class:`KnockoutResult`; all ``len(sets) × len(layers)`` knockouts plus the clean row run
         as rows of one chunked forward.
     """
+    from ..known import check_target
+    from ..prompts import bos_prefix, sink_is_content
     a = model.adapter
     window = check_window(window, a.n_layers)
     check_convention(window_convention)
-    t, sets, subj, ctx = source_positions(model, prompt, sources, target=target, subject=subject,
-                                          context=context, subject_occurrence=subject_occurrence)
+    prefix = bos_prefix(model.tokenizer, bos)
+    text = prefix + prompt
+    batch = model.tokenize(text)
+    ids, offsets = batch.token_ids(0), batch.offsets[0]
+    skip = 0  # leading special tokens and prefix tokens: no part of a named set
+    while skip < len(ids) - 1 and (not sink_is_content(model.tokenizer, ids[skip])
+                                   or (prefix and offsets[skip][1] <= len(prefix))):
+        skip += 1
+    t, sets, subj, ctx = source_positions(model, text, sources, target=target, subject=subject,
+                                          context=context, subject_occurrence=subject_occurrence, skip=skip)
     centres = list(range(a.n_layers)) if layers is None else [a.check_layer(l) for l in layers]
     wins = [window_layers(c, window, a.n_layers, window_convention) for c in centres]
     row_keys: list[list[int]] = [[]]
@@ -325,7 +367,7 @@ def attention_knockout(model, prompt: str, sources: Iterable = DEFAULT_SETS, *, 
         for w in wins:
             row_keys.append(pos)
             row_layers.append(w)
-    logits = knockout_logits(model, prompt, row_keys, row_layers, target=t, heads=heads, max_rows=max_rows)
+    logits = knockout_logits(model, text, row_keys, row_layers, target=t, heads=heads, max_rows=max_rows)
     if answer is None:
         aid = int(logits[0].argmax())
     else:
@@ -339,13 +381,25 @@ def attention_knockout(model, prompt: str, sources: Iterable = DEFAULT_SETS, *, 
         pk[name] = probs[sl].tolist()
         rel[name] = [(p - p0) / p0 if p0 > 0 else float("nan") for p in pk[name]]
         rk[name] = ranks[sl].tolist()
+    tokens = model.to_str_tokens(text)
+    zero = [name for name, pos in sets.items() if 0 in pos] if sink_is_content(model.tokenizer, ids[0]) else []
+    if zero:
+        warnings.warn(
+            f"attention_knockout: source set(s) {', '.join(repr(z) for z in zero)} hold position 0 "
+            f"({tokens[0]!r}), a prompt token: with no BOS it is the attention sink, and blocking it "
+            f"inflates the effect; prepend a BOS (bos=True / --bos) or a chosen token "
+            f"(bos='<|endoftext|>')", PositionZeroWarning, stacklevel=2)
+    answer_text = model.tokenizer.decode([aid])
+    why = check_target(answer_text, p0, int(ranks[0]) == 0, min_p_clean=min_p_clean,
+                       method="attention_knockout")
     return KnockoutResult(
-        prompt=prompt, tokens=model.to_str_tokens(prompt), target=t,
+        prompt=text, tokens=tokens, target=t,
         subject_range=list(subj) if subj else None, context_range=list(ctx) if ctx else None,
         window=window, layers=centres, windows=wins, heads=None if heads is None else list(heads),
-        answer=model.tokenizer.decode([aid]), answer_id=aid, p_clean=p0, rank_clean=int(ranks[0]),
+        answer=answer_text, answer_id=aid, p_clean=p0, rank_clean=int(ranks[0]),
         sources=sets, p_knockout=pk, relative_change=rel, rank_knockout=rk, model=model.name,
-        engine=model.engine_name, window_convention=window_convention)
+        engine=model.engine_name, window_convention=window_convention, bos=prefix,
+        position_zero=zero, unknown_target=why)
 
 
 # ----------------------------------------------------------------------------- dataset sweep
@@ -369,6 +423,19 @@ class KnockoutSweepResult(Result):
     model: str = ""
     #: errors inside the sweep: [{"row", "fact", "error"}] (those facts are left out, not "unknown")
     errors: list = field(default_factory=list)
+    #: the prefix put before every prompt (``bos=``), "" for none
+    bos: str = ""
+    #: swept facts with a source set holding position 0 while it is a prompt token (no BOS: the sink)
+    n_position_zero: int = 0
+    #: swept facts whose tracked answer is not the clean top-1 or has p_clean < ``min_p_clean``
+    n_unknown_target: int = 0
+    min_p_clean: float | None = None
+
+    def summary_line(self) -> str:
+        drops = ", ".join(f"{s} {100 * min(self.mean[s]):+.1f}%" for s in self.sources if self.mean.get(s))
+        return (f"KnockoutSweepResult({self.model}: {self.n_known} known facts of {self.n_scanned} scanned, "
+                f"{self.window}-layer windows; strongest mean drops {drops}; position 0 blocked in "
+                f"{self.n_position_zero}, unknown target in {self.n_unknown_target})")
 
     def figure(self):
         import plotly.graph_objects as go
@@ -385,13 +452,18 @@ class KnockoutSweepResult(Result):
         fig.add_hline(y=0, line=dict(color="#888", width=1))
         fig.update_xaxes(title=f"centre layer of a {self.window}-layer window")
         fig.update_yaxes(title="% change of p(clean top-1), mean ± s.e.")
-        return style(fig, title=f"Attention knockout over {self.n_known} known facts — {self.model}")
+        flag = (f" · prefix {self.bos!r}" if self.bos else "") + (
+            f" · position 0 (the sink) blocked in {self.n_position_zero}/{self.n_known} facts"
+            if self.n_position_zero else "")
+        return style(fig, title=f"Attention knockout over {self.n_known} known facts — {self.model}{flag}")
 
 
 def knockout_sweep(model, dataset: str | Path | Sequence, out_dir: str | Path, *,
                    sources: Sequence[str] = DEFAULT_SETS, window: int | None = None,
                    n_facts: int | None = 40, max_scan: int | None = None, scan_batch: int = 32,
-                   require_known: bool = True, progress: bool = True) -> KnockoutSweepResult:
+                   require_known: bool = True, bos: bool | str | None = None,
+                   window_convention: str = DEFAULT_CONVENTION, min_p_clean: float | None = MIN_P_CLEAN,
+                   progress: bool = True) -> KnockoutSweepResult:
     """Knockout sweep over the facts a model knows; mean relative change ± s.e. per set per layer.
 
     A fact is *known* under :mod:`interp.known`'s ``"first_token"`` rule (the model's clean top-1
@@ -408,13 +480,23 @@ def knockout_sweep(model, dataset: str | Path | Sequence, out_dir: str | Path, *
         n_facts: stop after this many known facts (None: all).
         max_scan: scan at most this many facts.
         require_known: False sweeps every fact (tracking the clean top-1 whatever it is).
+        bos: a prefix before every prompt (see :func:`attention_knockout`); the known check runs
+            on the prefixed prompts too.
+        min_p_clean: facts whose p_clean is below it (or whose answer is not the top-1) are
+            counted in ``n_unknown_target`` (one warning at the end, not one per fact); facts
+            with position 0 in a blocked set are counted in ``n_position_zero``.
     """
+    from dataclasses import replace
+
     from ..datasets import dataset_label, load_known_facts
     from ..known import check_known
+    from ..prompts import bos_prefix
     from ..sweep import Checkpoint, SweepErrors, describe_fact, map_batches
 
     a = model.adapter
     window = check_window(window, a.n_layers)
+    check_convention(window_convention)
+    prefix = bos_prefix(model.tokenizer, bos)
     for s in sources:
         if s not in ("subject", "non_subject", "last"):
             raise InterventionError(f"dataset sweeps use the sets subject, non_subject, last; not {s!r}")
@@ -428,7 +510,8 @@ def knockout_sweep(model, dataset: str | Path | Sequence, out_dir: str | Path, *
     ck = Checkpoint(out_dir, {"method": "attention_knockout", "model": model.name, "window": window,
                               "sources": list(sources), "dataset": Path(name).name,
                               "metric": "relative change of p(clean top-1)",
-                              "require_known": require_known})
+                              "require_known": require_known, "bos": prefix,
+                              "window_convention": window_convention})
     errors = SweepErrors("knockout sweep")
 
     def done(f) -> bool:  # older logs stored errors as unknown facts: those are retried
@@ -445,7 +528,8 @@ def knockout_sweep(model, dataset: str | Path | Sequence, out_dir: str | Path, *
         i += scan_batch
         todo = [f for f in block if not done(f)]
         checks = dict(zip([f.row for f in todo], map_batches(
-            lambda b: check_known(model, b, rule="first_token", batch_size=len(b)), todo, scan_batch, errors,
+            lambda b: check_known(model, [replace(f, prompt=prefix + f.prompt) for f in b], rule="first_token",
+                                  batch_size=len(b)), todo, scan_batch, errors,
             describe_fact)))
         for f in block:
             if n_facts is not None and n_known >= n_facts:
@@ -462,24 +546,39 @@ def knockout_sweep(model, dataset: str | Path | Sequence, out_dir: str | Path, *
                 ck.add(f.row, {"known": False, "top": c.top_id, "want": c.answer_id})
                 continue
             try:
-                r = attention_knockout(model, f.prompt, sources, subject=f.subject, window=window,
-                                       answer=None)
+                with warnings.catch_warnings():  # counted below, warned about once at the end
+                    warnings.simplefilter("ignore", InterpWarning)
+                    r = attention_knockout(model, f.prompt, sources, subject=f.subject, window=window,
+                                           answer=None, bos=bos, window_convention=window_convention,
+                                           min_p_clean=min_p_clean)
             except Exception as e:  # noqa: BLE001 — a failure is not "unknown": list it, go on
                 errors.add(*describe_fact(f), e)
                 continue
             ck.add(f.row, {"known": True, "p_clean": r.p_clean, "rel": r.relative_change,
-                           "answer": r.answer})
+                           "answer": r.answer, "position_zero": r.position_zero,
+                           "unknown_target": r.unknown_target})
             n_known += 1
             if bar is not None:
                 bar.update(1)
     if bar is not None:
         bar.close()
-    return summarise_sweep(ck, name, list(range(a.n_layers)), window, list(sources), model.name,
-                           errors.by_row())
+    res = summarise_sweep(ck, name, list(range(a.n_layers)), window, list(sources), model.name,
+                          errors.by_row(), bos=prefix, min_p_clean=min_p_clean)
+    if res.n_position_zero:
+        warnings.warn(f"knockout_sweep: in {res.n_position_zero} of {res.n_known} facts a blocked set holds "
+                      f"position 0, a prompt token (no BOS: the attention sink); pass bos=True (--bos) or a "
+                      f"chosen token", PositionZeroWarning, stacklevel=2)
+    if res.n_unknown_target:
+        warnings.warn(f"knockout_sweep: {res.n_unknown_target} of {res.n_known} facts track an answer with "
+                      f"p_clean < {min_p_clean} or that is not the top-1", UnknownTargetWarning, stacklevel=2)
+    return res
 
 
 def summarise_sweep(ck, dataset: str, layers, window, sources, model_name,
-                    errors: list | None = None) -> KnockoutSweepResult:
+                    errors: list | None = None, *, bos: str = "",
+                    min_p_clean: float | None = MIN_P_CLEAN) -> KnockoutSweepResult:
+    """Mean ± s.e. per set per layer over the known facts of a sweep log, and the flagged counts."""
+    from ..known import unknown_target
     rows, recs = [], []
     for k, v in ck.results():
         if v.get("known") and "error" not in v:
@@ -493,7 +592,10 @@ def summarise_sweep(ck, dataset: str, layers, window, sources, model_name,
             else [float("nan")] * len(layers)
         below[s] = (x < -0.5).double().mean(0).tolist() if len(recs) else [float("nan")] * len(layers)
     pc = sum(r["p_clean"] for r in recs) / max(1, len(recs))
+    n_zero = sum(bool(r.get("position_zero")) for r in recs)
+    n_unknown = sum(unknown_target(r["p_clean"], True, min_p_clean) is not None for r in recs)
     return KnockoutSweepResult(dataset=dataset, layers=layers, window=window, sources=sources,
                                n_known=len(recs), n_scanned=len(ck), fact_rows=rows, mean=mean,
                                sem=sem, mean_p_clean=pc, frac_below_half=below, model=model_name,
-                               errors=list(errors or []))
+                               errors=list(errors or []), bos=bos, n_position_zero=n_zero,
+                               n_unknown_target=n_unknown, min_p_clean=min_p_clean)

@@ -78,6 +78,10 @@ class RagFlowResult(Result):
     rag: dict
     summary: dict = field(default_factory=dict)
     model: str = ""
+    #: the prefix put before every prompt (``bos=``), "" for none
+    bos: str = ""
+    #: condition -> examples whose blocked sets hold position 0 while it is a prompt token
+    position_zero: dict = field(default_factory=dict)
 
     def figure(self):
         import plotly.graph_objects as go
@@ -103,32 +107,47 @@ class RagFlowResult(Result):
         fig.update_yaxes(title="% change of p(answer)", row=1, col=1)
         fig.update_yaxes(title="‖Σ_h Σ_s∈group A·vW_O‖", row=1, col=2)
         n = len(self.examples)
-        return style(fig, title=f"RAG vs parametric — {self.model} · {n} fact{'s' * (n > 1)} "
+        pre = f" · prefix {self.bos!r}" if self.bos else ""
+        return style(fig, title=f"RAG vs parametric — {self.model} · {n} fact{'s' * (n > 1)}{pre} "
                                 f"(dotted: no context, solid: with context)", width=1250, height=560)
 
 
 def rag_flow(model, examples: Sequence[RagExample] | None = None, *, window: int | None = None,
              plain_sets: Sequence[str] = ("subject", "non_subject", "last"),
-             rag_sets: Sequence[str] = ("subject", "context", "last")) -> RagFlowResult:
-    """Knockouts and contributions of subject vs context, with and without the context.
+             rag_sets: Sequence[str] = ("subject", "context", "last"),
+             bos: bool | str | None = None) -> RagFlowResult:
+    """Knockouts and contributions of subject vs context, with and without the context
+    (Wadhwa et al. 2024; Ghosh et al. 2024).
 
     Args:
         examples: :class:`RagExample` items (default :data:`RAG_EXAMPLES`).
         window: knockout window (default: about a fifth of the layers, odd).
+        bos: a prefix before every prompt so that position 0 (the attention sink) is not a
+            prompt token (:func:`interp.prompts.bos_prefix`); ``position_zero`` counts the
+            examples whose blocked sets hold it otherwise.
     Returns:
         :class:`RagFlowResult` whose figure puts both conditions side by side.
     """
+    import warnings
+
+    from ..errors import InterpWarning
+    from ..prompts import bos_prefix
     examples = list(RAG_EXAMPLES if examples is None else examples)
     window = check_window(window, model.n_layers)
+    prefix = bos_prefix(model.tokenizer, bos)
+    zero = {"plain": 0, "rag": 0}
     conds = {"plain": {"p_clean": [], "rel_each": [], "contrib_each": []},
              "rag": {"p_clean": [], "rel_each": [], "contrib_each": []}}
     for ex in examples:
         for cond, prompt, sets, ctx in (("plain", ex.query, plain_sets, None),
                                         ("rag", rag_prompt(ex.query, ex.context).text, rag_sets, ex.context.strip())):
-            ko = attention_knockout(model, prompt, sets, subject=ex.subject, context=ctx, window=window,
-                                    answer=ex.answer, subject_occurrence=-1)
-            co = attention_contributions(model, prompt, subject=ex.subject, context=ctx, answer=ex.answer,
-                                         subject_occurrence=-1)
+            with warnings.catch_warnings():  # counted in position_zero
+                warnings.simplefilter("ignore", InterpWarning)
+                ko = attention_knockout(model, prompt, sets, subject=ex.subject, context=ctx, window=window,
+                                        answer=ex.answer, subject_occurrence=-1, bos=bos)
+            zero[cond] += bool(ko.position_zero)
+            co = attention_contributions(model, prefix + prompt, subject=ex.subject, context=ctx,
+                                         answer=ex.answer, subject_occurrence=-1)
             c = conds[cond]
             c["p_clean"].append(ko.p_clean)
             c["rel_each"].append(ko.relative_change)
@@ -151,4 +170,4 @@ def rag_flow(model, examples: Sequence[RagExample] | None = None, *, window: int
         if summary["rag"]["min_rel_change"].get("subject") else None)
     return RagFlowResult(examples=[ex.__dict__ for ex in examples], layers=list(range(model.n_layers)),
                          window=window, plain=conds["plain"], rag=conds["rag"], summary=summary,
-                         model=model.name)
+                         model=model.name, bos=prefix, position_zero=zero)

@@ -60,6 +60,7 @@ from torch import Tensor
 from ..arch import COMPONENTS, check_components
 from ..errors import InterventionError, PromptError
 from ..interventions import InterventionPlan
+from ..known import MIN_P_CLEAN, check_target
 from ..results import Result
 from ..windows import DEFAULT_CONVENTION, WINDOW_CONVENTIONS, check_convention, window_layers
 
@@ -136,13 +137,14 @@ class TraceSetup:
     noise_level: float
     context_range: tuple[int, int] | None = None
     question_start: int = 0
+    top_id: int = -1  # the clean top-1 token
 
 
 def prepare_trace(model, prompt: str, subject: str, target: str | None = None, *, samples: int = 10,
                   noise="3sd", seed: int = 0, occurrence: int = 0, context: str | None = None,
                   corrupt: str | None = None, noise_subjects: Sequence[str] | None = None,
                   template: str | None = None) -> TraceSetup:
-    """Resolve spans, the target and the noise draws of one trace (no forward except for the target)."""
+    """Resolve spans, the target and the noise draws of one trace (one clean forward: the top-1)."""
     if not isinstance(prompt, str) or not prompt.strip():
         raise PromptError("the prompt is empty: give the factual prompt, e.g. 'The Eiffel Tower is in'")
     if not isinstance(subject, str) or not subject.strip():
@@ -184,8 +186,9 @@ def prepare_trace(model, prompt: str, subject: str, target: str | None = None, *
         b = model.tokenize(text)
         q_start = next(i for i, (a, e) in enumerate(b.offsets[0]) if e > q_char)
     multi = False
+    top = int(model.run(text).logits[0].argmax())
     if target is None:
-        tid = int(model.run(text).logits[0].argmax())
+        tid = top
         target = model.tokenizer.decode([tid])
     else:
         tid, multi = model.encode_target(target)
@@ -197,7 +200,7 @@ def prepare_trace(model, prompt: str, subject: str, target: str | None = None, *
     g = torch.Generator().manual_seed(int(seed))
     eps = torch.randn(samples, len(cpos), model.adapter.d_model, generator=g)
     return TraceSetup(text, tokens, subject_range, cpos, target, tid, multi, eps * level, level,
-                      context_range, q_start)
+                      context_range, q_start, top)
 
 
 # ----------------------------------------------------------------------------- rows
@@ -289,6 +292,19 @@ class CausalTraceResult(Result):
     model: str = ""
     #: kind -> for every layer of ``layers``, the layers its restoration copies
     windows: dict = field(default_factory=dict)
+    #: why the target is not one the model predicts (not its top-1, or p_clean < min_p_clean), or None
+    unknown_target: str | None = None
+    target_is_top1: bool = True
+
+    def summary_line(self) -> str:
+        peaks = []
+        for k in self.kinds:
+            g = self.grid(k, effect=True)
+            l, t = divmod(int(g.nan_to_num(-1e9).argmax()), g.shape[1])
+            peaks.append(f"{k} {float(g[l, t]):.3f} at layer {l}, {self.tokens[t]!r}")
+        flag = f"; unknown target: {self.unknown_target}" if self.unknown_target else ""
+        return (f"CausalTraceResult({self.model}: p_clean({self.target!r})={self.p_clean:.3f}, "
+                f"p_corrupt={self.p_corrupt:.3f}; max IE {'; '.join(peaks)}{flag})")
 
     @property
     def total_effect(self) -> float:
@@ -308,8 +324,8 @@ def causal_trace(model, prompt: str, subject: str, target: str | None = None, *,
                  context: str | None = None, corrupt: str | None = None,
                  noise_subjects: Sequence[str] | None = None, positions: Sequence[int] | None = None,
                  template: str | None = None, window_convention: str = DEFAULT_CONVENTION,
-                 max_rows: int | None = None, fast: bool = True, progress: bool = False
-                 ) -> CausalTraceResult:
+                 min_p_clean: float | None = MIN_P_CLEAN, max_rows: int | None = None, fast: bool = True,
+                 progress: bool = False) -> CausalTraceResult:
     """ROME causal trace of ``prompt`` (Meng et al. 2022, Fig. 1 / ``calculate_hidden_flow``).
 
     Args:
@@ -325,6 +341,10 @@ def causal_trace(model, prompt: str, subject: str, target: str | None = None, *,
             range then refers to the question's subject; ``corrupt`` = ``"subject"`` or
             ``"subject+context"`` (default with a context, as Wadhwa et al. 2024).
         positions: tokens to trace (default: all; with a context: the question's tokens).
+        min_p_clean: warn (:class:`~interp.errors.UnknownTargetWarning`; ``unknown_target`` in
+            the result) when the target is not the clean top-1 or p_clean is below this — the
+            heatmap of a fact the model does not know is a heatmap of noise.  None checks only
+            the top-1 condition.
         fast: when the engine can skip work (capability ``skip_work``; the ``hf`` engine on
             every supported architecture), compute each restoration only from its first restored
             layer and token on (:mod:`interp.skipping`; the same numbers, tested); otherwise, or
@@ -361,6 +381,8 @@ def causal_trace(model, prompt: str, subject: str, target: str | None = None, *,
     for (k, l, t), p in zip(cells, probs.tolist()):
         grids[k][l][t] = p
     ie = {k: [[None if v is None else v - p_corrupt for v in row] for row in g] for k, g in grids.items()}
+    why = check_target(setup.target, p_clean, setup.target_id == setup.top_id, min_p_clean=min_p_clean,
+                       method="causal_trace")
     settings = {"kinds": list(kinds), "window": window, "window_convention": window_convention,
                 "samples": samples, "noise": noise, "noise_level": setup.noise_level,
                 "noise_site": "embed (token embedding output, subject positions)",
@@ -369,13 +391,14 @@ def causal_trace(model, prompt: str, subject: str, target: str | None = None, *,
                 "engine": model.engine_name, "target_rule": "clean top-1" if target is None else "given",
                 "metric": "mean over noise samples of softmax(last-token logits)[target]",
                 "path": ("skip: each restoration from its restored layer and token on" if path == "skip"
-                         else "plan: every row in full")}
+                         else "plan: every row in full"),
+                "min_p_clean": min_p_clean}
     return CausalTraceResult(prompt, subject, setup.tokens, list(setup.subject_range), setup.target,
                              setup.target_id, p_clean, p_corrupt, list(kinds), list(range(L)), grids, ie,
                              settings, seed, setup.target_multi_token, positions, context,
                              list(setup.context_range) if setup.context_range else None, model.name,
                              {k: [restored_layers(k, l, window, L, window_convention) for l in range(L)]
-                              for k in kinds})
+                              for k in kinds}, why, setup.target_id == setup.top_id)
 
 
 # ----------------------------------------------------------------------------- figures
@@ -452,6 +475,9 @@ class TraceSweepResult(Result):
     model: str = ""
     #: errors inside the sweep: [{"row", "fact", "error"}] (the sweep went on without those facts)
     errors: list = field(default_factory=list)
+    #: traced facts whose target is not the clean top-1 or has p_clean < ``min_p_clean``
+    n_unknown_target: int = 0
+    min_p_clean: float | None = None
 
     def figure(self):
         return sweep_figure(self)
@@ -484,8 +510,8 @@ def _aggregate(items: list[dict], kinds, n_layers):
 def trace_dataset(model, dataset, out_dir: str | Path, *, kinds: Sequence[str] = ("resid", "mlp", "attn"),
                   window: int = 10, samples: int = 10, noise: str | float = "3sd", seed: int = 0,
                   min_p: float | None = None, limit: int | None = None, max_known: int | None = None,
-                  window_convention: str = DEFAULT_CONVENTION, max_rows: int | None = None,
-                  progress: bool = True) -> TraceSweepResult:
+                  window_convention: str = DEFAULT_CONVENTION, min_p_clean: float | None = MIN_P_CLEAN,
+                  max_rows: int | None = None, progress: bool = True) -> TraceSweepResult:
     """Causal traces of every known fact of a known_1000-style dataset, averaged by token category.
 
     Args:
@@ -496,13 +522,16 @@ def trace_dataset(model, dataset, out_dir: str | Path, *, kinds: Sequence[str] =
         min_p: known-fact rule: None → ROME's (clean top-1 token, stripped, equals the
             attribute); a float → p(first token of " " + attribute) ≥ ``min_p``.
         limit: scan only the first ``limit`` usable rows; ``max_known``: trace at most this many.
+        min_p_clean: traced facts whose target has p_clean below it (or is not the top-1, under
+            the ``min_p`` rule) are counted in ``n_unknown_target`` — one warning at the end.
 
     Rows with a missing field or a subject not in its prompt are reported in ``skipped`` with
     their row number; an error while scanning or tracing a fact is counted and listed in
     ``errors`` (row, fact, error) and on stderr.  The sweep goes on with the rest either way.
     """
     from ..datasets import Fact, dataset_label, load_known_facts
-    from ..known import KNOWN_RULES, check_known
+    from ..errors import UnknownTargetWarning
+    from ..known import KNOWN_RULES, check_known, unknown_target
     from ..sweep import Checkpoint, SweepErrors, describe_fact, map_batches
 
     kinds = check_settings(kinds, window, samples)
@@ -545,17 +574,21 @@ def trace_dataset(model, dataset, out_dir: str | Path, *, kinds: Sequence[str] =
         if key in ck and "error" not in ck.get(key):  # older logs stored errors: those are retried
             continue
         try:
-            res = causal_trace(model, f.prompt, f.subject, tok.decode([tid]), kinds=kinds, window=window,
-                               samples=samples, noise=level, seed=seed, window_convention=window_convention,
-                               max_rows=max_rows)
+            with warnings.catch_warnings():  # counted below, warned about once at the end
+                warnings.simplefilter("ignore", UnknownTargetWarning)
+                res = causal_trace(model, f.prompt, f.subject, tok.decode([tid]), kinds=kinds, window=window,
+                                   samples=samples, noise=level, seed=seed, window_convention=window_convention,
+                                   min_p_clean=min_p_clean, max_rows=max_rows)
         except Exception as e:  # noqa: BLE001 — count and list the fact, go on with the rest
             errors.add(*describe_fact(f), e)
             continue
         ck.add(key, {"row": f.row, "tokens": res.tokens, "subject_range": res.subject_range,
-                     "p_clean": res.p_clean, "p_corrupt": res.p_corrupt, "ie": res.indirect_effect})
+                     "p_clean": res.p_clean, "p_corrupt": res.p_corrupt, "ie": res.indirect_effect,
+                     "top1": res.target_is_top1})
     wanted = {f"row{f.row}" for f, _ in known}
     items = [v for k, v in ck.results() if k in wanted and "error" not in v]
     aie, se, nf = _aggregate(items, kinds, model.n_layers) if items else ({}, {}, {})
+    n_unknown = sum(unknown_target(i["p_clean"], i.get("top1", True), min_p_clean) is not None for i in items)
     peaks = {}
     for k in aie:
         best = max(((c, l, v) for c in CATEGORIES for l, v in enumerate(aie[k][c]) if v is not None),
@@ -569,8 +602,11 @@ def trace_dataset(model, dataset, out_dir: str | Path, *, kinds: Sequence[str] =
                             "window_layers": WINDOW_CONVENTIONS[window_convention],
                             "se": "std over facts / sqrt(n)",
                             "pooling": "middle/further tokens averaged within a fact, then over facts"},
-                           seed, model.name, errors.by_row())
+                           seed, model.name, errors.by_row(), n_unknown, min_p_clean)
     res.save(out_dir)
+    if n_unknown:
+        warnings.warn(f"trace_dataset: {n_unknown} of {len(items)} traced facts track a target the model does "
+                      f"not predict (p_clean < {min_p_clean} or not its top-1)", UnknownTargetWarning, stacklevel=2)
     return res
 
 

@@ -11,7 +11,7 @@ correlation in the summary.
 
 from __future__ import annotations
 
-from ..clitools import add_index_arg, load_model, out_dir, save_result
+from ..clitools import add_index_arg, add_target_check_args, load_model, out_dir, save_result
 
 
 def _noise(s: str):
@@ -30,13 +30,14 @@ def _cmd_trace(args) -> dict:
         out = out_dir(args, "trace_sweep")
         res = trace_dataset(model, args.dataset, out, kinds=kinds, window=args.window, samples=args.samples,
                             noise=_noise(args.noise), seed=args.seed, min_p=args.min_p, limit=args.limit,
-                            max_known=args.max_known, progress=not args.json)
+                            max_known=args.max_known, min_p_clean=args.min_p_clean, progress=not args.json)
         paths = save_result(res, "trace_sweep", args, "trace_sweep")
         summary = {"dataset": res.dataset, "n_rows": res.n_rows, "n_scanned": res.n_scanned,
                    "n_known": res.n_known, "n_traced": res.n_traced, "skipped": res.skipped[:20],
                    "n_skipped": len(res.skipped), "n_errors": len(res.errors), "errors": res.errors[:20],
                    "peaks": res.peaks, "mean_p_clean": res.mean_p_clean,
-                   "mean_p_corrupt": res.mean_p_corrupt, "files": paths}
+                   "mean_p_corrupt": res.mean_p_corrupt, "n_unknown_target": res.n_unknown_target,
+                   "files": paths}
         if not args.json:
             print(f"{res.n_known} of {res.n_scanned} facts known; traced {res.n_traced}"
                   + (f"; {len(res.errors)} failed (listed in trace_sweep.json)" if res.errors else ""))
@@ -47,11 +48,12 @@ def _cmd_trace(args) -> dict:
         raise PromptError("interp trace needs --prompt and --subject (or --dataset PATH for a sweep)")
     res = causal_trace(model, args.prompt, args.subject, args.target, kinds=kinds, window=args.window,
                        samples=args.samples, noise=_noise(args.noise), seed=args.seed,
-                       occurrence=args.occurrence, context=args.context, progress=not args.json)
+                       occurrence=args.occurrence, context=args.context, min_p_clean=args.min_p_clean,
+                       progress=not args.json)
     paths = save_result(res, "trace", args, "trace")
     summary = {"tokens": res.tokens, "subject_range": res.subject_range, "target": res.target,
                "target_multi_token": res.target_multi_token, "p_clean": res.p_clean,
-               "p_corrupt": res.p_corrupt, "files": paths}
+               "p_corrupt": res.p_corrupt, "unknown_target": res.unknown_target, "files": paths}
     for k in res.kinds:
         g = res.grid(k, effect=True)
         flat = int(g.nan_to_num(-1e9).argmax())
@@ -112,6 +114,7 @@ def register(sub, common) -> None:
     p.add_argument("--max-known", type=int, default=None, help="dataset: trace at most N known facts")
     p.add_argument("--min-p", type=float, default=None,
                    help="dataset: known if p(attribute) >= this (default: clean top-1 == attribute)")
+    add_target_check_args(p)
     p.set_defaults(func=_cmd_trace)
     p = sub.add_parser("patch", parents=[common], help="activation patching between two prompts (+ AtP)")
     p.add_argument("--clean", required=True)

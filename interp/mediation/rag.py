@@ -22,9 +22,12 @@ and averages the indirect effects by token category; its figure puts the three s
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import UnknownTargetWarning
+from ..known import MIN_P_CLEAN
 from ..prompts import RAG_TEMPLATE
 from ..results import Result
 
@@ -63,6 +66,8 @@ class RagComparisonResult(Result):
     facts: list  # [subject, question, true_object, counterfactual_object]
     settings: dict
     model: str = ""
+    #: condition -> traces whose target (the clean top-1) has p_clean < settings["min_p_clean"]
+    n_unknown_target: dict = field(default_factory=dict)
 
     def figure(self):
         return rag_figure(self)
@@ -75,7 +80,8 @@ def _peak(curve):
 
 def rag_comparison(model, fakepedia_path: str | Path, *, n_facts: int = 8, kinds=("resid", "mlp", "attn"),
                    window: int = 10, samples: int = 3, noise="3sd", seed: int = 0, scan: int = 120,
-                   max_rows: int | None = None, progress: bool = False) -> RagComparisonResult:
+                   min_p_clean: float | None = MIN_P_CLEAN, max_rows: int | None = None,
+                   progress: bool = False) -> RagComparisonResult:
     """Trace Fakepedia facts the model knows with no context, a true context, a counterfactual one.
 
     * known = :mod:`interp.known`'s ``"first_token"`` rule: the clean top-1 token of the bare
@@ -99,6 +105,7 @@ def rag_comparison(model, fakepedia_path: str | Path, *, n_facts: int = 8, kinds
     facts = [Fact(r["query"], r["subject"], r["true_object"], i) for i, r in enumerate(recs)]
     known = [r for r, c in zip(recs, check_known(model, facts, rule="first_token")) if c.known][:n_facts]
     items = {c: [] for c in CONDITIONS}
+    unknown = {c: 0 for c in CONDITIONS}
     answers = {c: {"true": 0, "counterfactual": 0, "other": 0} for c in CONDITIONS}
     it = known
     if progress:
@@ -110,8 +117,12 @@ def rag_comparison(model, fakepedia_path: str | Path, *, n_facts: int = 8, kinds
         t_id, _ = model.encode_target(" " + r["true_object"])
         c_id, _ = model.encode_target(" " + r["counterfactual_object"])
         for c, ctx in ctxs.items():
-            res = causal_trace(model, r["query"], r["subject"], None, kinds=kinds, window=window,
-                               samples=samples, noise=level, seed=seed, context=ctx, max_rows=max_rows)
+            with warnings.catch_warnings():  # counted in n_unknown_target
+                warnings.simplefilter("ignore", UnknownTargetWarning)
+                res = causal_trace(model, r["query"], r["subject"], None, kinds=kinds, window=window,
+                                   samples=samples, noise=level, seed=seed, context=ctx, min_p_clean=min_p_clean,
+                                   max_rows=max_rows)
+            unknown[c] += res.unknown_target is not None
             answers[c]["true" if res.target_id == t_id else "counterfactual" if res.target_id == c_id
                        else "other"] += 1
             # categories are computed on the traced (question) tokens: shift to question-relative
@@ -138,8 +149,9 @@ def rag_comparison(model, fakepedia_path: str | Path, *, n_facts: int = 8, kinds
                                 for r in known],
                                {"window": window, "samples": samples, "noise": noise, "noise_level": level,
                                 "seed": seed, "template": RAG_TEMPLATE, "corrupt": "subject+context",
-                                "traced": "question tokens", "categories": list(CATEGORIES)},
-                               model.name)
+                                "traced": "question tokens", "categories": list(CATEGORIES),
+                                "min_p_clean": min_p_clean},
+                               model.name, unknown)
 
 
 def rag_figure(res: RagComparisonResult):
