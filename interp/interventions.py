@@ -166,12 +166,16 @@ class CompiledPlan:
         for g, src in zip(groups, sourced):
             idx = (g.rows, g.pos) + (() if g.unit is None else (g.unit,))
             val = src if src is not None else g.values.to(device=x.device, dtype=x.dtype)
+            target = x[idx]
+            if val.dim() < target.dim():   # one value per entry (e.g. a scalar): broadcast over the rest
+                val = val.reshape(*val.shape, *([1] * (target.dim() - val.dim())))
+            val = val.expand_as(target)
             if g.op == "set":
-                x[idx] = val.expand_as(x[idx]) if val.dim() < x[idx].dim() else val
+                x[idx] = val
             elif g.op == "add":
-                x = x.index_put(idx, val.expand_as(x[idx]), accumulate=True)
+                x = x.index_put(idx, val, accumulate=True)
             elif g.op == "scale":
-                x[idx] = x[idx] * val
+                x[idx] = target * val
         return x
 
 
@@ -334,6 +338,9 @@ class InterventionPlan:
         unit_sizes = unit_sizes or {}
         shapes = shapes or {}
         buckets: dict[tuple, list] = defaultdict(list)
+        # the k-th edit of a row at a point goes to a group of k-th edits: a row's edits at one
+        # point apply in the order they were added (other rows' edits touch other rows)
+        ordinal: dict[tuple, int] = defaultdict(int)
         b = self.batch
         for k, e in enumerate(self.edits):
             check_site(e.site)
@@ -369,7 +376,7 @@ class InterventionPlan:
                 keys = [b.abs_pos(e.row, p) for p in (e.keys or [])]
                 if not keys:
                     continue
-                key = ("attn_scores", layer, "block", e.unit is not None, False)
+                key = ("attn_scores", layer, "block", e.unit is not None, False, 0)   # blocks commute
                 for q in pos:
                     for kk in keys:
                         buckets[key].append((e.row, q, e.unit, kk))
@@ -378,7 +385,8 @@ class InterventionPlan:
                 raise InterventionError(f"edit {k}: source_row works with op 'set' only")
             if e.source_row is None and e.value is None:
                 raise InterventionError(f"edit {k}: give a value or a source_row")
-            key = (e.site, layer, e.op, e.unit is not None, e.source_row is not None)
+            key = (e.site, layer, e.op, e.unit is not None, e.source_row is not None, ordinal[(e.row, e.site, layer)])
+            ordinal[(e.row, e.site, layer)] += 1
             if e.source_row is not None:
                 src_pos = [b.abs_pos(e.source_row, p) for p in e.positions]
                 for p, sp in zip(pos, src_pos):
@@ -406,7 +414,7 @@ class InterventionPlan:
                 for i, p in enumerate(pos):
                     buckets[key].append((e.row, p, e.unit, v[i]))
         groups: dict[tuple[str, int | None], list[_Group]] = defaultdict(list)
-        for (site, layer, op, has_unit, has_src), items in buckets.items():
+        for (site, layer, op, has_unit, has_src, _), items in sorted(buckets.items(), key=lambda kv: kv[0][-1]):
             rows = torch.tensor([it[0] for it in items])
             unit = torch.tensor([it[2] for it in items]) if has_unit else None
             if op == "block":

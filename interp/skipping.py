@@ -39,8 +39,9 @@ a row's edits at or after its start, columns shifted; copied values are taken fr
 forward.  A ``resid_post`` edit becomes an edit of the next layer's input (the same tensor), so
 a row starting at that boundary receives it.
 
-Not covered (``Model.run`` runs the plan in full instead): reads of activations, all-position
-logits, gradients, right padding, and plans whose roots do not fit one forward.
+Roots that do not fit one forward run in several (each with the rows it copies from), and their
+records are joined.  Not covered (``Model.run`` runs the plan in full instead): reads of
+activations, all-position logits, gradients and right padding.
 """
 
 from __future__ import annotations
@@ -149,6 +150,34 @@ class _States:
         return self.kv[row][k]
 
 
+def _merge_args(parts: list, n_layers: int) -> tuple[list, Tensor]:
+    """The decoder-layer arguments of the roots that have derived rows, from one or more root
+    forwards: ``(args per layer, row of each such root in them)``.  One forward keeps its own
+    tensors (no copy); several are gathered and concatenated (shared tensors once)."""
+    if not parts:
+        return [None] * n_layers, torch.zeros(0, dtype=torch.long)
+    if len(parts) == 1:
+        args, keep_local = parts[0]
+        return args, keep_local.cpu()
+    merged, seen = [], {}
+    for k in range(n_layers):
+        out = {}
+        for name, v in parts[0][0][k].items():
+            key = (name, tuple(id(p[0][k][name]) for p in parts))
+            if key not in seen:
+                vals = [p[0][k][name] for p in parts]
+                if isinstance(v, Tensor) and v.dim() > 1:
+                    seen[key] = torch.cat([_take_rows(x, idx) for x, (_, idx) in zip(vals, parts)])
+                elif isinstance(v, tuple) and v and isinstance(v[0], Tensor):
+                    seen[key] = tuple(torch.cat([_take_rows(x[j], idx) for x, (_, idx) in zip(vals, parts)])
+                                      for j in range(len(v)))
+                else:
+                    seen[key] = v
+            out[name] = seen[key]
+        merged.append(out)
+    return merged, torch.arange(sum(len(idx) for _, idx in parts))
+
+
 def run_derived(model, plan: InterventionPlan, reduce: Callable | None = None, *,
                 max_rows: int | None = None, progress: bool = False) -> Float[Tensor, "rows ..."] | None:
     """Last-token logits (or ``reduce`` of them) of every row of ``plan``, each derived row
@@ -169,61 +198,79 @@ def _run(model, plan: InterventionPlan, reduce: Callable, max_rows, progress):
     N, W = b.size, b.width
     compiled = model.compile(plan)          # validates the plan, derived rows written out
     bound, col = plan.row_starts(L)
-    sources: set[int] = set()
+    copies: dict[int, set[int]] = defaultdict(set)     # row -> rows it copies values from
     for groups in compiled.groups.values():
         for g in groups:
             if g.src_rows is not None:
-                sources.update(g.src_rows.tolist())
+                for r, s in zip(g.rows.tolist(), g.src_rows.tolist()):
+                    copies[r].add(s)
+    sources = set().union(*copies.values()) if copies else set()
     parents = {r: p for r, p in plan.parents.items() if r not in sources}   # copied-from rows run in full
     roots = [r for r in range(N) if r not in parents]
-    rows_cap = max_rows or model.max_rows or model.rows_for(W)
-    if len(roots) > rows_cap:
-        raise _Unsupported(f"{len(roots)} rows without a parent do not fit one forward of {rows_cap} rows")
     has_children = set(parents.values())
     st = _States(parents, bound, col)
     ids, mask, pos = b.input_ids.to(dev), b.attention_mask.to(dev), b.position_ids.to(dev)
     results: list = [None] * N
 
     # ---------------------------------------------------------------- 1. roots, recording states
-    roots_t = torch.tensor(roots)
-    local = torch.full((N,), -1, dtype=torch.long)
-    local[roots_t] = torch.arange(len(roots))
-    root_plan = compiled.localize(local, 0, torch.zeros(len(roots), dtype=torch.long), L, shift_resid_post=False)
     keep_roots = [r for r in roots if r in has_children]
     st.root_index = {r: i for i, r in enumerate(keep_roots)}
-    keep_local = local[torch.tensor(keep_roots, dtype=torch.long)].to(dev) if keep_roots else None
-    src_sorted = sorted(sources)
-    src_local = local[torch.tensor(src_sorted, dtype=torch.long)].to(dev) if src_sorted else None
     src_index = torch.full((N,), -1, dtype=torch.long)
-    if src_sorted:
-        src_index[torch.tensor(src_sorted)] = torch.arange(len(src_sorted))
+    if sources:
+        src_index[torch.tensor(sorted(sources))] = torch.arange(len(sources))
     src_points = {p for p, gs in compiled.groups.items() if any(g.src_rows is not None for g in gs)}
     src_values: dict = {}
-    taps: dict = {}
-    for point in {("resid_post", k) for k in range(L)} | src_points:
-        def tap(x, point=point):
-            if keep_local is not None and point[0] == "resid_post":
-                st.root_resid[point[1] + 1] = x[keep_local].detach().clone()
-            if point in src_points:
-                src_values[point] = x[src_local].detach().clone()
-        taps[point] = tap
-    if keep_local is None:
-        taps = {p: t for p, t in taps.items() if p in src_points}
-    hooks = model.make_hooks(root_plan, len(roots), taps=taps)
-    logits, kv, layer_args = eng.forward_capture(ids[roots_t.to(dev)], mask[roots_t.to(dev)],
-                                                 pos[roots_t.to(dev)], hooks)
-    red = reduce(logits)
-    for i, r in enumerate(roots):
-        results[r] = red[i]
-    if keep_local is not None:
-        st.root_kv = [(K[keep_local], V[keep_local]) for K, V in kv]
-    root_of = {r: r for r in roots}
+    cap = max_rows or model.max_rows or model.rows_for(W)
+    resid_parts: dict[int, list] = defaultdict(list)
+    kv_parts: list = []
+    arg_parts: list = []
+    for start in range(0, len(roots), cap):
+        own = roots[start:start + cap]
+        rows, todo = list(own), [s for r in own for s in copies.get(r, ())]
+        while todo:                      # the rows these copy from, with their own copies in turn
+            s = todo.pop()
+            if s not in rows:
+                rows.append(s)
+                todo.extend(copies.get(s, ()))
+        rows_t = torch.tensor(rows)
+        local = torch.full((N,), -1, dtype=torch.long)
+        local[rows_t] = torch.arange(len(rows))
+        root_plan = compiled.localize(local, 0, torch.zeros(len(rows), dtype=torch.long), L, shift_resid_post=False)
+        keep = [r for r in own if r in has_children]
+        keep_local = local[torch.tensor(keep, dtype=torch.long)].to(dev) if keep else None
+        here = [r for r in rows if r in sources]
+        here_local = local[torch.tensor(here, dtype=torch.long)].to(dev) if here else None
+        here_index = src_index[torch.tensor(here, dtype=torch.long)].to(dev) if here else None
+        taps: dict = {}
+        points = ({("resid_post", k) for k in range(L)} if keep else set()) | (src_points if here else set())
+        for point in points:
+            def tap(x, point=point):
+                if keep_local is not None and point[0] == "resid_post":
+                    resid_parts[point[1] + 1].append(x[keep_local].detach().clone())
+                if here_local is not None and point in src_points:
+                    if point not in src_values:
+                        src_values[point] = x.new_zeros((len(sources),) + tuple(x.shape[1:]))
+                    src_values[point][here_index] = x[here_local].detach()
+            taps[point] = tap
+        hooks = model.make_hooks(root_plan, len(rows), taps=taps)
+        logits, kv, layer_args = eng.forward_capture(ids[rows_t.to(dev)], mask[rows_t.to(dev)], pos[rows_t.to(dev)],
+                                                     hooks)
+        red = reduce(logits)
+        for i, r in enumerate(own):
+            results[r] = red[i]
+        if keep:
+            kv_parts.append([(K[keep_local], V[keep_local]) for K, V in kv])
+            arg_parts.append((layer_args, keep_local))
+    if keep_roots:
+        st.root_resid = {k: v[0] if len(v) == 1 else torch.cat(v) for k, v in resid_parts.items()}
+        st.root_kv = [(torch.cat([p[k][0] for p in kv_parts]), torch.cat([p[k][1] for p in kv_parts]))
+                      for k in range(L)]
+    layer_args, arg_rows = _merge_args(arg_parts, L)
 
     def root(r):
-        while r not in root_of:
+        while r in parents:
             r = parents[r]
-        return root_of[r]
-    root_pos = {r: i for i, r in enumerate(roots)}
+        return r
 
     def source_values(point, src_rows, cols, units):
         x = src_values[point][src_index[src_rows].to(dev), cols.to(dev)]
@@ -251,7 +298,7 @@ def _run(model, plan: InterventionPlan, reduce: Callable, max_rows, progress):
         it = tqdm(work, desc="forward (skipping)", unit="chunk")
     for chunk, c in it:
         red = _run_chunk(model, compiled, st, chunk, c, parents, has_children, layer_args,
-                         torch.tensor([root_pos[root(r)] for r in chunk]), ids, pos, source_values)
+                         arg_rows[torch.tensor([st.root_index[root(r)] for r in chunk])], ids, pos, source_values)
         out = reduce(red)
         for i, r in enumerate(chunk):
             results[r] = out[i]

@@ -60,6 +60,23 @@ def test_source_row_copies_and_chunking_keeps_sources():
     assert (out.logits[1] - out.logits[0]).abs().max() < 1e-5
 
 
+def test_chunked_copies_carry_the_source_rows_own_edits():
+    """A copied-from row keeps its own edits in every chunk (a chunk used to pull it in without
+    them, so rows copied the unedited value once the plan was split)."""
+    m = tiny("llama")
+    d = m.adapter.d_model
+    b = m.tokenize([PROMPTS[0]])
+    plan = InterventionPlan(b.select([0] * 6))
+    plan.add("embed", None, 0, [0, 1, 2], torch.full((d,), 3.0))      # the source row's own edit
+    for r in range(1, 6):
+        plan.set("resid_pre", r % m.n_layers, r, [0, 1, 2], source_row=0)
+    whole = m.run(plan=plan, skip=False)
+    for max_rows in (1, 2, 4):
+        chunked = m.run(plan=plan, max_rows=max_rows, skip=False)
+        assert (chunked.logits - whole.logits).abs().max() < 1e-5
+    assert (whole.logits[3] - m.run(PROMPTS[0]).logits[0]).abs().max() > 1e-3   # the copy carries the edit
+
+
 def test_resid_mid_write_reaches_the_residual():
     m = tiny("llama")
     b = m.tokenize([PROMPTS[1]])
