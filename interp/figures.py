@@ -151,15 +151,18 @@ def make_offline(html_path: str | Path) -> bool:
     return True
 
 
-def save_figure(fig, out_dir: str | Path, stem: str, *, formats=("html", "png", "pdf"),
-                plotlyjs: str = "shared") -> dict:
-    """Write ``stem.html`` (always) and ``stem.png`` / ``stem.pdf`` (when a Chromium is there).
+def save_figure(fig, out_dir: str | Path, stem: str, *, formats=None, plotlyjs: str = "shared") -> dict:
+    """Write ``stem.html`` and ``stem.png`` / ``stem.pdf`` (the static files when a Chromium is there).
 
-    The HTML works offline: ``plotlyjs="shared"`` writes ``plotly.min.js`` once beside the figures
-    (see the module docstring), ``"embed"`` makes a self-contained file.
+    ``formats`` defaults to ``$INTERP_FIGURE_FORMATS`` (comma list, e.g. ``html`` to skip the
+    Chromium start of PNG/PDF export) or ``html,png,pdf``.  The HTML works offline:
+    ``plotlyjs="shared"`` writes ``plotly.min.js`` once beside the figures (see the module
+    docstring), ``"embed"`` makes a self-contained file.
     Returns ``{"html": path, "png": path|None, "pdf": path|None, "skipped": reason|None}``.
     """
     global _STATIC_WARNED
+    if formats is None:
+        formats = tuple(f.strip() for f in os.environ.get("INTERP_FIGURE_FORMATS", "html,png,pdf").split(","))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths: dict = {"html": None, "png": None, "pdf": None, "skipped": None}

@@ -77,6 +77,29 @@ def _normalise(config: dict) -> dict:
     return json.loads(json.dumps(config, default=str))
 
 
+def read_log(path: str | Path) -> tuple[dict[str, Any], int, bytes]:
+    """``(results by id, number of skipped lines, raw bytes)`` of a sweep log, read without changing it.
+
+    A line that is not a complete ``{"id", "result"}`` record (torn by a kill, or damaged) is
+    skipped and counted; every line after it is kept.  The later of two records with one id wins.
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    done: dict[str, Any] = {}
+    skipped = 0
+    for raw in data.split(b"\n"):
+        if not raw.strip():
+            continue
+        try:
+            rec = json.loads(raw.decode("utf-8"))
+            item_id, result = str(rec["id"]), rec["result"]
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+            skipped += 1
+            continue
+        done[item_id] = result
+    return done, skipped, data
+
+
 class Checkpoint:
     """Append-only result log of one sweep in ``out_dir`` (see the module docstring).
 
@@ -130,18 +153,7 @@ class Checkpoint:
     def _read(self) -> None:
         if not self.items_path.exists():
             return
-        with open(self.items_path, "rb") as f:
-            data = f.read()
-        for raw in data.split(b"\n"):
-            if not raw.strip():
-                continue
-            try:
-                rec = json.loads(raw.decode("utf-8"))
-                item_id, result = str(rec["id"]), rec["result"]
-            except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
-                self.n_torn += 1  # a torn or damaged line: skip it, keep every line after it
-                continue
-            self.done[item_id] = result
+        self.done, self.n_torn, data = read_log(self.items_path)
         if data and not data.endswith(b"\n"):
             # a kill mid-write left a fragment: end its line so the next record starts cleanly
             self._append(b"\n")

@@ -84,7 +84,8 @@ def extract_features(model, prompts: Sequence[str], out_dir: str | Path, *,
     out.mkdir(parents=True, exist_ok=True)
     acts = extract_activations(model, [prompts[i] for i in order], reads, out, positions=[-1],
                                batch_size=batch_size, shard_rows=shard_rows, progress=progress)
-    (out / "order.json").write_text(json.dumps(order))
+    from interp.sweep import write_atomic
+    write_atomic(out / "order.json", json.dumps(order))
     return Features(acts, order, comps, lay, L)
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from interp.datasets import dataset_label
 from interp.errors import DatasetError
+from interp.sweep import write_atomic
 
 TASKS = ("conflict", "source")
 
@@ -66,7 +67,10 @@ def prepare(model, dataset: str, out_dir: str | Path, *, limit: int | None = Non
                              batch_size=batch_size, progress=progress)
     lpath = out / "labels.json"
     n = len(ps.examples)
-    old = json.loads(lpath.read_text()) if lpath.exists() else {}
+    try:
+        old = json.loads(lpath.read_text()) if lpath.exists() else {}
+    except json.JSONDecodeError:  # damaged by hand or by an older, non-atomic writer: recompute
+        old = {}
     label = spec_label(dataset)
     if (old.get("n") == n and old.get("dataset") == label and old.get("ids") == [e.id for e in ps.examples]
             and old.get("version") == LABELS_VERSION):
@@ -77,9 +81,9 @@ def prepare(model, dataset: str, out_dir: str | Path, *, limit: int | None = Non
         keys_ctx = greedy_keys(model, ps.org + ps.sub, pred_ctx, batch_size=batch_size)
         keys_closed = greedy_keys(model, ps.closed, pred_closed, batch_size=batch_size)
         labels = source_labels(model, ps.examples, keys_ctx[n:], keys_ctx[:n], keys_closed)
-        lpath.write_text(json.dumps({"version": LABELS_VERSION, "n": n, "dataset": label, "labels": labels.to_dict(),
-                                     "skipped_rows": cs.report.skipped,
-                                     "ids": [e.id for e in ps.examples]}, indent=0))
+        write_atomic(lpath, json.dumps({"version": LABELS_VERSION, "n": n, "dataset": label,
+                                        "labels": labels.to_dict(), "skipped_rows": cs.report.skipped,
+                                        "ids": [e.id for e in ps.examples]}, indent=0))
     return ps, feats, labels, cs
 
 
