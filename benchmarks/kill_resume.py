@@ -9,8 +9,8 @@ line per sweep and a JSON report; exits 1 if any resumed output differs from the
                  [--sweeps trace,knockout,stats,probe] [--seed 0] [--work DIR] [--json PATH]
 
 ``--mode exec`` starts every run as a fresh ``python -m interp`` process (the real CLI; each start
-pays the imports); ``--mode fork`` forks every run from one process that imported interp once
-(what the slow test uses).
+pays the imports and the model load); ``--mode fork`` forks every run from one process that
+imported interp and loaded the tiny model once (what the slow test uses).
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ def main() -> int:
     args = ap.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="kill-resume-"))
     values = build_inputs(work)
-    runner = Runner(args.mode, env={"PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    runner = Runner(args.mode, env={"PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+                    preload=[values["model"]])
     reports, bad = [], 0
     for sweep in args.sweeps.split(","):
         t = time.perf_counter()

@@ -15,6 +15,8 @@ import os
 import sys
 from pathlib import Path
 
+from conftest import cached_loads  # noqa: F401 — re-exported for the test and the table script
+
 PROMPT = "The Eiffel Tower is in the city of"
 FACTS = [{"prompt": PROMPT, "subject": "Eiffel Tower", "attribute": "Paris"},
          {"prompt": "The Louvre is a museum in", "subject": "Louvre", "attribute": "Paris"},
@@ -152,25 +154,6 @@ def _save_tiny(path: Path, seed: int, n_layers: int = 2) -> str:
     tiny_hf("llama", seed=seed, n_layers=n_layers).save_pretrained(path)
     default_tokenizer().save_pretrained(path)
     return str(path)
-
-
-def cached_loads():
-    """Patch ``interp.loading.load`` to reuse models across in-process runs (a real load on a miss).
-
-    Returns a function that undoes the patch.  Only speed changes: every model still comes from
-    the real loader the first time, so unknown models and bad directories fail as they would.
-    """
-    import interp.loading as loading
-    real, cache = loading.load, {}
-
-    def load(name=None, *, engine="hf", device=None, dtype="float32", **kw):
-        key = (name, engine, str(device), str(dtype), str(sorted(kw.items())))
-        if key not in cache:
-            cache[key] = real(name, engine=engine, device=device, dtype=dtype, **kw)
-        return cache[key]
-
-    loading.load = load
-    return lambda: setattr(loading, "load", real)
 
 
 def _quiet_main(argv: list[str]) -> int:

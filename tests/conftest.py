@@ -8,6 +8,7 @@
 * ``default_model`` is the real embedded SmolLM2-135M-Instruct, loaded once per session
   (engine ``hf``); ``default_engines`` loads it once per engine.
 * ``DATA`` is ``../shared/data`` (real evaluation sets, read-only, never copied in).
+* ``cached_loads()`` makes ``interp.loading.load`` reuse models across in-process CLI runs.
 """
 
 from __future__ import annotations
@@ -76,6 +77,25 @@ def tiny_hf(arch: str = "llama", seed: int = 0, n_layers: int = 3):
 def tiny(arch: str = "llama", engine: str = "hf", seed: int = 0, n_layers: int = 3):
     from interp.model import Model
     return Model(tiny_hf(arch, seed, n_layers), default_tokenizer(), engine, name=f"tiny-{arch}")
+
+
+def cached_loads():
+    """Patch ``interp.loading.load`` to reuse models across in-process runs (a real load on a miss).
+
+    Returns a function that undoes the patch.  Only speed changes: every model still comes from
+    the real loader the first time, so unknown models and bad directories fail as they would.
+    """
+    import interp.loading as loading
+    real, cache = loading.load, {}
+
+    def load(name=None, *, engine="hf", device=None, dtype="float32", **kw):
+        key = (name, engine, str(device), str(dtype), str(sorted(kw.items())))
+        if key not in cache:
+            cache[key] = real(name, engine=engine, device=device, dtype=dtype, **kw)
+        return cache[key]
+
+    loading.load = load
+    return lambda: setattr(loading, "load", real)
 
 
 @pytest.fixture(scope="session")

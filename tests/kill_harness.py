@@ -11,17 +11,19 @@ knockout --dataset``), neuron statistics (``interp neurons stats``) and probe fe
    bit-identical) and every record of the sweep log (same ids, same values: nothing lost,
    nothing different).
 
-Kill moments are drawn in units of work (log records, state snapshots, activation shards): a
-target number of finished units, uniform over twice the remaining units divided by the kills
-left (so the kills spread over the whole sweep), then a uniform delay within the next unit; a
-target of zero new units kills during the set-up or the first unit.
+Kill moments are drawn in units of work (log records, state snapshots, activation shards): ten
+targets "this many units finished", uniform over the sweep and sorted; each run is killed a
+uniform delay after reaching its target (within the next unit), or — when the target was
+already passed — at a uniform moment of its set-up.
 With ``tear=True`` every second kill is followed by appending a torn record (a prefix of a real
 line) to the sweep log, simulating a kill in the middle of a write, which random kills rarely hit.
 
 Runs start either as fresh ``python -m interp`` processes (``mode="exec"``: the real CLI, each
-start pays the imports) or as children forked from one process that imported interp once
-(``mode="fork"``: the same ``interp.cli.main`` in its own process, killed the same way, ~5 s
-less per start — what the test uses).  ``benchmarks/kill_resume.py`` is the command line.
+start pays the imports and the model load) or as children forked from one process that imported
+interp and loaded the tiny model once (``mode="fork"``: ``interp.cli.main`` in its own process,
+killed the same way, its ``interp.load`` answered from the parent's copy — what the test uses, to
+spend its time on sweeps rather than on start-ups).  ``benchmarks/kill_resume.py`` is the
+command line.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ SNAPSHOT_EVERY = 10
 
 
 # ---------------------------------------------------------------------- inputs
-def build_inputs(work: Path, *, n_facts: int = 16, n_texts: int = 80, n_nq: int = 100) -> dict[str, str]:
+def build_inputs(work: Path, *, n_facts: int = 24, n_texts: int = 60, n_nq: int = 100) -> dict[str, str]:
     """A tiny random Llama on disk plus the data files of the four sweeps."""
     import gzip
 
@@ -52,7 +54,7 @@ def build_inputs(work: Path, *, n_facts: int = 16, n_texts: int = 80, n_nq: int 
     work.mkdir(parents=True, exist_ok=True)
     v = {"model": str(work / "tiny")}
     if not (work / "tiny" / "config.json").exists():
-        tiny_hf("llama", seed=0, n_layers=4).save_pretrained(work / "tiny")
+        tiny_hf("llama", seed=0, n_layers=2).save_pretrained(work / "tiny")
         default_tokenizer().save_pretrained(work / "tiny")
     rng = random.Random(0)
     things = ["Eiffel Tower", "Louvre", "Mount Fuji", "Golden Gate Bridge", "Colosseum", "Big Ben", "Acropolis",
@@ -88,7 +90,7 @@ def command(sweep: str, v: dict[str, str], out: str) -> list[str]:
         return ["trace", "--dataset", v["facts"], "--min-p", "0", "--kinds", "hidden,mlp", "--samples", "1",
                 "--window", "2", "--noise", "0.3", *common]
     if sweep == "knockout":
-        return ["knockout", "--dataset", v["facts"], "--all-facts", "--n-facts", "14", "--window", "1", *common]
+        return ["knockout", "--dataset", v["facts"], "--all-facts", "--n-facts", "20", "--window", "1", *common]
     if sweep == "stats":
         return ["neurons", "stats", "--corpus", v["corpus"], "--max-len", "16", "--batch-size", "2", *common]
     if sweep == "probe":
@@ -164,17 +166,22 @@ def compare(sweep: str, ref: Path, run: Path) -> list[str]:
 class Runner:
     """Start ``interp ARGS`` as a process that can be SIGKILLed (forked from a warm parent, or exec'd)."""
 
-    def __init__(self, mode: str = "fork", env: dict | None = None):
+    def __init__(self, mode: str = "fork", env: dict | None = None, preload: list[str] = ()):
         self.mode = mode
-        # figures as HTML only: PNG/PDF export would start a Chromium in every run
-        self.env = {**os.environ, "INTERP_FIGURE_FORMATS": "html", **(env or {})}
-        if mode == "fork":
-            import interp.cli  # noqa: F401 — import once here; children inherit it
-            import interp.mediation.causal_trace  # noqa: F401
+        # figures as HTML only (PNG/PDF export would start a Chromium in every run); one torch thread:
+        # tiny matrices gain nothing from two, and on a busy machine two threads are ~10x slower
+        self.env = {**os.environ, "INTERP_FIGURE_FORMATS": "html", "OMP_NUM_THREADS": "1", **(env or {})}
+        if mode == "fork":  # import once here, load the models once; children inherit both
             import interp.attention.knockout  # noqa: F401
+            import interp.cli  # noqa: F401
+            import interp.mediation.causal_trace  # noqa: F401
             import interp.neurons.stats  # noqa: F401
             import probes.cli  # noqa: F401
-            import transformers  # noqa: F401
+            from conftest import cached_loads
+            cached_loads()
+            import interp.loading
+            for name in preload:
+                interp.loading.load(name)
 
     def start(self, argv: list[str], log: Path):
         if self.mode == "exec":
@@ -186,6 +193,8 @@ class Runner:
         if pid == 0:  # child: the CLI, nothing else
             try:
                 os.environ.update(self.env)
+                import torch
+                torch.set_num_threads(int(self.env["OMP_NUM_THREADS"]))
                 fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
                 os.dup2(fd, 1)
                 os.dup2(fd, 2)
@@ -270,26 +279,26 @@ def kill_and_resume(sweep: str, v: dict[str, str], work: Path, runner: Runner, *
     work_s = max(rep.ref_seconds - rep.ref_setup_seconds, 0.05)
     unit_s = work_s / max(rep.ref_units, 1)
     grain = SNAPSHOT_EVERY if sweep == "stats" else 1  # progress moves by this many units at a time
-    # 2. kill at random moments, resume each time
+    # 2. kill at random moments, resume each time: the kill moments, as "units finished before the
+    #    kill", are drawn up front (sorted, uniform over the sweep); each kill then waits for its target
+    #    and a uniform delay within the next unit — or, when the target was already passed, a
+    #    uniform moment within the resume's set-up
     argv = command(sweep, v, str(run))
-    attempts = 0
-    while len(rep.kills) < kills and attempts < 4 * kills:
-        attempts += 1
+    targets = sorted(rng.randrange(0, rep.ref_units) for _ in range(kills))
+    resume_setup = rep.ref_setup_seconds / 2  # refined by the resumed runs' time to their first unit
+    for target in targets:
         before = progress(sweep, run)
-        remaining = rep.ref_units - before
-        # the units that must exist before the kill: spread the kills over the rest of the sweep
-        # (none left: the kill lands in the resume's set-up or in writing the final result)
-        span = max(1, round(2 * remaining / (kills - len(rep.kills) + 1)))
-        target = before + rng.randrange(0, min(span, remaining)) if remaining > 0 else before
         t = time.perf_counter()
         pid = runner.start(argv, work / f"{sweep}-run.log")
-        if target == before:  # somewhere in the set-up or the first unit
-            rc = runner.wait(pid, timeout=rng.uniform(0, rep.ref_setup_seconds + unit_s * grain))
+        if target <= before:
+            rc = runner.wait(pid, timeout=rng.uniform(0, resume_setup))
         else:
             while (rc := runner.wait(pid, timeout=0.005)) is None and progress(sweep, run) < target:
                 pass
             if rc is None:
-                rc = runner.wait(pid, timeout=rng.uniform(0, unit_s * grain))  # somewhere in the next unit
+                if progress(sweep, run) > before:
+                    resume_setup = min(resume_setup, time.perf_counter() - t)
+                rc = runner.wait(pid, timeout=rng.uniform(0, unit_s * grain))
         if rc is not None:  # finished (or failed) before the kill moment
             rep.finished_early += 1
             if rc != 0:
@@ -299,8 +308,8 @@ def kill_and_resume(sweep: str, v: dict[str, str], work: Path, runner: Runner, *
         runner.wait(pid)
         after = progress(sweep, run)
         torn = tear and len(rep.kills) % 2 == 1 and _tear(sweep, run, rng)
-        rep.kills.append({"at_s": round(time.perf_counter() - t, 3), "units_before": before, "units_after": after,
-                          "torn_record_appended": bool(torn)})
+        rep.kills.append({"at_s": round(time.perf_counter() - t, 3), "target_units": target, "units_before": before,
+                          "units_after": after, "torn_record_appended": bool(torn)})
     # 3. finish, then compare
     pid = runner.start(argv, work / f"{sweep}-run.log")
     rep.final_rc = runner.wait(pid, timeout=timeout)
