@@ -87,7 +87,7 @@ def command(sweep: str, v: dict[str, str], out: str) -> list[str]:
     """The ``interp`` arguments of one sweep, writing into ``out``."""
     common = ["--model", v["model"], "--json", "--out", out]
     if sweep == "trace":
-        return ["trace", "--dataset", v["facts"], "--min-p", "0", "--kinds", "hidden,mlp", "--samples", "1",
+        return ["trace", "--dataset", v["facts"], "--min-p", "0", "--kinds", "resid,mlp", "--samples", "1",
                 "--window", "2", "--noise", "0.3", *common]
     if sweep == "knockout":
         return ["knockout", "--dataset", v["facts"], "--all-facts", "--n-facts", "20", "--window", "1", *common]
