@@ -1,3 +1,4 @@
+"""``python -m interp`` runs the command line (:func:`interp.cli.main`)."""
 import sys
 
 from .cli import main

@@ -73,6 +73,7 @@ SITE_ORDER = {s: i for i, s in enumerate(
 
 
 def check_site(site: str) -> None:
+    """Raise a :class:`~interp.errors.SiteError` naming the valid sites unless ``site`` is one of :data:`SITES`."""
     if site not in SITES:
         raise SiteError(f"unknown site {site!r}; valid sites: {', '.join(SITES)}")
 
@@ -174,6 +175,7 @@ class ModelAdapter:
         return layer % self.n_layers
 
     def site_shape(self, site: str) -> str:
+        """The shape names of a site's tensor, e.g. ``"batch pos d_model"``."""
         check_site(site)
         return SITES[site][1]
 
@@ -196,10 +198,12 @@ class ModelAdapter:
         return None if self.gate is None else self._linear_in_out(self.gate[self.check_layer(layer)])
 
     def W_O(self, layer: int) -> Float[Tensor, "head d_head d_model"]:
+        """Output projection per head: ``W_O[h]`` maps head ``h``'s ``d_head`` values into the residual."""
         w = self._linear_in_out(self.o_proj[self.check_layer(layer)])
         return w.reshape(self.n_heads, self.d_head, self.d_model)
 
     def b_O(self, layer: int) -> Float[Tensor, "d_model"]:
+        """Output-projection bias (zeros when the model has none)."""
         b = getattr(self.o_proj[self.check_layer(layer)], "bias", None)
         return torch.zeros(self.d_model, dtype=self.W_U.dtype, device=self.W_U.device) if b is None else b
 
@@ -215,6 +219,7 @@ class ModelAdapter:
         return w.repeat_interleave(self.n_heads // self.n_kv_heads, dim=0)
 
     def b_V(self, layer: int) -> Float[Tensor, "head d_head"]:
+        """Value bias per *query* head (zeros when the model has none; GQA heads repeated)."""
         layer = self.check_layer(layer)
         attn = self.attn[layer]
         if self.family == "gpt2":
@@ -228,14 +233,17 @@ class ModelAdapter:
 
     @property
     def W_U(self) -> Float[Tensor, "d_model vocab"]:
+        """Unembedding ``[d_model, vocab]`` (the LM head, transposed)."""
         return self.lm_head.weight.T
 
     @property
     def b_U(self) -> Float[Tensor, "vocab"] | None:
+        """LM-head bias, or None."""
         return getattr(self.lm_head, "bias", None)
 
     @property
     def W_E(self) -> Float[Tensor, "vocab d_model"]:
+        """Token embedding matrix ``[vocab, d_model]``."""
         return self.embed_module.weight
 
     # ------------------------------------------------------------------ functions
@@ -258,12 +266,48 @@ class ModelAdapter:
         return out if self.b_U is None else out + self.b_U
 
     def ln1_fn(self, layer: int) -> Callable[[Tensor], Tensor]:
+        """The attention input norm of ``layer`` as a callable (RMSNorm / LayerNorm module)."""
         return self.ln1[self.check_layer(layer)]
 
     def describe(self) -> dict:
+        """The architecture's sizes as a JSON-able dict (``interp info``)."""
         return {
             "model_type": self.model_type, "family": self.family, "n_layers": self.n_layers,
             "n_heads": self.n_heads, "n_kv_heads": self.n_kv_heads, "d_model": self.d_model,
             "d_head": self.d_head, "d_mlp": self.d_mlp, "vocab_size": self.vocab_size,
             "n_ctx": self.n_ctx,
         }
+
+    # ------------------------------------------------------------------ norm and weight facts methods ask for
+    @property
+    def final_norm_centres(self) -> bool:
+        """Whether the final norm subtracts the mean before scaling (LayerNorm) or only rescales (RMSNorm)."""
+        return isinstance(self.final_norm_module, nn.LayerNorm)
+
+    def final_norm_linear(self, x_final: Float[Tensor, "d_model"]
+                          ) -> tuple[Callable[[Tensor], Tensor], Float[Tensor, "d_model"]]:
+        """The final norm as a linear map frozen at ``x_final``'s scale: ``c ↦ γ ⊙ center(c) / σ``.
+
+        Returns ``(fn, bias)`` with ``bias`` the norm's additive term (LayerNorm β, else 0), so
+        ``final_norm(x_final) == fn(x_final) + bias`` — the usual direct-logit-attribution
+        convention (TransformerLens ``apply_ln_to_stack`` with the final residual's scale).
+        """
+        mod = self.final_norm_module
+        x = x_final.float()
+        gain = getattr(mod, "weight", None)
+        gain = torch.ones_like(x) if gain is None else gain.detach().float().to(x.device)
+        if self.final_norm_centres:
+            sigma = torch.sqrt(x.var(-1, unbiased=False) + mod.eps)
+            bias = mod.bias.detach().float().to(x.device) if mod.bias is not None else torch.zeros_like(x)
+            return (lambda c: gain * (c.float() - c.float().mean(-1, keepdim=True)) / sigma), bias
+        eps = getattr(mod, "variance_epsilon", getattr(mod, "eps", 1e-6))
+        sigma = torch.sqrt(x.pow(2).mean(-1) + eps)
+        return (lambda c: gain * c.float() / sigma), torch.zeros_like(x)
+
+    def value_vector_mask(self, layer: int, index: int) -> Float[Tensor, "rows cols"]:
+        """A 0/1 mask, shaped like the down-projection weight *as stored*, selecting neuron ``index``'s
+        value vector (row ``index`` of :meth:`W_out`): a gradient multiplied by it moves that vector only."""
+        w = self.down[self.check_layer(layer)].weight
+        mask = torch.zeros_like(w)
+        (mask if self.family == "gpt2" else mask.T)[index] = 1  # Conv1D stores [in, out], nn.Linear [out, in]
+        return mask

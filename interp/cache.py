@@ -156,14 +156,17 @@ class ShardedActivations:
 
     @property
     def complete(self) -> bool:
+        """Whether every shard of the extraction is written."""
         return bool(self.manifest.get("complete"))
 
     @property
     def n_prompts(self) -> int:
+        """How many prompts the extraction covers."""
         return self.config["n_prompts"]
 
     @property
     def points(self) -> list[str]:
+        """The ``(site, layer)`` points stored in the shards."""
         return list(self.config["points"])
 
     def _read_shard(self, shard: dict, keys: Sequence[str] | None = None) -> dict[str, Tensor]:
@@ -197,6 +200,7 @@ class ShardedActivations:
         return out
 
     def iter_shards(self, keys: Sequence[str] | None = None) -> Iterator[tuple[int, int, dict[str, Tensor]]]:
+        """``(first_row, n_rows, {key: tensor})`` for each shard, in row order (fixed memory)."""
         for s in self.manifest["shards"]:
             yield s["start"], s["end"], self._read_shard(s, keys)
 

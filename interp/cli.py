@@ -88,6 +88,7 @@ def _cmd_figures(args) -> dict:
 
 
 def register(sub, common) -> None:
+    """Add ``interp figures``, ``interp info`` and ``interp lens`` to the command line."""
     p = sub.add_parser("figures", parents=[common], help="run the standard analyses, write figures/ and REPORT.md")
     p.add_argument("--quick", action="store_true", help="small settings: finishes in minutes on 2 cores")
     p.add_argument("--redraw", action="store_true", help="redraw from saved results only (no model)")
@@ -104,6 +105,7 @@ def register(sub, common) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``interp`` parser with every subcommand of :data:`COMMAND_MODULES`."""
     import importlib
     parser = Parser(prog="interp", description="Mechanistic interpretability toolkit",
                     epilog=INDEX_GRAMMAR + "\n\nbad input exits with status 2 and one line naming the fix; "
@@ -131,6 +133,7 @@ def _one_line_warnings(name: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``interp`` with ``argv``: 0 on success, 2 for bad input (one line), 1 for a bug, 130 interrupted."""
     from .errors import InterpError
     parser = build_parser()
     try:

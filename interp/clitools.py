@@ -46,6 +46,7 @@ def index_list(text: str, what: str = "index") -> list[int] | None:
 
 
 def index_type(what: str):
+    """An argparse ``type=`` that reads one index list of :data:`INDEX_GRAMMAR`."""
     def parse(text):
         return index_list(text, what)
     parse.__name__ = f"{what} list"
@@ -62,11 +63,13 @@ class Parser(argparse.ArgumentParser):
     """argparse with one-line errors: ``interp CMD: error: PROBLEM (see interp CMD --help)``, exit 2."""
 
     def error(self, message):
+        """Print ``PROG: error: PROBLEM (see PROG --help)`` and exit with status 2."""
         sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
         raise SystemExit(2)
 
 
 def common_parser() -> argparse.ArgumentParser:
+    """The flags every subcommand takes: model, engine, device, dtype, --out, --json, --debug."""
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--model", default=None, help="HF id or local dir (default: embedded SmolLM2-135M-Instruct)")
     p.add_argument("--engine", default="hf", choices=["hf", "transformer_lens", "nnsight"])
@@ -119,12 +122,14 @@ def layer_index_pairs(items, what: str = "layer:index") -> list[tuple[int, int]]
 
 
 def load_model(args):
+    """Load the model the common flags name (:func:`interp.load`)."""
     from .loading import load
     return load(args.model, engine=args.engine, device=args.device, dtype=args.dtype,
                 device_map=getattr(args, "device_map", None))
 
 
 def out_dir(args, default: str) -> Path:
+    """``--out`` or ``out/<default>``."""
     return Path(args.out) if args.out else Path("out") / default
 
 

@@ -65,11 +65,13 @@ class Fact:
 
 @dataclass
 class LoadReport:
+    """How a dataset file loaded: its rows and the rows skipped with the reason."""
     path: str
     n_rows: int = 0
     skipped: list[tuple[int, str]] = field(default_factory=list)
 
     def summary(self) -> str:
+        """One line: rows, skipped rows and the first reasons."""
         s = f"{self.path}: {self.n_rows} rows, {len(self.skipped)} skipped"
         if self.skipped:
             s += " (" + "; ".join(f"row {r}: {why}" for r, why in self.skipped[:5]) + (" …" if len(self.skipped) > 5 else "") + ")"

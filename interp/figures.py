@@ -63,6 +63,7 @@ def style(fig, *, title: str | None = None, width: int = WIDTH, height: int = HE
 
 
 def find_chromium() -> str | None:
+    """A Chromium for kaleido: ``$BROWSER_PATH`` / ``$CHROME_PATH`` or one on the PATH, else None."""
     for var in ("BROWSER_PATH", "CHROME_PATH"):
         if os.environ.get(var) and Path(os.environ[var]).exists():
             return os.environ[var]

@@ -37,6 +37,7 @@ class LensResult(Result):
     model: str = ""
 
     def figure(self):
+        """Layer × position heatmap of the top token's probability, labelled with the token (nostalgebraist 2020)."""
         import plotly.graph_objects as go
 
         from .figures import SEQUENTIAL, style
@@ -75,7 +76,7 @@ def lens_probs(model, prompts: str | Sequence[str], positions: Sequence[int] | N
 
 def logit_lens(model, prompt: str, *, target: str | None = None,
                layers: Sequence[int] | None = None) -> LensResult:
-    """Logit lens over every layer × position of ``prompt``.
+    """Logit lens (nostalgebraist 2020) over every layer × position of ``prompt``.
 
     Args:
         target: a token string (e.g. ``" Paris"``) whose probability is also recorded.

@@ -50,6 +50,7 @@ def _jsonable(x: Any) -> Any:
 
 @dataclasses.dataclass
 class Result:
+    """Base of every result: JSON + safetensors ``save`` / ``load``, a summary line, Jupyter rendering."""
     stem: ClassVar[str] = "result"
     tensor_fields: ClassVar[tuple[str, ...]] = ()
     json_tensors: ClassVar[bool] = True
@@ -83,6 +84,7 @@ class Result:
         return head + (body or fig.to_html(full_html=False, include_plotlyjs="cdn"))
 
     def to_dict(self) -> dict:
+        """The JSON form: every field (tensors as nested lists when ``json_tensors``), plus ``kind``."""
         out = {"kind": type(self).__name__}
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
@@ -92,6 +94,7 @@ class Result:
         return out
 
     def save(self, out_dir: str | Path) -> Path:
+        """Write ``<dir>/<stem>.json`` (atomically) and ``<stem>.safetensors``; return the JSON path."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         path = out / f"{self.stem}.json"
@@ -107,6 +110,7 @@ class Result:
 
     @classmethod
     def load(cls: type[R], out_dir: str | Path, *, make_hint: str = "") -> R:
+        """Read a result saved by :meth:`save`; a missing file raises :class:`~interp.errors.ResultMissingError` (with ``make_hint``)."""
         out = Path(out_dir)
         path = out / f"{cls.stem}.json"
         if not path.exists():

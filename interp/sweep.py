@@ -176,6 +176,7 @@ class Checkpoint:
         return str(item_id) in self.done
 
     def get(self, item_id, default=None):
+        """The logged result of ``item_id``, or ``default`` when it is not logged."""
         return self.done.get(str(item_id), default)
 
     def results(self) -> Iterator[tuple[str, Any]]:
@@ -238,6 +239,7 @@ class SweepErrors:
     echo: bool = True
 
     def add(self, row, fact: str, error: BaseException | str) -> None:
+        """Record that the item ``row`` (described by ``fact``) failed with ``error``; print one line."""
         msg = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
         msg = " ".join(str(msg).split())[:500]
         self.items.append({"row": row, "fact": fact, "error": msg})
@@ -252,6 +254,7 @@ class SweepErrors:
         return sorted(self.items, key=lambda e: (e["row"] is None, e["row"]))
 
     def summary(self) -> str:
+        """One line: how many items failed and the first rows."""
         return f"{len(self.items)} error(s) in {self.what}" + (
             ": " + "; ".join(f"row {e['row']}: {e['error']}" for e in self.items[:3])
             + (" …" if len(self.items) > 3 else "") if self.items else "")

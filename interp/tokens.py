@@ -43,10 +43,12 @@ class Batch:
 
     @property
     def size(self) -> int:
+        """Number of rows."""
         return len(self.prompts)
 
     @property
     def width(self) -> int:
+        """Padded length of every row."""
         return self.input_ids.shape[1]
 
     @functools.cached_property
@@ -59,6 +61,7 @@ class Batch:
 
     @property
     def position_ids(self) -> Int[Tensor, "batch pos"]:
+        """Position ids counting from each row's first real token (left padding stays at 0)."""
         return (self.attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
     def abs_pos(self, row: int, pos: int) -> int:
@@ -71,13 +74,16 @@ class Batch:
         return self.pad[row] + (pos % n)
 
     def last_positions(self) -> Int[Tensor, "batch"]:
+        """The column of each row's last token."""
         return torch.tensor([self.abs_pos(i, -1) for i in range(self.size)])
 
     def token_ids(self, row: int) -> list[int]:
+        """Row ``row``'s token ids without padding."""
         p = self.pad[row]
         return self.input_ids[row, p:p + self.lengths[row]].tolist()
 
     def select(self, rows: Sequence[int]) -> "Batch":
+        """A batch of the rows ``rows`` (repeats allowed, e.g. one prompt per counterfactual world)."""
         rows = list(rows)
         return Batch([self.prompts[i] for i in rows], self.input_ids[rows], self.attention_mask[rows],
                      [self.lengths[i] for i in rows], [self.offsets[i] for i in rows], self.padding_side)
@@ -95,6 +101,7 @@ class Batch:
                      [o[:n] for o in self.offsets], "left" if left else "right")
 
     def to(self, device) -> "Batch":
+        """The same batch with its tensors on ``device``."""
         return Batch(self.prompts, self.input_ids.to(device), self.attention_mask.to(device),
                      self.lengths, self.offsets, self.padding_side)
 

@@ -75,6 +75,7 @@ def check_window(window: int | None, n_layers: int, *, default: int | None = Non
 
 
 def check_convention(convention: str) -> str:
+    """``convention`` if it is one of :data:`WINDOW_CONVENTIONS`, else a clear error naming them."""
     if convention not in WINDOW_CONVENTIONS:
         raise LayerIndexError(f"unknown window convention {convention!r}; choose from "
                               f"{', '.join(WINDOW_CONVENTIONS)}")

@@ -39,6 +39,7 @@ def _cmd_probe(args) -> dict:
 
 
 def register(sub, common) -> None:
+    """Add ``interp probe`` to the command line."""
     from interp.clitools import add_index_arg
     p = sub.add_parser("probe", parents=[common],
                        help="knowledge-conflict probes: layer-wise accuracy per component (Zhao et al. 2024)")

@@ -59,6 +59,7 @@ class ConflictExample:
 
 @dataclass
 class ConflictSet:
+    """Conflict examples of one format, with the load report (rows skipped and why)."""
     examples: list[ConflictExample]
     report: LoadReport
     format: str

@@ -44,6 +44,7 @@ class Features:
 
     @property
     def n(self) -> int:
+        """Number of prompts."""
         return len(self.order)
 
     def _unsort(self, t: Tensor) -> Tensor:
@@ -52,13 +53,16 @@ class Features:
         return out
 
     def get(self, component: str, layer: int) -> Float[Tensor, "n d_model"]:
+        """Last-token activations of ``component`` at ``layer``, in the caller's row order."""
         site = COMPONENTS[component]
         return self._unsort(self.acts.load(site, layer)[:, -1].float())
 
     def stack(self, component: str, layers: Sequence[int] | None = None) -> Float[Tensor, "layer n d_model"]:
+        """Activations of ``component`` for every layer: ``[layer, n, d_model]``."""
         return torch.stack([self.get(component, l) for l in (layers or self.layers)])
 
     def final_resid(self) -> Float[Tensor, "n d_model"]:
+        """The last layer's ``resid_post`` at the last token (its unembedding is the model's next-token logits)."""
         return self._unsort(self.acts.load("resid_post", self.n_layers - 1)[:, -1].float())
 
 

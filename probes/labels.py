@@ -44,6 +44,7 @@ def answer_token(model, answer: str) -> int:
 
 
 def is_blank(model, token_id: int) -> bool:
+    """Whether the token decodes to white space only (an empty answer)."""
     return model.tokenizer.decode([int(token_id)]).strip() == ""
 
 
@@ -75,11 +76,13 @@ class Labels:
     counts: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
+        """JSON form (``labels.json``)."""
         return {k: getattr(self, k) for k in ("source", "known", "pred_sub", "pred_org", "pred_closed",
                                               "sub_tokens", "org_tokens", "counts")}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Labels":
+        """Read the form written by :meth:`to_dict`."""
         return cls(**d)
 
 

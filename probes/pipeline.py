@@ -103,7 +103,8 @@ def probe_dataset(model, dataset: str, out_dir: str | Path, *, task: str = "conf
                   components=("resid", "mlp", "attn"), layers=None, n_seeds: int = 5, n_demos: int = 4,
                   max_chars: int = 160, demo_chars: int = 80, cache_dir=None, batch_size: int = 16,
                   iters: int = 200, progress: bool = True):
-    """The full pipeline for one task; returns the :class:`~probes.result.ProbeResult` (also saved)."""
+    """Knowledge-conflict probes (Zhao et al. 2024), the full pipeline for one task; returns the
+    :class:`~probes.result.ProbeResult` (also saved)."""
     import torch
 
     from interp.sweep import Checkpoint

@@ -61,7 +61,8 @@ def js_divergence(logits_p: Float[Tensor, "... vocab"], logits_q: Float[Tensor, 
 @torch.no_grad()
 def parametric_knowledge_score(model, prompts: str | Sequence[str], *, layers: Sequence[int] | None = None,
                                variant: str = "jsd", batch_size: int = 16) -> Float[Tensor, "n layer"]:
-    """PKS per layer at the last position: JSD of the logit lens before vs after the MLP (ReDeEP / LFD)."""
+    """PKS per layer at the last position: JSD of the logit lens before vs after the MLP (ReDeEP, Sun et
+    al. 2025; LFD)."""
     a = model.adapter
     lay = list(range(model.n_layers)) if layers is None else [a.check_layer(l) for l in layers]
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
@@ -85,7 +86,7 @@ def context_span(model, prompt: str, context: str) -> tuple[int, int]:
 @torch.no_grad()
 def external_context_score(model, prompts: str | Sequence[str], spans: Sequence[tuple[int, int]], *,
                            top_frac: float = 0.1, batch_size: int = 8) -> Float[Tensor, "n layer head"]:
-    """ECS per head (ReDeEP): cos(last final hidden state, mean final hidden state of the head's
+    """ECS per head (ReDeEP, Sun et al. 2025): cos(last final hidden state, mean final hidden state of the head's
     top-``top_frac`` context tokens by attention from the last position).
 
     Args:
@@ -197,7 +198,8 @@ def _compare(a: Tensor, b: Tensor) -> dict:
 def compare_reliance(model, prompts: Sequence[str], contexts: Sequence[str], source: Sequence[str], *,
                      variant: str = "jsd", top_frac: float = 0.1, model_name: str = "", dataset: str = "",
                      batch_size: int = 8) -> RelianceResult:
-    """PKS and ECS of prompts labelled ``context`` / ``memory`` and the comparison of their distributions.
+    """PKS and ECS (ReDeEP, Sun et al. 2025) of prompts labelled ``context`` / ``memory`` and the
+    comparison of their distributions.
 
     Summaries: PKS summed over the second half of the layers (LFD looks there) and ECS averaged
     over all heads, per example; compared between the two groups.

@@ -19,12 +19,14 @@ from interp.errors import DatasetError
 
 @dataclass
 class Split:
+    """Train / validation / test row indices of one grouped split."""
     train: list[int]
     val: list[int]
     test: list[int]
     seed: int
 
     def sizes(self) -> dict:
+        """``(train, val, test)`` sizes."""
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
 
 

@@ -7,19 +7,21 @@
   It uses the default model's tokenizer (offline), with a small vocabulary-sized embedding.
 * ``default_model`` is the real embedded SmolLM2-135M-Instruct, loaded once per session
   (engine ``hf``); ``default_engines`` loads it once per engine.
-* ``DATA`` is ``../shared/data`` (real evaluation sets, read-only, never copied in).
+* ``DATA`` is :func:`interp.datasets.data_dir` (``$INTERP_DATA`` or ``../shared/data``: real
+  evaluation sets, read-only, never copied in).
 * ``cached_loads()`` makes ``interp.loading.load`` reuse models across in-process CLI runs.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
 
-DATA = Path(os.environ.get("INTERP_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+from interp.datasets import data_dir as _data_dir  # the one place that says where the data is
+
+DATA = _data_dir()
 
 _TOKENIZER = None
 

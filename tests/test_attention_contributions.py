@@ -7,7 +7,6 @@ import torch
 
 from conftest import tiny
 from interp.attention import ContributionResult, attention_contributions, contribution_vectors
-from interp.attention.contributions import final_norm_linear
 from interp.errors import LayerIndexError, SpanNotFoundError
 
 PROMPT = "The Eiffel Tower is located in the city of"
@@ -39,7 +38,7 @@ def test_final_norm_linearisation_gives_the_logit(arch):
     """DLA convention: the frozen-scale final norm applied to the whole residual is the logit."""
     m = tiny(arch)
     d = contribution_vectors(m, PROMPT)
-    fn, bias = final_norm_linear(m, d["resid_final"])
+    fn, bias = m.adapter.final_norm_linear(d["resid_final"])
     W = m.adapter.W_U.float()
     logits = (fn(d["resid_final"]) + bias) @ W
     if m.adapter.b_U is not None:
@@ -54,7 +53,7 @@ def test_groups_partition_and_dla_adds_up():
     assert r.group_names == ["subject", "rest"]
     assert sorted(r.groups["subject"] + r.groups["rest"]) == list(range(n))
     d = contribution_vectors(m, PROMPT)
-    fn, _ = final_norm_linear(m, d["resid_final"])
+    fn, _ = m.adapter.final_norm_linear(d["resid_final"])
     aid = m.encode_target(" Paris")[0]
     total = fn(d["attn_out"] - d["b_O"]) @ m.adapter.W_U[:, aid].float()   # per layer
     assert torch.allclose(r.dla.sum(1), total, atol=1e-5)

@@ -95,6 +95,7 @@ def _top_heads(res, k: int = 5) -> list[dict]:
 
 
 def register(sub, common) -> None:
+    """Add ``interp knockout`` and ``interp contributions`` to the command line."""
     from ..clitools import add_index_arg, add_target_check_args
     p = sub.add_parser("knockout", parents=[common],
                        help="attention knockout target→sources over layer windows (Geva et al. 2023)")

@@ -30,30 +30,11 @@ from typing import Sequence
 
 import torch
 from jaxtyping import Float
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..errors import SpanNotFoundError
 from ..results import Result
 from .knockout import _span, check_target, ensure_eager
-
-
-def final_norm_linear(model, x_final: Float[Tensor, "d_model"]):
-    """The final norm as a linear map frozen at ``x_final``'s scale: ``c ↦ γ ⊙ center(c) / σ``.
-
-    Returns ``(fn, bias)`` where ``bias`` is the norm's additive term (LayerNorm β, else 0), so
-    ``final_norm(x_final) == fn(x_final) + bias``.
-    """
-    mod = model.adapter.final_norm_module
-    x = x_final.float()
-    gain = getattr(mod, "weight", None)
-    gain = torch.ones_like(x) if gain is None else gain.detach().float().to(x.device)
-    if isinstance(mod, nn.LayerNorm):
-        sigma = torch.sqrt(x.var(-1, unbiased=False) + mod.eps)
-        bias = mod.bias.detach().float().to(x.device) if mod.bias is not None else torch.zeros_like(x)
-        return (lambda c: gain * (c.float() - c.float().mean(-1, keepdim=True)) / sigma), bias
-    eps = getattr(mod, "variance_epsilon", getattr(mod, "eps", 1e-6))
-    sigma = torch.sqrt(x.pow(2).mean(-1) + eps)
-    return (lambda c: gain * c.float() / sigma), torch.zeros_like(x)
 
 
 def contribution_vectors(model, prompt: str, target: int = -1, layers: Sequence[int] | None = None) -> dict:
@@ -201,7 +182,7 @@ def attention_contributions(model, prompt: str, *, target: int = -1, subject: st
     head_group = gv.norm(dim=-1)
     group_norm = gv.sum(1).norm(dim=-1)
     aid = int(d["logits"].argmax()) if answer is None else model.encode_target(answer)[0]
-    fn, _ = final_norm_linear(model, d["resid_final"])
+    fn, _ = model.adapter.final_norm_linear(d["resid_final"])
     w = model.adapter.W_U[:, aid].detach().float().cpu()
     dla = fn(V.sum(2)) @ w                            # L H
     return ContributionResult(

@@ -61,6 +61,7 @@ DEFAULT_SETS = ("subject", "non_subject", "last")
 
 # ----------------------------------------------------------------------------- checks
 def attn_implementation(model) -> str:
+    """The attention kernel the Hugging Face model is configured with (``eager``, ``sdpa`` …)."""
     cfg = model.hf.config
     return getattr(cfg, "_attn_implementation", None) or getattr(cfg, "attn_implementation", None) or "eager"
 
@@ -286,6 +287,7 @@ class KnockoutResult(Result):
     unknown_target: str | None = None
 
     def summary_line(self) -> str:
+        """One line: p_clean, window, the strongest drop per set and the position-0 flag."""
         drops = ", ".join(f"{s} {100 * min(r):+.1f}%" for s, r in self.relative_change.items() if r)
         flag = f"; position 0 (sink) in {', '.join(self.position_zero)}" if self.position_zero else ""
         return (f"KnockoutResult({self.model}: p_clean({self.answer!r})={self.p_clean:.3f}, {self.window}-layer "
@@ -432,12 +434,14 @@ class KnockoutSweepResult(Result):
     min_p_clean: float | None = None
 
     def summary_line(self) -> str:
+        """One line: facts, window, the strongest mean drop per set, the flagged counts."""
         drops = ", ".join(f"{s} {100 * min(self.mean[s]):+.1f}%" for s in self.sources if self.mean.get(s))
         return (f"KnockoutSweepResult({self.model}: {self.n_known} known facts of {self.n_scanned} scanned, "
                 f"{self.window}-layer windows; strongest mean drops {drops}; position 0 blocked in "
                 f"{self.n_position_zero}, unknown target in {self.n_unknown_target})")
 
     def figure(self):
+        """Mean ± s.e. relative change per set over the window centre (Geva et al. 2023, Fig. 3)."""
         import plotly.graph_objects as go
 
         from ..figures import COLORS, style
@@ -464,7 +468,8 @@ def knockout_sweep(model, dataset: str | Path | Sequence, out_dir: str | Path, *
                    require_known: bool = True, bos: bool | str | None = None,
                    window_convention: str = DEFAULT_CONVENTION, min_p_clean: float | None = MIN_P_CLEAN,
                    progress: bool = True) -> KnockoutSweepResult:
-    """Knockout sweep over the facts a model knows; mean relative change ± s.e. per set per layer.
+    """Knockout sweep over the facts a model knows (Geva et al. 2023, Fig. 3); mean relative change
+    ± s.e. per set per layer.
 
     A fact is *known* under :mod:`interp.known`'s ``"first_token"`` rule (the model's clean top-1
     next token is the first token of ``" " + attribute``); the tracked token is that prediction

@@ -31,6 +31,7 @@ from .knockout import attention_knockout
 
 @dataclass(frozen=True)
 class RagExample:
+    """A fact for the RAG comparison: query, subject, answer and a context that states the answer."""
     query: str
     subject: str
     answer: str
@@ -84,6 +85,7 @@ class RagFlowResult(Result):
     position_zero: dict = field(default_factory=dict)
 
     def figure(self):
+        """Knockouts (left) and contributions (right), with the context solid and without it dotted."""
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
 

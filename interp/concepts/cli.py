@@ -74,6 +74,7 @@ def _cmd_compare(args) -> dict:
 
 
 def register(sub, common) -> None:
+    """Add ``interp concepts find`` and ``interp concepts compare`` to the command line."""
     p = sub.add_parser("concepts", help="concept vectors (ConceptVectors): find, compare checkpoints")
     cs = p.add_subparsers(dest="concepts_command", required=True)
     q = cs.add_parser("find", parents=[common], help="value vectors whose top-k tokens match a concept")

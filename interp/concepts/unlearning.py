@@ -46,7 +46,7 @@ def _topk_ids(v: Tensor, W_U: Tensor, k: int) -> set[int]:
 
 
 def intrinsic_compare(model_a, model_b, vectors: Sequence[Vector], *, k: int = 200) -> list[dict]:
-    """Cosine, relative L2 change and top-k Jaccard of each vector between two checkpoints.
+    """Cosine, relative L2 change and top-k Jaccard of each vector between two checkpoints (Hong et al. 2024).
 
     Raises :class:`~interp.errors.CheckpointMismatchError` when the models' shapes differ.
     """
@@ -136,7 +136,7 @@ def gradient_ascent_unlearn(model, texts: Sequence[str], *, steps: int = 10, lr:
 
 def needle_unlearn(model, texts: Sequence[str], vector: Vector, *, sigma: float = 0.1, steps: int = 10,
                    lr: float = 1e-3, max_len: int = 64, batch_size: int = 4, seed: int = 0):
-    """"Needle": noise on the concept vector, then gradient ascent restricted to that vector.
+    """"Needle" (Hong et al. 2024): noise on the concept vector, then gradient ascent restricted to that vector.
 
     Returns ``(model_copy, losses)``.
     """
@@ -148,11 +148,7 @@ def needle_unlearn(model, texts: Sequence[str], vector: Vector, *, sigma: float 
     with torch.no_grad():
         row = a.W_out(layer)[index]
         row.add_((torch.randn(row.shape, generator=g) * sigma).to(row.device, row.dtype))
-    mask = torch.zeros_like(w)
-    if a.family == "gpt2":
-        mask[index] = 1
-    else:
-        mask[:, index] = 1
+    mask = a.value_vector_mask(layer, index)
     losses = _ascent(m, texts, steps=steps, lr=lr, max_len=max_len, batch_size=batch_size, params=[w],
                      grad_mask=[(w, mask)])
     return m, losses
@@ -186,6 +182,7 @@ class UnlearningResult(Result):
     settings: dict = field(default_factory=dict)
 
     def figure(self):
+        """Intrinsic change of the concept vector (left) and accuracy on related / unrelated facts (right) per method."""
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
 
@@ -217,7 +214,8 @@ def unlearning_eval(model, concept: str, vectors: Sequence[Vector], *, texts: Se
                     unrelated_facts, methods: Sequence[str] = ("gradient_ascent", "needle", "ablate"),
                     k: int = 200, steps: int = 10, ga_lr: float = 2e-5, needle_lr: float = 1e-3,
                     sigma: float = 0.1, seed: int = 0) -> UnlearningResult:
-    """Run each unlearning method on a copy of the model; report intrinsic + behavioural change.
+    """Intrinsic evaluation of unlearning (Hong et al. 2024): run each unlearning method on a copy of
+    the model; report intrinsic + behavioural change.
 
     ``texts`` is what gradient ascent unlearns (e.g. the concept's ``wikipedia_content`` and its
     known facts' prompts + answers); ``vectors[0]`` is the one Needle edits.

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import torch
+from jaxtyping import Bool, Float
 from torch import Tensor
 
 from ..errors import DatasetError, InterpError
@@ -93,9 +94,11 @@ class ConceptCandidates(Result):
 
     @property
     def empty(self) -> bool:
+        """True when no value vector matched the concept."""
         return not self.candidates
 
     def figure(self):
+        """The top candidates' match scores, labelled with their matched tokens."""
         import plotly.graph_objects as go
 
         from ..figures import style
@@ -241,11 +244,12 @@ def load_concepts(path: str | Path) -> list[dict]:
 
 
 def find_concept_record(records: list[dict], concept: str) -> dict | None:
+    """The ConceptVectors record whose ``Concept`` is ``concept`` (case-insensitive), or None."""
     c = concept.casefold()
     return next((r for r in records if r["Concept"].casefold() == c), None)
 
 
-def fact_scores(model, facts) -> tuple[Tensor, Tensor, list[int]]:
+def fact_scores(model, facts) -> tuple[Bool[Tensor, "fact"], Float[Tensor, "fact"], list[int]]:
     """Whether the model knows each fact (:mod:`interp.known`'s ``"first_token"`` rule: top-1 = the
     answer's first token), the answer's probability and its token id; one batched run."""
     if not facts:
@@ -334,6 +338,7 @@ class CausalCheckResult(Result):
     vector_norms: list[float] = field(default_factory=list)
 
     def figure(self):
+        """Answer probability before / after the edit (left) and ROUGE-L of the QA answers (right), related vs unrelated."""
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
 
@@ -357,7 +362,8 @@ def causal_check(model, vectors: Sequence[Vector], *, concept: str = "", related
                  related_questions: Sequence[str] = (), unrelated_questions: Sequence[str] = (),
                  mode: str = "noise", sigma: float = 0.1, seed: int = 0,
                  max_new_tokens: int = 20) -> CausalCheckResult:
-    """ConceptVectors' causal validation: perturb the vector(s), compare related vs unrelated.
+    """ConceptVectors' causal validation (Hong et al. 2024): perturb the vector(s), compare related vs
+    unrelated.
 
     Facts (``interp.datasets.Fact``) give top-1 accuracy and answer probability before/after;
     questions give greedy answers whose ROUGE-L after-vs-before is averaged per group (1.0 =
@@ -391,6 +397,7 @@ def causal_check(model, vectors: Sequence[Vector], *, concept: str = "", related
     return CausalCheckResult(model.name, concept, vecs, mode, sigma, facts, qa, examples, norms)
 
 
-def rank_weight(k: int) -> Tensor:
+def rank_weight(k: int) -> Float[Tensor, "k"]:
+    """The rank weights ``1 / log2(r + 2)`` of a top-``k`` list (matches near the top count more)."""
     return 1.0 / torch.log2(torch.arange(k, dtype=torch.float32) + 2)
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from .patching import GRID_SITES, UNIT_SITES, PairGridResult, PatchingResult, _check, metric_fn, prepare_pair
@@ -108,7 +109,7 @@ def attribution_patching(model, clean: str, corrupt: str, *, sites: Sequence[str
                                    "resid_mid_grad": "attn_out"}, model=model.name)
 
 
-def spearman(x: Tensor, y: Tensor) -> float:
+def spearman(x: Float[Tensor, "..."], y: Float[Tensor, "..."]) -> float:
     """Spearman rank correlation of two equally shaped tensors (average ranks for ties; NaNs dropped)."""
     x, y = x.flatten().double(), y.flatten().double()
     ok = ~(x.isnan() | y.isnan())

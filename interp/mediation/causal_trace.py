@@ -104,6 +104,7 @@ def noise_level(model, subjects: Sequence[str] | None = None, factor: float = 3.
 
 
 def resolve_noise(model, noise, subjects=None) -> float:
+    """The absolute noise scale of ``noise``: ``"3sd"`` / ``"Ksd"`` (× subjects' embedding std) or a float."""
     if isinstance(noise, str):
         s = noise.strip().lower()
         if s.endswith("sd"):
@@ -297,6 +298,7 @@ class CausalTraceResult(Result):
     target_is_top1: bool = True
 
     def summary_line(self) -> str:
+        """One line: p_clean, p_corrupt, the largest indirect effect per kind and the unknown-target flag."""
         peaks = []
         for k in self.kinds:
             g = self.grid(k, effect=True)
@@ -308,13 +310,16 @@ class CausalTraceResult(Result):
 
     @property
     def total_effect(self) -> float:
+        """p_clean − p_corrupt (ROME's total effect)."""
         return self.p_clean - self.p_corrupt
 
     def grid(self, kind: str, effect: bool = False) -> Float[Tensor, "layer token"]:
+        """One kind's ``[layer, token]`` grid of restored probabilities (or of indirect effects); NaN where not traced."""
         src = self.indirect_effect if effect else self.p_restored
         return torch.tensor([[float("nan") if v is None else v for v in row] for row in src[kind]])
 
     def figure(self):
+        """ROME-style heatmaps, one per kind (:func:`trace_figure`)."""
         return trace_figure(self)
 
 
@@ -480,6 +485,7 @@ class TraceSweepResult(Result):
     min_p_clean: float | None = None
 
     def figure(self):
+        """ROME's average-indirect-effect heatmaps (:func:`sweep_figure`)."""
         return sweep_figure(self)
 
 
@@ -512,7 +518,8 @@ def trace_dataset(model, dataset, out_dir: str | Path, *, kinds: Sequence[str] =
                   min_p: float | None = None, limit: int | None = None, max_known: int | None = None,
                   window_convention: str = DEFAULT_CONVENTION, min_p_clean: float | None = MIN_P_CLEAN,
                   max_rows: int | None = None, progress: bool = True) -> TraceSweepResult:
-    """Causal traces of every known fact of a known_1000-style dataset, averaged by token category.
+    """ROME's average indirect effects (Meng et al. 2022): causal traces of every known fact of a
+    known_1000-style dataset, averaged by token category.
 
     Args:
         dataset: a path (known_1000 JSON / JSONL, LRE, Fakepedia) or a list of

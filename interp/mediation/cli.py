@@ -97,6 +97,7 @@ def _cmd_patch(args) -> dict:
 
 
 def register(sub, common) -> None:
+    """Add ``interp trace`` and ``interp patch`` to the command line."""
     p = sub.add_parser("trace", parents=[common], help="ROME causal tracing of a prompt or a dataset")
     p.add_argument("--prompt", default=None)
     p.add_argument("--subject", default=None)

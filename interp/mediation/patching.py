@@ -77,6 +77,7 @@ def _token_or_top(model, text: str | None, logits: Tensor, what: str) -> int:
 
 @dataclass
 class PairSetup:
+    """A resolved clean / corrupted pair: texts, tokens, answer and wrong tokens, context span."""
     clean_text: str
     corrupt_text: str
     tokens: list[str]
@@ -150,6 +151,7 @@ class PairGridResult(Result):
         return torch.tensor(getattr(self, self.grid_field)[site], dtype=torch.float32)
 
     def summary_line(self) -> str:
+        """One line: direction, metric, answer vs wrong, both unpatched metrics, sites and grid size."""
         return (f"{type(self).__name__}: {self.direction} {self.metric} ({self.answer!r} vs {self.wrong!r}), "
                 f"clean {self.clean_metric:.3f}, corrupt {self.corrupt_metric:.3f}; sites "
                 f"{', '.join(self.sites)} over {len(self.layers)} layers × {len(self.positions)} positions")
@@ -167,12 +169,12 @@ class PatchingResult(PairGridResult):
     per_position: bool = True
     context_range: list[int] | None = None
 
-    def effect(self, site: str) -> Tensor:
+    def effect(self, site: str) -> Float[Tensor, "layer pos *unit"]:
         """Patched metric minus the base run's (corrupt for denoise, clean for noise)."""
         base = self.corrupt_metric if self.direction == "denoise" else self.clean_metric
         return self.grid(site) - base
 
-    def normalized(self, site: str) -> Tensor:
+    def normalized(self, site: str) -> Float[Tensor, "layer pos *unit"]:
         """(v − base) / (source − base): 1 = the patch moves the metric all the way to the source run."""
         base, src = ((self.corrupt_metric, self.clean_metric) if self.direction == "denoise"
                      else (self.clean_metric, self.corrupt_metric))
@@ -180,6 +182,7 @@ class PatchingResult(PairGridResult):
         return (self.grid(site) - base) / (d if abs(d) > 1e-12 else float("nan"))
 
     def figure(self):
+        """Heatmaps of the normalised patching effect, one panel per site (:func:`patching_figure`)."""
         return patching_figure(self)
 
 

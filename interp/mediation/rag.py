@@ -70,6 +70,7 @@ class RagComparisonResult(Result):
     n_unknown_target: dict = field(default_factory=dict)
 
     def figure(self):
+        """AIE curves per condition side by side (:func:`rag_figure`)."""
         return rag_figure(self)
 
 
@@ -82,7 +83,8 @@ def rag_comparison(model, fakepedia_path: str | Path, *, n_facts: int = 8, kinds
                    window: int = 10, samples: int = 3, noise="3sd", seed: int = 0, scan: int = 120,
                    min_p_clean: float | None = MIN_P_CLEAN, max_rows: int | None = None,
                    progress: bool = False) -> RagComparisonResult:
-    """Trace Fakepedia facts the model knows with no context, a true context, a counterfactual one.
+    """Causal tracing with and without retrieved context (Wadhwa et al. 2024; Ghosh et al. 2024): trace
+    Fakepedia facts the model knows with no context, a true context, a counterfactual one.
 
     * known = :mod:`interp.known`'s ``"first_token"`` rule: the clean top-1 token of the bare
       query is the first token of the true object (scanning the first ``scan`` rows, keeping

@@ -84,10 +84,12 @@ class ClampResult(Result):
     engine: str = "hf"
 
     @property
-    def ratio(self) -> Tensor:
+    def ratio(self) -> Float[Tensor, "value prompt"]:
+        """``p_clamped / p_clean`` per value and prompt."""
         return self.p_clamped / self.p_clean.clamp_min(1e-12)
 
     def figure(self):
+        """The target's probability against the clamped value, one line per prompt (log scale)."""
         import plotly.graph_objects as go
 
         from ..figures import style
@@ -105,7 +107,8 @@ class ClampResult(Result):
 def clamp_effect(model, prompts: str | Sequence[str], neurons: Sequence[Neuron],
                  values: float | Sequence[float], target: str | int, *,
                  positions: Sequence[int] | None = None) -> ClampResult:
-    """Probability of ``target`` at the last token, clean vs each clamp value, in one forward.
+    """Neuron clamping (Davies 2025): probability of ``target`` at the last token, clean vs each clamp
+    value, in one forward.
 
     Args:
         neurons: ``(layer, neuron)`` pairs, all clamped together.
@@ -185,7 +188,8 @@ def generate_greedy(model, prompt: str, max_new_tokens: int = 20, *, neurons: Se
 
 def clamp_generate(model, prompt: str, neurons: Sequence[Neuron], value: float | Sequence[float], *,
                    max_new_tokens: int = 20, positions: str | Sequence[int] = "all") -> dict:
-    """Greedy generation without and with the clamp: ``{"clean": text, "clamped": text, ...}``."""
+    """Greedy generation without and with the clamp (Davies 2025's "dog" neuron): ``{"clean": text,
+    "clamped": text, ...}``."""
     neurons = _check_neurons(model, neurons)
     clean = generate_greedy(model, prompt, max_new_tokens)
     clamped = generate_greedy(model, prompt, max_new_tokens, neurons=neurons, value=value, positions=positions)

@@ -106,6 +106,7 @@ def _cmd_clamp(args) -> dict:
 
 
 def register(sub, common) -> None:
+    """Add ``interp neurons decode|search|stats|clamp`` to the command line."""
     p = sub.add_parser("neurons", help="MLP neurons: decode through the LM head, search, statistics, clamp")
     ns = p.add_subparsers(dest="neurons_command", required=True)
 

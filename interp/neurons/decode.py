@@ -47,10 +47,12 @@ FINAL_NORM_CHOICES = ("none", "gain")
 
 # ---------------------------------------------------------------------- directions
 def available_directions(adapter) -> tuple[str, ...]:
+    """The neuron directions a model has: ``out``, ``up`` and, for gated MLPs, ``gate``."""
     return DIRECTIONS if adapter.W_gate(0) is not None else ("out", "up")
 
 
 def check_directions(adapter, directions: Sequence[str] | None) -> list[str]:
+    """``directions`` (default: all available) validated, or a clear error naming the valid ones."""
     avail = available_directions(adapter)
     if directions is None:
         return list(avail)
@@ -97,9 +99,8 @@ def norm_transform(adapter, final_norm: str):
         raise InterpError(f"final_norm must be one of {FINAL_NORM_CHOICES}, not {final_norm!r}")
     if final_norm == "none":
         return lambda v: v
-    mod = adapter.final_norm_module
-    gain = mod.weight
-    centre = isinstance(mod, torch.nn.LayerNorm)
+    gain = adapter.final_norm_module.weight
+    centre = adapter.final_norm_centres
 
     def f(v):
         if centre:
@@ -133,7 +134,8 @@ def _merge(run_v, run_i, v, i, k, largest=True):
 
 def decode_directions(D: Float[Tensor, "n d_model"], W_U: Float[Tensor, "d_model vocab"], k: int, *,
                       bottom: bool = True, vocab_chunk: int = 8192, group: int = 64
-                      ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+                      ) -> tuple[Float[Tensor, "n k"], Int[Tensor, "n k"], Float[Tensor, "n k"] | None,
+                                 Int[Tensor, "n k"] | None]:
     """Top-k (and bottom-k) tokens of ``D @ W_U`` per row, in vocabulary chunks.
 
     Returns ``(top_scores, top_ids, bottom_scores, bottom_ids)``, each ``[n, k]``, sorted
@@ -194,6 +196,7 @@ class NeuronMap(Result):
         return self.layers.index(layer)
 
     def top(self, layer: int, neuron: int, direction: str = "out") -> tuple[list[int], list[float]]:
+        """The top-k token ids and scores of one neuron direction (Davies 2025 labels a neuron by the first)."""
         if not isinstance(neuron, int) or not 0 <= neuron < self.d_mlp:
             raise LayerIndexError(f"neuron {neuron!r} out of range 0..{self.d_mlp - 1}")
         d, li = self._d(direction), self._l(layer)
@@ -382,6 +385,7 @@ class MapComparison(Result):
     overall_top1_unchanged: dict[str, float]
 
     def figure(self):
+        """Fraction of neurons whose top-1 token is unchanged, per layer and direction."""
         import plotly.graph_objects as go
 
         from ..figures import style
@@ -430,11 +434,12 @@ def compare_maps(map_a: NeuronMap, map_b: NeuronMap) -> MapComparison:
 
 
 def compare_checkpoints(model_a, model_b, **decode_kwargs) -> MapComparison:
-    """Decode two models of the same shape and compare their maps (shapes checked first)."""
+    """Decode two checkpoints of the same shape and compare their maps (Davies 2025: base vs instruct)."""
     check_same_shape(model_a.adapter, model_b.adapter, getattr(model_a, "name", "model A"),
                      getattr(model_b, "name", "model B"))
     return compare_maps(decode_neurons(model_a, **decode_kwargs), decode_neurons(model_b, **decode_kwargs))
 
 
 def replace(map_: NeuronMap, **kw) -> NeuronMap:
+    """A copy of the map with the fields ``kw`` replaced (``dataclasses.replace``)."""
     return dataclasses.replace(map_, **kw)
