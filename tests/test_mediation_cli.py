@@ -76,3 +76,30 @@ def test_cli_errors_exit_2(model_dir, tmp_path, capsys):
                  "--out", str(tmp_path)]) == 2
     assert main(["patch", "--model", model_dir, "--clean", PROMPT, "--corrupt", "Hi", "--out", str(tmp_path)]) == 2
     assert "same number of tokens" in capsys.readouterr().err
+
+
+def test_rag_comparison_sweep_resumes(model_dir, tmp_path, capsys):
+    """``interp rag``: known facts (here: p(true object) ≥ 0 on the tiny model), three conditions
+    each, logged per fact; a rerun with more facts traces only the new one; other settings refused."""
+    rows = [{"subject": "Eiffel Tower", "rel_p_id": "P131", "query": "The Eiffel Tower is located in the city of",
+             "true_object": "Paris", "counterfactual_object": "Rome",
+             "fact_paragraph": "The Eiffel Tower is a famous landmark. It is located in the city of Rome, Italy."},
+            {"subject": "Colosseum", "rel_p_id": "P131", "query": "The Colosseum is located in the city of",
+             "true_object": "Rome", "counterfactual_object": "Paris",
+             "fact_paragraph": "The Colosseum is an amphitheatre. It stands in the city of Paris, France."}]
+    data = tmp_path / "fake.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "rag"
+    argv = ["rag", "--model", model_dir, "--dataset", str(data), "--min-p", "0", "--kinds", "resid",
+            "--samples", "1", "--window", "2", "--out", str(out), "--json"]
+    assert main(argv + ["--n-facts", "1"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["n_facts"] == 1 and first["n_known"] == 2
+    assert len((out / "items.jsonl").read_text().splitlines()) == 1
+    assert main(argv + ["--n-facts", "2"]) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert second["n_facts"] == 2 and len((out / "items.jsonl").read_text().splitlines()) == 2
+    d = json.loads((out / "rag_comparison.json").read_text())
+    assert set(d["aie"]) == {"no_context", "true_context", "counterfactual_context"}
+    assert sum(d["answers"]["true_context"].values()) == 2
+    assert main(argv + ["--n-facts", "2", "--samples", "2"]) == 2      # other settings: refused

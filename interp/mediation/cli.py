@@ -11,7 +11,7 @@ correlation in the summary.
 
 from __future__ import annotations
 
-from ..clitools import add_index_arg, add_target_check_args, load_model, out_dir, save_result
+from ..clitools import add_index_arg, add_target_check_args, load_model, out_dir, probability, save_result
 
 
 def _noise(s: str):
@@ -96,8 +96,46 @@ def _cmd_patch(args) -> dict:
     return summary
 
 
+def _cmd_rag(args) -> dict:
+    from ..datasets import data_dir
+    from .rag import rag_comparison
+    from .report import FAKEPEDIA
+    kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
+    model = load_model(args)
+    out = out_dir(args, "rag_comparison")
+    res = rag_comparison(model, args.dataset or data_dir() / FAKEPEDIA, out, n_facts=args.n_facts,
+                         kinds=kinds, window=args.window, samples=args.samples, noise=_noise(args.noise),
+                         seed=args.seed, scan=args.scan, min_p_clean=args.min_p_clean, min_p=args.min_p,
+                         progress=not args.json)
+    paths = save_result(res, "rag_comparison", args, "rag_comparison")
+    summary = {"n_facts": res.n_facts, "n_known": res.settings["n_known"], "n_scanned": res.settings["n_scanned"],
+               "answers": res.answers, "p_clean": res.p_clean, "p_corrupt": res.p_corrupt, "summary": res.summary,
+               "n_errors": len(res.settings["errors"]), "files": paths}
+    if not args.json:
+        print(f"{res.n_facts} facts traced in 3 conditions ({res.settings['n_known']} known of "
+              f"{res.settings['n_scanned']} scanned)")
+        for c, d in res.summary.items():
+            print(f"  {c:24s} MLP AIE at the last subject token peaks {d['mlp_last_subject_peak']:.4f}; "
+                  f"answers {res.answers[c]}")
+    return summary
+
+
 def register(sub, common) -> None:
-    """Add ``interp trace`` and ``interp patch`` to the command line."""
+    """Add ``interp trace``, ``interp patch`` and ``interp rag`` to the command line."""
+    p = sub.add_parser("rag", parents=[common], help="causal traces with no / true / counterfactual context "
+                       "(Wadhwa et al. 2024) over the Fakepedia facts the model knows; resumable")
+    p.add_argument("--dataset", default=None, help="Fakepedia JSON lines (default: ../shared/data's)")
+    p.add_argument("--n-facts", type=int, default=100, help="known facts to trace (each in 3 conditions)")
+    p.add_argument("--scan", type=int, default=None, help="scan only the first N rows (default: all)")
+    p.add_argument("--min-p", type=probability, default=None,
+                   help="known if p(true object) >= this (default: clean top-1 == the true object's first token)")
+    p.add_argument("--kinds", default="resid,mlp,attn")
+    p.add_argument("--window", type=int, default=10)
+    p.add_argument("--samples", type=int, default=3)
+    p.add_argument("--noise", default="3sd", help="'3sd' or an absolute float")
+    p.add_argument("--seed", type=int, default=0)
+    add_target_check_args(p)
+    p.set_defaults(func=_cmd_rag)
     p = sub.add_parser("trace", parents=[common], help="ROME causal tracing of a prompt or a dataset")
     p.add_argument("--prompt", default=None)
     p.add_argument("--subject", default=None)

@@ -22,6 +22,7 @@ and averages the indirect effects by token category; its figure puts the three s
 from __future__ import annotations
 
 import re
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,60 +80,96 @@ def _peak(curve):
     return max(vals) if vals else None
 
 
-def rag_comparison(model, fakepedia_path: str | Path, *, n_facts: int = 8, kinds=("resid", "mlp", "attn"),
-                   window: int = 10, samples: int = 3, noise="3sd", seed: int = 0, scan: int = 120,
-                   min_p_clean: float | None = MIN_P_CLEAN, max_rows: int | None = None,
+def rag_comparison(model, fakepedia_path: str | Path, out_dir: str | Path | None = None, *,
+                   n_facts: int | None = 8, kinds=("resid", "mlp", "attn"), window: int = 10, samples: int = 3,
+                   noise="3sd", seed: int = 0, scan: int | None = 120, min_p_clean: float | None = MIN_P_CLEAN,
+                   min_p: float | None = None, max_rows: int | None = None,
                    progress: bool = False) -> RagComparisonResult:
     """Causal tracing with and without retrieved context (Wadhwa et al. 2024; Ghosh et al. 2024): trace
     Fakepedia facts the model knows with no context, a true context, a counterfactual one.
 
     * known = :mod:`interp.known`'s ``"first_token"`` rule: the clean top-1 token of the bare
-      query is the first token of the true object (scanning the first ``scan`` rows, keeping
-      ``n_facts``);
+      query is the first token of the true object — or, with ``min_p``, its ``"min_p"`` rule
+      (p(true object) ≥ ``min_p``) — scanning the first ``scan`` rows (None: all) and keeping the
+      first ``n_facts`` known ones (None: all);
     * true context = the query completed with the true object ("{query} {true_object}.");
     * counterfactual context = the first sentences of Fakepedia's ``fact_paragraph`` up to the one
       naming the counterfactual object.
     The target in every condition is the clean top-1 token of that condition's prompt (what the
     model answers); ``answers`` counts whether that is the true or the counterfactual object.
-    Noise scale: "3sd" over the subjects of the scanned rows.
+    Noise scale: "3sd" over the subjects of the scanned rows.  With ``out_dir`` every fact's three
+    traces are logged as they finish (:class:`interp.sweep.Checkpoint`): a killed run resumes.
     """
     from ..datasets import Fact, read_records
     from ..known import check_known
+    from ..sweep import Checkpoint, SweepErrors
     from .causal_trace import CATEGORIES, _aggregate, causal_trace, resolve_noise
 
-    recs = [r for r in read_records(fakepedia_path)[:scan]
+    rows = read_records(fakepedia_path)
+    recs = [(i, r) for i, r in enumerate(rows if scan is None else rows[:scan])
             if r.get("query") and r.get("subject") and r.get("true_object") and r.get("fact_paragraph")
-            and r["subject"] in r["query"]]
-    level = resolve_noise(model, noise, [r["subject"] for r in recs])
-    facts = [Fact(r["query"], r["subject"], r["true_object"], i) for i, r in enumerate(recs)]
-    known = [r for r, c in zip(recs, check_known(model, facts, rule="first_token")) if c.known][:n_facts]
-    items = {c: [] for c in CONDITIONS}
-    unknown = {c: 0 for c in CONDITIONS}
-    answers = {c: {"true": 0, "counterfactual": 0, "other": 0} for c in CONDITIONS}
+            and r.get("counterfactual_object") and r["subject"] in r["query"]]
+    level = resolve_noise(model, noise, [r["subject"] for _, r in recs])
+    facts = [Fact(r["query"], r["subject"], r["true_object"], i) for i, r in recs]
+    rule = "first_token" if min_p is None else "min_p"
+    known = [(i, r) for (i, r), c in zip(recs, check_known(model, facts, rule=rule, min_p=min_p)) if c.known]
+    n_known = len(known)
+    known = known if n_facts is None else known[:n_facts]
+    settings = {"window": window, "samples": samples, "noise": noise, "noise_level": level, "seed": seed,
+                "template": RAG_TEMPLATE, "corrupt": "subject+context", "traced": "question tokens",
+                "categories": list(CATEGORIES), "min_p_clean": min_p_clean, "kinds": list(kinds),
+                "known_rule": rule if min_p is None else f"p(true object) >= {min_p}", "scan": scan, "n_scanned": len(recs), "n_known": n_known}
+    ck = None if out_dir is None else Checkpoint(out_dir, {
+        "method": "rag_comparison", "model": model.name, "dataset": Path(str(fakepedia_path)).name,
+        **{k: settings[k] for k in ("window", "samples", "noise", "seed", "kinds", "min_p_clean", "scan")},
+        "known_rule": settings["known_rule"],
+        "noise_level": round(level, 8)})
+    errors = SweepErrors("RAG comparison")
     it = known
     if progress:
         from tqdm.auto import tqdm
         it = tqdm(known, desc="rag facts", unit="fact")
-    for r in it:
+    done: dict = {}
+    for i, r in it:
+        key = f"row{i}"
+        if ck is not None and key in ck:
+            done[key] = ck.get(key)
+            continue
         ctxs = {"no_context": None, "true_context": f"{r['query']} {r['true_object']}.",
                 "counterfactual_context": first_sentences(r["fact_paragraph"], r["counterfactual_object"])}
         t_id, _ = model.encode_target(" " + r["true_object"])
         c_id, _ = model.encode_target(" " + r["counterfactual_object"])
-        for c, ctx in ctxs.items():
-            with warnings.catch_warnings():  # counted in n_unknown_target
-                warnings.simplefilter("ignore", UnknownTargetWarning)
-                res = causal_trace(model, r["query"], r["subject"], None, kinds=kinds, window=window,
-                                   samples=samples, noise=level, seed=seed, context=ctx, min_p_clean=min_p_clean,
-                                   max_rows=max_rows)
-            unknown[c] += res.unknown_target is not None
-            answers[c]["true" if res.target_id == t_id else "counterfactual" if res.target_id == c_id
-                       else "other"] += 1
-            # categories are computed on the traced (question) tokens: shift to question-relative
-            q0 = res.traced_positions[0]
-            ie = {k: [row[q0:] for row in res.indirect_effect[k]] for k in kinds}
-            items[c].append({"tokens": res.tokens[q0:], "ie": ie, "p_clean": res.p_clean,
-                             "p_corrupt": res.p_corrupt,
-                             "subject_range": [res.subject_range[0] - q0, res.subject_range[1] - q0]})
+        rec = {}
+        try:
+            for c, ctx in ctxs.items():
+                with warnings.catch_warnings():  # counted in n_unknown_target
+                    warnings.simplefilter("ignore", UnknownTargetWarning)
+                    res = causal_trace(model, r["query"], r["subject"], None, kinds=kinds, window=window,
+                                       samples=samples, noise=level, seed=seed, context=ctx,
+                                       min_p_clean=min_p_clean, max_rows=max_rows)
+                # categories are computed on the traced (question) tokens: shift to question-relative
+                q0 = res.traced_positions[0]
+                rec[c] = {"tokens": res.tokens[q0:], "ie": {k: [row[q0:] for row in res.indirect_effect[k]]
+                                                            for k in kinds},
+                          "p_clean": res.p_clean, "p_corrupt": res.p_corrupt,
+                          "subject_range": [res.subject_range[0] - q0, res.subject_range[1] - q0],
+                          "answer": ("true" if res.target_id == t_id else "counterfactual" if res.target_id == c_id
+                                     else "other"),
+                          "unknown_target": res.unknown_target is not None}
+        except Exception as e:  # noqa: BLE001 — count and list the fact, go on with the rest
+            errors.add(i, f"{r['subject']}: {r['query']}", e)
+            continue
+        rec["fact"] = [r["subject"], r["query"], r["true_object"], r["counterfactual_object"]]
+        if ck is not None:
+            ck.add(key, rec)
+        done[key] = rec
+    if len(errors):
+        print(errors.summary(), file=sys.stderr)
+    recs_done = [done[f"row{i}"] for i, _ in known if f"row{i}" in done]
+    items = {c: [rec[c] for rec in recs_done] for c in CONDITIONS}
+    unknown = {c: sum(x["unknown_target"] for x in items[c]) for c in CONDITIONS}
+    answers = {c: {a: sum(x["answer"] == a for x in items[c]) for a in ("true", "counterfactual", "other")}
+               for c in CONDITIONS}
     aie, se, summary, pc, pk = {}, {}, {}, {}, {}
     for c in CONDITIONS:
         if not items[c]:
@@ -145,15 +182,12 @@ def rag_comparison(model, fakepedia_path: str | Path, *, n_facts: int = 8, kinds
         summary[c].update({f"{k}_{cat}_peak_layer": (max(range(model.n_layers),
                            key=lambda l: aie[c][k][cat][l] if aie[c][k][cat][l] is not None else -1e9))
                            for k in kinds for cat in ("last_subject", "last")})
-    return RagComparisonResult(list(CONDITIONS), list(kinds), list(range(model.n_layers)), len(known), aie, se,
-                               pc, pk, answers, summary,
-                               [[r["subject"], r["query"], r["true_object"], r["counterfactual_object"]]
-                                for r in known],
-                               {"window": window, "samples": samples, "noise": noise, "noise_level": level,
-                                "seed": seed, "template": RAG_TEMPLATE, "corrupt": "subject+context",
-                                "traced": "question tokens", "categories": list(CATEGORIES),
-                                "min_p_clean": min_p_clean},
-                               model.name, unknown)
+    res = RagComparisonResult(list(CONDITIONS), list(kinds), list(range(model.n_layers)), len(recs_done), aie, se,
+                              pc, pk, answers, summary, [rec["fact"] for rec in recs_done],
+                              {**settings, "errors": errors.by_row()}, model.name, unknown)
+    if out_dir is not None:
+        res.save(out_dir)
+    return res
 
 
 def rag_figure(res: RagComparisonResult):
