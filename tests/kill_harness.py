@@ -112,9 +112,8 @@ def log_records(out: Path) -> dict[str, dict]:
 
 def progress(sweep: str, out: Path) -> int:
     """Finished units so far: log records, state snapshots' batches, or activation shards."""
-    if sweep == "stats":
-        rec = log_records(out).get("state/items.jsonl", {}).get("__state__")
-        return int(rec["batches"]) if rec else 0
+    if sweep == "stats":  # batches covered by the last snapshot of each pass (one log per pass)
+        return sum(int(r["__state__"].get("batches", 0)) for r in log_records(out).values() if "__state__" in r)
     if sweep == "probe":
         n = 0
         for m in out.rglob("manifest.json"):
