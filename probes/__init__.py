@@ -7,6 +7,7 @@ Conflicts" (SpARE repo ``spare/kc_probing.py``); ReDeEP (Sun et al. 2025) and LF
 reliance scores.  The data path runs one way, one module per step::
 
     data.py      FORMAT:PATH → ConflictExample (question, original / substituted context+answer, group)
+    known.py     keep the conflicts the model's memory contradicts (it answers them closed-book)
     prompts.py   few-shot "context / question / answer" prompts, contexts cut around the answer
     features.py  last-token resid_post / mlp_out / attn_out of every layer → interp.cache shards
     labels.py    the model's own behaviour: context answer / memory answer / neither
@@ -16,7 +17,7 @@ reliance scores.  The data path runs one way, one module per step::
     reliance.py  PKS (JSD of the logit lens across each MLP) and ECS (per-head context copying)
     pipeline.py  the pipeline as a library (prepare, probe_dataset), resumable at every step
     cli.py       ``interp probe`` — parses flags, calls the pipeline, saves result + figure
-    report.py    report_sections(model, out_dir, quick) for the figure job
+    report.py    report_sections(model, out_dir, quick) for the figure job (known facts vs NQ-Swap)
 
 Choices a user should know:
 
@@ -39,6 +40,7 @@ _LAZY = {
     "load_nqswap": ("probes.data", "load_nqswap"),
     "load_conflictqa": ("probes.data", "load_conflictqa"),
     "build_fact_conflicts": ("probes.data", "build_fact_conflicts"),
+    "known_conflicts": ("probes.known", "known_conflicts"),
     "build_prompts": ("probes.prompts", "build_prompts"),
     "extract_features": ("probes.features", "extract_features"),
     "source_labels": ("probes.labels", "source_labels"),
@@ -47,6 +49,7 @@ _LAZY = {
     "probe_layers": ("probes.linear", "probe_layers"),
     "ProbeLabelError": ("probes.linear", "ProbeLabelError"),
     "ProbeResult": ("probes.result", "ProbeResult"),
+    "conflict_figure": ("probes.result", "conflict_figure"),
     "parametric_knowledge_score": ("probes.reliance", "parametric_knowledge_score"),
     "external_context_score": ("probes.reliance", "external_context_score"),
     "compare_reliance": ("probes.reliance", "compare_reliance"),

@@ -16,13 +16,20 @@ Formats (the ``--dataset`` prefix of ``interp probe``):
   counter_answer, counter_memory``.  The parametric-memory paragraph plays the original
   context (its answer is the memory answer), the counter-memory paragraph the substituted one.
 * ``facts`` — any fact set :func:`interp.datasets.load_known_facts` reads (ROME's known_1000,
-  an LRE relation file, Fakepedia).  The original context states the fact
-  (``"<prompt> <object>."``); the substituted one states the object of *another fact of the
-  same relation* (so the substitute has the right type: a city for a city), chosen with a fixed
-  seed.  The question is the cloze prompt itself.
+  an LRE relation file, Fakepedia), or several pooled: ``facts:A,B,DIR`` (a directory stands
+  for every ``.json`` / ``.jsonl`` file in it, sorted; ``limit`` then applies to each file).
+  The original context states the fact (``"<prompt> <object>."``); the substituted one states
+  the object of *another fact of the same relation in the same file* (so the substitute has the
+  right type: a city for a city), chosen with a fixed seed — or, for Fakepedia, the row's own
+  ``counterfactual_object``.  The question is the cloze prompt itself.  A fact repeated in a
+  file (Fakepedia lists one fact with several counterfactuals) is kept once and the repeats are
+  reported as skipped.
 
 ``group`` is what must never be split across train and test (:mod:`probes.splits`): the
-question for QA sets (NQ-Swap has ~3 substitutions per question), the subject for fact sets.
+question for QA sets (NQ-Swap has ~3 substitutions per question), the subject for fact sets
+(pooled files share subjects — "France" in several relations — and they share the group).
+``origin`` names the file an example came from (relative to the data directory), so pooled
+sets can be counted per source; ``relation`` is its relation within that file.
 """
 
 from __future__ import annotations
@@ -33,13 +40,13 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from interp.datasets import LoadReport, load_known_facts, read_records
+from interp.datasets import LoadReport, dataset_label, load_known_facts, read_records
 from interp.errors import DatasetError
 
 FORMATS = ("nqswap", "conflictqa", "facts")
 _FORMAT_HELP = ("nqswap:PATH (NQ-Swap JSON lines, .gz ok, or a HF dataset name when online), "
-                "conflictqa:PATH (ConflictQA JSON lines), facts:PATH (known_1000 JSON, LRE relation "
-                "JSON, Fakepedia JSON lines)")
+                "conflictqa:PATH (ConflictQA JSON lines), facts:PATH[,PATH…] (known_1000 JSON, LRE "
+                "relation JSON, Fakepedia JSON lines, or a directory of them; several are pooled)")
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,8 @@ class ConflictExample:
     sub_answers: tuple[str, ...]
     row: int = -1
     source: str = ""
+    origin: str = ""
+    relation: str = ""
 
 
 @dataclass
@@ -96,7 +105,7 @@ def _rows_from_records(records, fmt: str, path: str, limit: int | None) -> Confl
             report.skipped.append((i, f"missing field(s): {', '.join(missing)}"))
             continue
         out.append(ConflictExample(f"{fmt}-{i}", str(q).strip().lower(), str(q).strip(), str(oc), oa,
-                                   str(sc), sa, i, fmt))
+                                   str(sc), sa, i, fmt, dataset_label(path)))
         if limit is not None and len(out) >= limit:
             break
     if not out:
@@ -137,39 +146,89 @@ def load_conflictqa(path: str | Path, *, limit: int | None = None) -> ConflictSe
     return _rows_from_records(read_records(p), "conflictqa", str(p), limit)
 
 
-def build_fact_conflicts(path: str | Path, *, limit: int | None = None, seed: int = 0) -> ConflictSet:
-    """Conflicts from a fact set: the fact stated vs a same-relation substitute object stated.
-
-    For each fact ``(prompt, subject, object, relation)``, the substitute is the object of
-    another fact of the same relation (a different string), drawn with ``seed``; facts whose
-    relation has a single distinct object are reported as skipped.
-    """
-    p = Path(path)
-    if not p.exists():
-        raise DatasetError(f"fact file {p} does not exist: pass a known_1000 JSON, an LRE relation "
-                           f"JSON or a Fakepedia JSON-lines file")
-    facts, report = load_known_facts(p)
-    rng = random.Random(seed)
-    by_rel: dict[str, list[str]] = {}
-    for f in facts:
-        by_rel.setdefault(f.relation, [])
-        if f.attribute not in by_rel[f.relation]:
-            by_rel[f.relation].append(f.attribute)
-    out = []
-    for f in facts:
-        pool = [o for o in by_rel[f.relation] if o.strip().lower() != f.attribute.strip().lower()]
-        if not pool:
-            report.skipped.append((f.row, f"relation {f.relation!r} has no other object to substitute"))
-            continue
-        sub = rng.choice(pool)
-        q = f.prompt.strip()
-        out.append(ConflictExample(f"facts-{f.row}", f.subject.strip().lower(), q, f"{q} {f.attribute}.",
-                                   (f.attribute,), f"{q} {sub}.", (sub,), f.row, "facts"))
-        if limit is not None and len(out) >= limit:
-            break
+def fact_files(paths) -> list[Path]:
+    """The fact files of ``paths`` (a path, a comma-separated string, or a list): directories expand
+    to their ``.json`` / ``.jsonl`` files, sorted."""
+    if isinstance(paths, (str, Path)):
+        paths = [p for p in str(paths).split(",") if p.strip()]
+    out: list[Path] = []
+    for raw in paths:
+        p = Path(str(raw).strip())
+        if p.is_dir():
+            files = sorted(q for q in p.iterdir() if q.is_file() and q.name.endswith((".json", ".jsonl", ".jsonl.gz")))
+            if not files:
+                raise DatasetError(f"fact directory {p} holds no .json / .jsonl files")
+            out.extend(files)
+        elif p.exists():
+            out.append(p)
+        else:
+            raise DatasetError(f"fact file {p} does not exist: pass a known_1000 JSON, an LRE relation "
+                               f"JSON, a Fakepedia JSON-lines file, a directory of them, or several "
+                               f"separated by commas")
     if not out:
-        raise DatasetError(f"{p}: no usable fact rows to build conflicts from ({report.summary()})")
-    report.skipped.sort()
+        raise DatasetError("no fact file given: facts:PATH[,PATH…]")
+    return out
+
+
+def _counterfactuals(path: Path) -> dict[int, str]:
+    """Fakepedia's own substitute per row (``counterfactual_object``); empty for other formats."""
+    recs = read_records(path)
+    return {i: str(r["counterfactual_object"]).strip() for i, r in enumerate(recs)
+            if isinstance(r, dict) and str(r.get("counterfactual_object") or "").strip()}
+
+
+def build_fact_conflicts(path, *, limit: int | None = None, seed: int = 0) -> ConflictSet:
+    """Conflicts from one fact file or several pooled (``path``: see :func:`fact_files`).
+
+    For each fact ``(prompt, subject, object, relation)``, the substitute is Fakepedia's own
+    ``counterfactual_object`` when the row has one, else the object of another fact of the same
+    relation in the same file (a different string), drawn with ``seed``.  Facts whose relation has a
+    single distinct object, and repeats of a ``(prompt, object)`` already seen in the file, are
+    reported as skipped.  ``limit`` caps the facts taken from each file.
+    """
+    files = fact_files(path)
+    rng = random.Random(seed)
+    out: list[ConflictExample] = []
+    report = LoadReport(",".join(str(f) for f in files))
+    for p in files:
+        facts, rep = load_known_facts(p)
+        label = dataset_label(p)
+        prefix = f"{label}: " if len(files) > 1 else ""
+        report.n_rows += rep.n_rows
+        report.skipped.extend((r, prefix + why) for r, why in rep.skipped)
+        cf = _counterfactuals(p)
+        by_rel: dict[str, list[str]] = {}
+        for f in facts:
+            by_rel.setdefault(f.relation, [])
+            if f.attribute not in by_rel[f.relation]:
+                by_rel[f.relation].append(f.attribute)
+        seen: dict[tuple[str, str], int] = {}
+        n_file = 0
+        for f in facts:
+            if limit is not None and n_file >= limit:
+                break
+            q = f.prompt.strip()
+            key = (q, f.attribute.strip())
+            if key in seen:
+                report.skipped.append((f.row, f"{prefix}repeats the fact of row {seen[key]}"))
+                continue
+            seen[key] = f.row
+            sub = cf.get(f.row)
+            if sub is None or sub.lower() == f.attribute.strip().lower():
+                pool = [o for o in by_rel[f.relation] if o.strip().lower() != f.attribute.strip().lower()]
+                if not pool:
+                    report.skipped.append((f.row, f"{prefix}relation {f.relation!r} has no other object to "
+                                                  f"substitute"))
+                    continue
+                sub = rng.choice(pool)
+            eid = f"facts-{f.row}" if len(files) == 1 else f"{label}#{f.row}"
+            out.append(ConflictExample(eid, f.subject.strip().lower(), q, f"{q} {f.attribute}.", (f.attribute,),
+                                       f"{q} {sub}.", (sub,), f.row, "facts", label, f.relation))
+            n_file += 1
+    if not out:
+        raise DatasetError(f"{path}: no usable fact rows to build conflicts from ({report.summary()})")
+    if len(files) == 1:
+        report.skipped.sort()
     return ConflictSet(out, report, "facts")
 
 

@@ -6,7 +6,10 @@ figures job (:mod:`probes.report`) calls :func:`prepare` and :func:`probe_datase
 
 Steps (each resumable, so a killed run restarted with the same flags continues):
 
-1. load the dataset (``nqswap:PATH | conflictqa:PATH | facts:PATH``; skipped rows reported),
+1. load the dataset (``nqswap:PATH | conflictqa:PATH | facts:PATH[,PATH…]``; skipped rows
+   reported); with ``known=RULE`` keep only the examples whose original answer the model gives
+   closed-book (:mod:`probes.known`; resumable scan in ``CACHE/known``, counts per source in
+   ``OUT/known.json``) — the conflicts that contradict its memory,
 2. build few-shot prompts (:mod:`probes.prompts`): original context, substituted context,
    closed-book,
 3. stream last-token activations of every layer × component to ``CACHE/ctx`` and the
@@ -37,27 +40,49 @@ TASKS = ("conflict", "source")
 
 
 def spec_label(spec: str) -> str:
-    """``FORMAT:PATH`` as results record it: the path relative to the data directory (no machine path)."""
+    """``FORMAT:PATH[,PATH…]`` as results record it: paths relative to the data directory (no machine path)."""
     fmt, sep, path = str(spec).partition(":")
-    return f"{fmt}:{dataset_label(path)}" if sep and path else str(spec)
+    if not (sep and path):
+        return str(spec)
+    return f"{fmt}:" + ",".join(dataset_label(p.strip()) for p in path.split(",") if p.strip())
+
+
 #: bump when the labelling rule changes, so saved labels.json files are recomputed
 LABELS_VERSION = 2
 
 
 def prepare(model, dataset: str, out_dir: str | Path, *, limit: int | None = None, n_demos: int = 4,
             max_chars: int = 160, demo_chars: int = 80, components=("resid", "mlp", "attn"),
-            layers=None, cache_dir: str | Path | None = None, batch_size: int = 16, progress: bool = True):
-    """Steps 1–4: dataset → prompts → activations → labels.  Returns ``(prompts, features, labels, cs)``."""
+            layers=None, cache_dir: str | Path | None = None, batch_size: int = 16, progress: bool = True,
+            known: str | None = None, known_min_p: float | None = None, per_relation: int | None = None):
+    """Steps 1–4: dataset → prompts → activations → labels.  Returns ``(prompts, features, labels, cs)``.
+
+    ``known``: a known-fact rule (``"first_token"``, see :mod:`probes.known`) — keep only the
+    examples the model answers closed-book (``per_relation``: at most that many per source and
+    relation); the demonstrations' groups are set aside first, so they are neither scanned nor probed.
+    """
     from .data import load_conflicts
     from .features import extract_features, greedy_from_resid, greedy_keys
     from .labels import Labels, source_labels
-    from .prompts import build_prompts
+    from .prompts import build_prompts, choose_demos
 
+    if known:
+        from .known import check_rule
+        check_rule(known, known_min_p, per_relation)
+    elif per_relation is not None or known_min_p is not None:
+        from interp.errors import SettingError
+        raise SettingError("per_relation / known_min_p (--per-relation / --known-min-p) only apply with a known "
+                           "rule: add known='first_token' (--known first_token)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cache = Path(cache_dir) if cache_dir else out / "acts"
     cs = load_conflicts(dataset, limit=limit)
-    ps = build_prompts(cs.examples, n_demos=n_demos, max_chars=max_chars, demo_chars=demo_chars)
+    demos = choose_demos(cs.examples, n_demos)
+    examples = cs.examples
+    if known:
+        examples = known_examples(model, cs, demos, out, cache, rule=known, min_p=known_min_p,
+                                  per_relation=per_relation, batch_size=batch_size, progress=progress)
+    ps = build_prompts(examples, n_demos=n_demos, max_chars=max_chars, demo_chars=demo_chars, demos=demos)
     if not ps.examples:
         raise DatasetError(f"{dataset}: no examples left after taking {n_demos} demonstrations; raise --limit")
     L = model.n_layers
@@ -87,6 +112,30 @@ def prepare(model, dataset: str, out_dir: str | Path, *, limit: int | None = Non
     return ps, feats, labels, cs
 
 
+def known_examples(model, cs, demos, out: Path, cache: Path, *, rule: str, min_p: float | None = None,
+                   per_relation: int | None = None, batch_size: int = 16, progress: bool = True) -> list:
+    """The examples of ``cs`` outside the demonstrations' groups that the model answers closed-book.
+
+    Fact sets are checked on their cloze prompt, QA sets on the few-shot closed-book prompt; the
+    counts per source go to ``out/known.json`` (:meth:`probes.known.KnownScan.to_dict`).
+    """
+    from interp.sweep import write_atomic
+
+    from .known import known_conflicts
+    from .prompts import closed_book_prompt
+
+    groups = {d.group for d in demos}
+    todo = [e for e in cs.examples if e.group not in groups]
+    prompts = None if all(e.source == "facts" for e in todo) else [closed_book_prompt(demos, e) for e in todo]
+    scan = known_conflicts(model, todo, rule=rule, min_p=min_p, prompts=prompts, out_dir=cache / "known",
+                           per_relation=per_relation, batch_size=max(batch_size, 32), progress=progress)
+    write_atomic(out / "known.json", json.dumps(scan.to_dict(), indent=0))
+    if not scan.examples:
+        raise DatasetError(f"the model answers none of the {len(todo)} examples closed-book under the "
+                           f"{rule!r} rule ({scan.totals()}): raise --limit, add facts, or drop --known")
+    return scan.examples
+
+
 def task_rows(task: str, ps, labels) -> tuple[list[int], list[int], list[str]]:
     """Feature rows (into org + sub), labels and groups of a task."""
     n = len(ps.examples)
@@ -102,9 +151,14 @@ def task_rows(task: str, ps, labels) -> tuple[list[int], list[int], list[str]]:
 def probe_dataset(model, dataset: str, out_dir: str | Path, *, task: str = "conflict", limit: int | None = None,
                   components=("resid", "mlp", "attn"), layers=None, n_seeds: int = 5, n_demos: int = 4,
                   max_chars: int = 160, demo_chars: int = 80, cache_dir=None, batch_size: int = 16,
-                  iters: int = 200, progress: bool = True):
+                  iters: int = 200, progress: bool = True, known: str | None = None,
+                  known_min_p: float | None = None, per_relation: int | None = None):
     """Knowledge-conflict probes (Zhao et al. 2024), the full pipeline for one task; returns the
-    :class:`~probes.result.ProbeResult` (also saved)."""
+    :class:`~probes.result.ProbeResult` (also saved).
+
+    ``known`` / ``known_min_p`` / ``per_relation``: probe only the conflicts with the model's memory
+    (see :func:`prepare`); the result's ``class_counts["known_scan"]`` has the counts per source.
+    """
     import torch
 
     from interp.sweep import Checkpoint
@@ -119,13 +173,16 @@ def probe_dataset(model, dataset: str, out_dir: str | Path, *, task: str = "conf
     out = Path(out_dir)
     ps, feats, labels, cs = prepare(model, dataset, out, limit=limit, n_demos=n_demos, max_chars=max_chars,
                                     demo_chars=demo_chars, components=comps, layers=layers,
-                                    cache_dir=cache_dir, batch_size=batch_size, progress=progress)
+                                    cache_dir=cache_dir, batch_size=batch_size, progress=progress, known=known,
+                                    known_min_p=known_min_p, per_relation=per_relation)
     rows, y, groups = task_rows(task, ps, labels)
     check_labels(y, f"{task} task ({len(y)} rows; label counts {labels.counts})")
     label = spec_label(dataset)
     settings = {"task": task, "dataset": label, "limit": limit, "n_demos": n_demos, "max_chars": max_chars,
                 "demo_chars": demo_chars, "layers": feats.layers, "n_seeds": n_seeds, "iters": iters,
                 "n_examples": len(ps.examples), "model": model.name}
+    if known:  # only then, so fits made before this option resume unchanged
+        settings.update(known=known, known_min_p=known_min_p, per_relation=per_relation)
     ck = Checkpoint(out / "fits" / task, settings)
     idx = torch.tensor(rows)
     per = {}
@@ -146,6 +203,12 @@ def probe_dataset(model, dataset: str, out_dir: str | Path, *, task: str = "conf
               "class_1_is": "substituted context (conflict)" if task == "conflict" else "context answer",
               "n_examples": len(ps.examples), "behaviour": labels.counts,
               "skipped_dataset_rows": len(cs.report.skipped)}
+    origins = sorted({e.origin for e in ps.examples})
+    if len(origins) > 1:
+        counts["examples_per_source"] = {o: sum(e.origin == o for e in ps.examples) for o in origins}
+    if known:
+        scan = json.loads((out / "known.json").read_text())
+        counts["known_scan"] = {k: scan[k] for k in ("rule", "per_relation", "totals", "counts")}
     res = summarise(per, feats.layers, task=task, class_counts=counts, dataset=label, model=model.name,
                     settings=settings)
     res.save(out)

@@ -134,38 +134,49 @@ def block(context: str | None, question: str, answer: str | None = None, *, cloz
     return f"{head}question: {_question(question, cloze)}\nanswer:{tail}"
 
 
+def choose_demos(examples: list[ConflictExample], n_demos: int = 4, *, seed: int = 0) -> list[ConflictExample]:
+    """The first ``n_demos`` distinct groups after a seeded shuffle whose context states the answer."""
+    rng = random.Random(seed)
+    order = list(range(len(examples)))
+    rng.shuffle(order)
+    demos, seen = [], set()
+    for j in order:
+        if len(demos) >= n_demos:
+            break
+        e = examples[j]
+        if e.group in seen:
+            continue
+        seen.add(e.group)
+        if e.org_answers[0] and e.org_answers[0] in clean(e.org_context):
+            demos.append(e)
+    return demos
+
+
+def closed_book_prompt(demos: list[ConflictExample], e: ConflictExample) -> str:
+    """The demonstrations without their contexts, then ``e``'s question: what the model answers from memory."""
+    return "".join(block(None, d.question, d.org_answers[0], cloze=d.source == "facts") + "\n\n"
+                   for d in demos) + block(None, e.question, cloze=e.source == "facts")
+
+
 def build_prompts(examples: list[ConflictExample], *, n_demos: int = 4, max_chars: int = 160,
                   demo_chars: int = 80, seed: int = 0, demos: list[ConflictExample] | None = None) -> PromptSet:
     """Few-shot prompts for every example whose group is not used as a demonstration.
 
     Args:
-        n_demos: demonstrations per prompt (paper: 4), from the set itself unless ``demos``.
+        n_demos: demonstrations per prompt (paper: 4), from the set itself (:func:`choose_demos`)
+            unless ``demos``.
         max_chars: context budget of the probed example in characters (see the module note).
         demo_chars: context budget of each demonstration (shorter: they only show the format).
     """
     if demos is None:
-        rng = random.Random(seed)
-        order = list(range(len(examples)))
-        rng.shuffle(order)
-        demos, seen = [], set()
-        for j in order:
-            e = examples[j]
-            if e.group in seen:
-                continue
-            seen.add(e.group)
-            if e.org_answers[0] and e.org_answers[0] in clean(e.org_context):
-                demos.append(e)
-            if len(demos) >= n_demos:
-                break
+        demos = choose_demos(examples, n_demos, seed=seed)
     demo_groups = {d.group for d in demos}
     prefix = "".join(block(truncate_context(d.org_context, d.org_answers[0], demo_chars), d.question,
                            d.org_answers[0], cloze=d.source == "facts") + "\n\n" for d in demos)
-    closed_prefix = "".join(block(None, d.question, d.org_answers[0], cloze=d.source == "facts") + "\n\n"
-                            for d in demos)
     kept = [e for e in examples if e.group not in demo_groups]
     oc = [truncate_context(e.org_context, e.org_answers[0], max_chars) for e in kept]
     sc = [truncate_context(e.sub_context, e.sub_answers[0], max_chars) for e in kept]
     org = [prefix + block(c, e.question, cloze=e.source == "facts") for c, e in zip(oc, kept)]
     sub = [prefix + block(c, e.question, cloze=e.source == "facts") for c, e in zip(sc, kept)]
-    closed = [closed_prefix + block(None, e.question, cloze=e.source == "facts") for e in kept]
+    closed = [closed_book_prompt(demos, e) for e in kept]
     return PromptSet(kept, org, sub, closed, list(demos), oc, sc, max_chars, len(demos))

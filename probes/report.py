@@ -27,9 +27,82 @@ TASK_CAPTIONS = {"conflict": "Task: original vs substituted NQ-Swap context.",
                                        "(cloze prompts)."}
 
 
+#: what Zhao et al. (2024) report for 7-8B models (../shared/METHODS.md)
+ZHAO = {"accuracy": 0.90, "where": "middle layers", "components": "residual and MLP at least as good as attention"}
+
+
 def _settings(quick: bool) -> dict:
     return {"limit": 30 if quick else 130, "n_seeds": 3 if quick else 5, "n_demos": 2, "max_chars": 160,
             "demo_chars": 80, "per_class": 6 if quick else 40}
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def zhao_comparison(facts, nq=None) -> dict:
+    """What holds on this model of Zhao et al.'s reported shape, computed from the results.
+
+    Returns ``{"claims": {name: bool}, "text": str}``: the best probe's accuracy vs their ~90%,
+    whether it peaks in the middle third of the layers, whether the residual stream and the MLP
+    are at least as good as attention at their best layers (means, with whether the intervals
+    overlap), and how many layers beat chance.
+    """
+    from .result import peak_shape
+
+    sh = peak_shape(facts)
+    best_c = max(sh, key=lambda c: sh[c]["accuracy"])
+    b = sh[best_c]
+    L = len(facts.layers)
+    claims = {"near_90": b["accuracy"] >= ZHAO["accuracy"] - 0.05, "peak_middle_third": b["middle_third"],
+              "above_chance": b["ci"][0] > 0.5}
+    parts = [f"Zhao et al. (2024) report ~{ZHAO['accuracy']:.0%} conflict-detection accuracy in the "
+             f"{ZHAO['where']} of 7–8B models, {ZHAO['components']}. Here ({facts.model}, {L} layers), on "
+             f"{facts.class_counts.get('n_examples')} known-fact conflicts the best probe is {best_c} at layer "
+             f"{b['layer']} (relative depth {b['depth']:.2f}, {'inside' if b['middle_third'] else 'outside'} the "
+             f"middle third) with {_pct(b['accuracy'])} [{_pct(b['ci'][0])}, {_pct(b['ci'][1])}] — "
+             + ("close to" if claims["near_90"] else "below") + f" their ~{ZHAO['accuracy']:.0%}."]
+    if "attn" in sh:
+        a = sh["attn"]
+        for c in ("resid", "mlp"):
+            if c in sh:
+                ge = sh[c]["accuracy"] >= a["accuracy"]
+                overlap = sh[c]["ci"][0] <= a["ci"][1] and a["ci"][0] <= sh[c]["ci"][1]
+                claims[f"{c}_ge_attn"] = ge
+                parts.append(f"{c} peaks at {_pct(sh[c]['accuracy'])} (layer {sh[c]['layer']}) vs attention "
+                             f"{_pct(a['accuracy'])} (layer {a['layer']}): "
+                             + ("at least as good, as in the paper" if ge else "below attention, unlike the paper")
+                             + (" (intervals overlap)." if overlap else " (intervals disjoint)."))
+    parts.append("Layers whose whole interval lies above chance: " + ", ".join(
+        f"{c} {v['layers_above_chance']}/{L}" for c, v in sh.items()) + ".")
+    if nq is not None:
+        shn = peak_shape(nq)
+        bn_c = max(shn, key=lambda c: shn[c]["accuracy"])
+        bn = shn[bn_c]
+        beh = nq.class_counts.get("behaviour", {})
+        claims["nq_above_chance"] = bn["ci"][0] > 0.5
+        parts.append(f"On NQ-Swap (every example; the model answers {beh.get('known_closed_book', '?')} of "
+                     f"{beh.get('n', '?')} closed-book) the best probe is {bn_c} at layer {bn['layer']} with "
+                     f"{_pct(bn['accuracy'])} [{_pct(bn['ci'][0])}, {_pct(bn['ci'][1])}]"
+                     + (", above chance." if claims["nq_above_chance"] else ", not distinguishable from chance."))
+    return {"claims": claims, "text": " ".join(parts), "shape": sh}
+
+
+def _source_counts(res) -> dict:
+    """``{source: "kept / known / scanned"}``, the files of one directory (LRE relations) pooled into one line
+    (each file's own counts are in the result's ``class_counts["known_scan"]``)."""
+    scan = res.class_counts.get("known_scan", {}).get("counts", {})
+    dirs = {}
+    for origin in scan:
+        dirs.setdefault(origin.rsplit("/", 1)[0], []).append(origin)
+    pooled: dict[str, list[int]] = {}
+    for origin, c in scan.items():
+        d = origin.rsplit("/", 1)[0]
+        key = f"{d}/ ({len(dirs[d])} files)" if len(dirs[d]) > 1 else origin
+        t = pooled.setdefault(key, [0, 0, 0])
+        for i, k in enumerate(("kept", "known", "scanned")):
+            t[i] += c[k]
+    return {k: f"{a} / {b} / {c}" for k, (a, b, c) in pooled.items()}
 
 
 def report_sections(model, out_dir: Path, quick: bool) -> list[dict]:

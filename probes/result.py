@@ -76,3 +76,75 @@ class ProbeResult(Result):
                 "best_accuracy": b.get("accuracy"), "best_accuracy_ci": b.get("accuracy_ci"),
                 "best_auroc": b.get("auroc"), "control_accuracy_at_best": b.get("control_accuracy"),
                 "majority": self.baselines.get("majority"), "class_counts": self.class_counts}
+
+
+def peak_shape(res: ProbeResult, metric: str = "accuracy", chance: float = 0.5) -> dict:
+    """Where each component's probe peaks, for a comparison with a paper's layer profile.
+
+    Per component: the best layer, its mean and 95% interval, its relative depth
+    ``layer / (n_layers - 1)``, whether it lies in the middle third of the layers (Zhao et al.'s
+    "middle layers"), and how many layers have the whole interval above ``chance``.
+    """
+    L = len(res.layers)
+    out = {}
+    for comp, d in res.components.items():
+        v = d[metric]
+        k = max(range(L), key=lambda i: -1.0 if v[i] is None else v[i])
+        ci = d.get(f"{metric}_ci") or [[v[i], v[i]] for i in range(L)]
+        out[comp] = {"layer": res.layers[k], metric: v[k], "ci": list(ci[k]),
+                     "depth": res.layers[k] / max(1, res.layers[-1]),
+                     "middle_third": L / 3 <= k < 2 * L / 3,
+                     "layers_above_chance": sum(1 for lo, _ in ci if lo is not None and lo > chance)}
+    return out
+
+
+def conflict_figure(results: dict[str, ProbeResult], *, metrics=("accuracy", "auroc"), chance: float = 0.5,
+                    title: str | None = None):
+    """Zhao et al.'s Fig. 2 for several datasets side by side: one column per dataset, one row per
+    metric; accuracy (AUROC) vs layer per component with its 95% interval as a band, the chance line,
+    and the middle third of the layers shaded."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    from interp.figures import COLORS, style
+
+    names = list(results)
+    heads = [f"{n} ({r.class_counts.get('n_rows', '?')} rows, {r.class_counts.get('n_examples', '?')} examples)"
+             for n, r in results.items()]
+    fig = make_subplots(rows=len(metrics), cols=len(names), shared_xaxes=True, shared_yaxes=True,
+                        horizontal_spacing=0.04, vertical_spacing=0.08, subplot_titles=heads)
+    comps = list(dict.fromkeys(c for r in results.values() for c in r.components))
+    from interp.arch import COMPONENTS
+    for col, name in enumerate(names, 1):
+        r = results[name]
+        L = len(r.layers)
+        for row, metric in enumerate(metrics, 1):
+            fig.add_vrect(x0=r.layers[0] + L / 3 - 0.5, x1=r.layers[0] + 2 * L / 3 - 0.5, fillcolor="#bbbbbb",
+                          opacity=0.15, line_width=0, row=row, col=col, exclude_empty_subplots=False)
+            fig.add_hline(y=chance, line=dict(color="black", dash="dash", width=1), row=row, col=col,
+                          exclude_empty_subplots=False)
+            for comp, d in r.components.items():
+                c = COLORS[comps.index(comp) % len(COLORS)]
+                ci = d.get(f"{metric}_ci")
+                if ci:
+                    fig.add_trace(go.Scatter(x=r.layers + r.layers[::-1], y=[b for _, b in ci] + [a for a, _ in ci][::-1],
+                                             fill="toself", fillcolor=c, opacity=0.2, line=dict(width=0),
+                                             hoverinfo="skip", showlegend=False), row=row, col=col)
+                fig.add_trace(go.Scatter(x=r.layers, y=d[metric], mode="lines+markers", line=dict(color=c, width=2.2),
+                                         marker=dict(size=4), name=f"{comp} ({COMPONENTS.get(comp, comp)})",
+                                         legendgroup=comp, showlegend=col == 1 and row == 1), row=row, col=col)
+            if col == 1:
+                fig.update_yaxes(title_text=f"test {'AUROC' if metric == 'auroc' else metric}", row=row, col=col)
+            if row == len(metrics):
+                fig.update_xaxes(title_text="layer", row=row, col=col)
+    lo = min(0.4, min(min(a for a, _ in d[f"{m}_ci"] if a is not None) for r in results.values()
+                      for d in r.components.values() for m in metrics if d.get(f"{m}_ci")) - 0.02)
+    fig.update_yaxes(range=[lo, 1.0])
+    n_seeds = sorted({r.n_seeds for r in results.values()})
+    model = next(iter(results.values())).model
+    head = title or f"Knowledge-conflict probes (Zhao et al. 2024) — {model}"
+    style(fig, title=(f"{head}<br><sub>mean and 95% CI over {'/'.join(map(str, n_seeds))} grouped splits; dashed: "
+                      f"chance ({chance:g}); shaded: middle third of the layers</sub>"), width=1150,
+          height=330 * len(metrics) + 170)
+    fig.update_layout(margin=dict(t=130), legend=dict(orientation="h", yanchor="bottom", y=1.07, x=1, xanchor="right"))
+    return fig

@@ -72,6 +72,15 @@ def test_probe_cli_bad_input(tmp_path, tiny_cli, capsys):
     assert "nqswap" in err and "conflictqa" in err and "facts" in err
     assert main(["probe", "--dataset", f"nqswap:{tmp_path}/x", "--components", "resid,ffn",
                  "--out", str(tmp_path / "o")]) == 2
+    capsys.readouterr()
+    facts = write_jsonl([{"prompt": f"{s} is the capital of", "subject": s, "attribute": o}
+                         for s, o in (("Rome", "Italy"), ("Paris", "France"))], tmp_path / "f.jsonl")
+    assert main(["probe", "--dataset", f"facts:{facts},{tmp_path}/none.json", "--out", str(tmp_path / "o")]) == 2
+    assert "none.json does not exist" in capsys.readouterr().err
+    assert main(["probe", "--dataset", f"facts:{facts}", "--known", "min_p", "--out", str(tmp_path / "o")]) == 2
+    assert "--known-min-p" in capsys.readouterr().err
+    assert main(["probe", "--dataset", f"facts:{facts}", "--per-relation", "3", "--out", str(tmp_path / "o")]) == 2
+    assert "--known first_token" in capsys.readouterr().err
 
 
 def test_report_redraw_without_results_names_the_command(tmp_path):

@@ -91,10 +91,44 @@ def test_fact_conflicts_same_relation_substitute(data_dir, rel):
     for f in facts:
         by_rel_objects.setdefault(f.relation, set()).add(f.attribute)
     rel_of = {f.row: f.relation for f in facts}
+    from interp.datasets import read_records
+    own = {i: r.get("counterfactual_object") for i, r in enumerate(read_records(path))}
     for e in cs.examples:
         assert e.sub_answers[0] != e.org_answers[0]
-        assert e.sub_answers[0] in by_rel_objects[rel_of[e.row]]  # substitute of the same relation
+        if own.get(e.row):  # Fakepedia: the row's own counterfactual object
+            assert e.sub_answers[0] == own[e.row]
+        else:
+            assert e.sub_answers[0] in by_rel_objects[rel_of[e.row]]  # substitute of the same relation
         assert e.org_context.endswith(f" {e.org_answers[0]}.") and e.sub_context.endswith(f" {e.sub_answers[0]}.")
+        assert e.relation == rel_of[e.row] and e.origin == rel
+
+
+def test_pooled_fact_files_directories_and_repeats(data_dir, tmp_path):
+    lre = data_dir / "lre_relations/data/factual"
+    spec = f"facts:{data_dir / 'known_1000/known_1000.json'},{lre},{data_dir / 'fakepedia/base_fakepedia_subset_slim.jsonl'}"
+    cs = load_conflicts(spec, limit=5)
+    origins = {e.origin for e in cs.examples}
+    n_lre = len(list(lre.glob("*.json")))
+    assert len(origins) == 2 + n_lre and "known_1000/known_1000.json" in origins
+    assert all(sum(e.origin == o for e in cs.examples) <= 5 for o in origins)  # the limit is per file
+    assert len({e.id for e in cs.examples}) == len(cs)  # ids stay unique across files
+    # Fakepedia lists a fact once per counterfactual: the repeats are reported, the fact kept once
+    fk = build_fact_conflicts(data_dir / "fakepedia/base_fakepedia_subset_slim.jsonl")
+    assert len({(e.question, e.org_answers) for e in fk.examples}) == len(fk)
+    assert any("repeats the fact of row" in why for _, why in fk.report.skipped)
+    # a subject in two files is one group, so a grouped split keeps its facts on one side
+    a = write_jsonl([{"prompt": f"{s} is located in", "subject": s, "attribute": o, "relation_id": "P1"}
+                     for s, o in [("Alpha", "Paris"), ("Beta", "Rome"), ("Gamma", "Oslo"), ("Delta", "Bern")]],
+                    tmp_path / "a.jsonl")
+    b = write_jsonl([{"prompt": f"{s} speaks", "subject": s, "attribute": o, "relation_id": "P2"}
+                     for s, o in [("alpha", "French"), ("Beta", "Italian"), ("Omega", "Greek")]], tmp_path / "b.jsonl")
+    pooled = load_conflicts(f"facts:{a},{b}")
+    groups = [e.group for e in pooled.examples]
+    assert groups.count("alpha") == 2 and groups.count("beta") == 2
+    for seed in range(4):
+        check_disjoint(grouped_split(groups, seed=seed), groups)
+    with pytest.raises(DatasetError, match="does not exist"):
+        load_conflicts(f"facts:{a},{tmp_path / 'nope.json'}")
 
 
 def test_truncation_keeps_answer_sentence():
