@@ -1,6 +1,10 @@
 # Two commands a new user needs (see README):
-#   make figures   – set up (first time) and run the main job on the embedded default model
+#   make figures   – set up (first time) and run the main job on the embedded default model: it
+#                    computes every figure at quick settings into out/figures (≤10 min on 2 cores)
 #   make test      – set up (first time) and run the test suite
+# and one for the paper-scale set that figures/ commits (hours on CPU; resumable, rerun after a kill):
+#   make paper     – ROME's settings over every known known_1000 fact, knockouts over every known
+#                    fact, the RAG comparison over 100 Fakepedia facts, … → figures/ + REPORT.md
 # Both create .venv and install what they need on first use; nothing is fetched from a model hub.
 
 PYTHON ?= python3
@@ -13,7 +17,7 @@ PIP    := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup figures demo test test-fast bench chromium clean-venv
+.PHONY: setup figures demo paper test test-fast bench chromium clean-venv
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +40,9 @@ chromium:
 	else echo "no chromium and no root/apt: figures will be HTML only (install chromium for PNG/PDF)"; fi
 
 figures demo: $(STAMP)
+	$(VENV)/bin/interp figures --quick --out out/figures $(FIGURES_ARGS)
+
+paper: $(STAMP)
 	$(VENV)/bin/interp figures --out figures $(FIGURES_ARGS)
 
 test: $(STAMP)

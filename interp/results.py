@@ -13,6 +13,8 @@ as nested lists when ``json_tensors`` is true (the CLI's stable JSON for scripts
 The figures job keeps results with :func:`cached` (one helper for every section): a saved
 result is reused only when it was made with the same settings, recorded next to it in
 ``<stem>.settings.json``; quick and full runs use separate directories (:func:`result_dir`).
+Paper-scale dataset sweeps, which run for hours through their own resumable CLI, are kept with
+:func:`cached_sweep`: reused when the settings the result records match, else resumed.
 
 In Jupyter a result renders itself (``_repr_html_``): a one-line :meth:`Result.summary_line`
 (overridden where a better line is known) followed by its figure, so ending a cell with
@@ -175,4 +177,34 @@ def cached(cls: type[R], rdir: str | Path, *, settings: dict, model, compute: Ca
     res.save(rdir)
     (rdir / f"{cls.stem}.settings.json").write_text(json.dumps(
         {"settings": want, "model": getattr(model, "name", ""), "seconds": round(seconds, 1)}, indent=1))
+    return res
+
+
+def cached_sweep(cls: type[R], rdir: str | Path, *, settings: dict, model, compute: Callable[[], R],
+                 command: str, settings_of: Callable[[R], dict] = lambda r: r.settings) -> R:
+    """A dataset sweep's result in ``rdir`` when the sweep was made with ``settings``, else ``compute()``.
+
+    Paper-scale sweeps (every known fact of known_1000 at ROME's settings) run for hours through
+    their own resumable CLI (``command``, e.g. ``interp trace --dataset ... --out rdir``), which
+    saves the result next to its log — possibly over the first facts only (``--max-known``):
+    the result records how many it covers, and the figure's caption says so.  Such a result is
+    reused when every key of ``settings`` equals the one it records (``settings_of(result)``);
+    ``compute()`` (with a model) resumes the log in ``rdir`` and sweeps every fact.  Without a
+    model a missing or mismatched result raises :class:`~interp.errors.ResultMissingError`.
+    """
+    rdir = Path(rdir)
+    want = _settings_json(settings)
+    why = "none is saved"
+    if (rdir / f"{cls.stem}.json").exists():
+        res = cls.load(rdir)
+        have = _settings_json(settings_of(res))
+        diff = {k: have.get(k) for k, v in want.items() if have.get(k) != v}
+        if not diff:
+            return res
+        why = f"the saved one was made with {diff}"
+    if model is None:
+        raise ResultMissingError(f"no {cls.__name__} for these settings in {rdir} ({why}); make it with: "
+                                 f"{command} (or run `interp figures` without --redraw)")
+    res = compute()
+    res.save(rdir)
     return res

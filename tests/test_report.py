@@ -84,6 +84,54 @@ def test_cached_results_are_keyed_by_settings_and_mode(tmp_path):
     assert '"n": 6' in meta and '"seconds"' in meta
 
 
+def test_paper_sweeps_are_reused_when_their_recorded_settings_match(tmp_path):
+    """A sweep made by its own CLI (maybe over the first facts only) is drawn as is; other settings resume."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from interp.results import Result, cached_sweep
+
+    @dataclasses.dataclass
+    class Sweep(Result):
+        stem = "sweep"
+        n_traced: int
+        settings: dict
+
+    calls = []
+
+    def make(n):
+        calls.append(n)
+        return Sweep(n, {"samples": 10, "window": 10, "seed": 0})
+
+    Sweep(7, {"samples": 10, "window": 10, "seed": 0, "limit": None}).save(tmp_path)   # the CLI's partial run
+    model = SimpleNamespace(name="m")
+    assert cached_sweep(Sweep, tmp_path, settings={"samples": 10, "window": 10}, model=None, compute=None,
+                        command="c").n_traced == 7
+    with pytest.raises(ResultMissingError, match=r"made with \{'samples': 10\}\); make it with: interp trace"):
+        cached_sweep(Sweep, tmp_path, settings={"samples": 2, "window": 10}, model=None, compute=None,
+                     command="interp trace")
+    assert cached_sweep(Sweep, tmp_path, settings={"samples": 10, "window": 10}, model=model,
+                        compute=lambda: make(9), command="c").n_traced == 7 and calls == []
+    assert cached_sweep(Sweep, tmp_path, settings={"samples": 10, "window": 5}, model=model,
+                        compute=lambda: make(9), command="c").n_traced == 9 and calls == [9]
+    assert Sweep.load(tmp_path).n_traced == 9                                          # saved
+
+
+def test_rome_comparison_reports_peaks_with_se_and_depth():
+    from types import SimpleNamespace
+
+    from interp.mediation.report import rome_comparison
+    nan = None
+    sw = SimpleNamespace(mean_p_clean=0.4, mean_p_corrupt=0.1, layers=list(range(4)), kinds=["resid", "mlp"],
+                         aie={"resid": {"last_subject": [0.1, 0.3, 0.2, nan]}, "mlp": {"last_subject": [0.05] * 4}},
+                         se={"resid": {"last_subject": [0.01, 0.02, 0.01, nan]}, "mlp": {"last_subject": [0.01] * 4}},
+                         n_facts={"last_subject": 12})
+    out = rome_comparison(sw)
+    assert out["p_clean (ROME GPT-2 XL 27.0%)"] == "40.0%"
+    key = "resid AIE at the last subject token, peak (ROME GPT-2 XL 8.7%, layer 15/48 = 0.31 of depth)"
+    assert out[key] == "30.0% ± 2.0 at layer 1/4 = 0.25 of depth, n=12 facts"
+
+
 def test_committed_report_is_relative_and_runnable():
     """figures/REPORT.md: no machine paths, no placeholders; every command parses and names a real subcommand."""
     import re
