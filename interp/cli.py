@@ -73,12 +73,12 @@ def _cmd_lens(args) -> dict:
 def _cmd_figures(args) -> dict:
     import time
 
-    from .report import run_figures
+    from .report import QUICK_OUT, run_figures
     t = time.perf_counter()
     model = None if args.redraw else load_model(args)
     argv = " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith(("interp", "__main__.py")) else ""
-    path = run_figures(model, args.out or "figures", quick=args.quick, redraw=args.redraw,
-                       only=args.only.split(",") if args.only else None,
+    path = run_figures(model, args.out or (QUICK_OUT if args.quick else "figures"), quick=args.quick,
+                       redraw=args.redraw, only=args.only.split(",") if args.only else None,
                        command=f"interp {argv}".strip() if argv else "interp figures")
     summary = {"report": str(path), **json.loads((path.parent / "report.json").read_text()),
                "total_seconds": round(time.perf_counter() - t, 1)}
@@ -90,9 +90,10 @@ def _cmd_figures(args) -> dict:
 def register(sub, common) -> None:
     """Add ``interp figures``, ``interp info`` and ``interp lens`` to the command line."""
     p = sub.add_parser("figures", parents=[common], help="run the standard analyses, write figures/ and REPORT.md")
-    p.add_argument("--quick", action="store_true", help="small settings: finishes in minutes on 2 cores")
+    from .report import QUICK_OUT, SECTIONS
+    p.add_argument("--quick", action="store_true", help=f"small settings: finishes in minutes on 2 cores; writes "
+                   f"to {QUICK_OUT} unless --out is given (never over a full run's figures)")
     p.add_argument("--redraw", action="store_true", help="redraw from saved results only (no model)")
-    from .report import SECTIONS
     p.add_argument("--only", default=None, help=f"comma-separated sections: {','.join(SECTIONS)} (the "
                                                  f"others keep their last entries in REPORT.md)")
     p.set_defaults(func=_cmd_figures)

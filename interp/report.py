@@ -16,7 +16,8 @@ Captions and numbers are computed from the results.  With ``model=None`` (``inte
 collects the sections, times each, and writes ``REPORT.md`` (from ``report.json``, so
 ``--only SECTION`` updates that section and keeps the others): per figure its numbers, caption,
 the command that regenerates it and the result directories it was drawn from.  Every path
-written there is relative (:func:`interp.datasets.display_path`).
+written there is relative (:func:`interp.datasets.display_path`).  Quick runs go to
+:data:`QUICK_OUT` unless told otherwise, and never into a directory holding a full run's figures.
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ SECTIONS = {
     "concepts": "interp.concepts.report",
     "probes": "probes.report",
 }
+
+#: where ``interp figures --quick`` writes by default: quick figures never replace the full ones
+#: in ``figures/`` (a quick run into a directory holding a full run's report is refused)
+QUICK_OUT = "out/figures"
 
 LENS_PROMPTS = {
     "eiffel": ("The Eiffel Tower is located in the city of", " Paris"),
@@ -90,6 +95,15 @@ def _check_model_marker(out: Path, model) -> None:
         marker.write_text(model.name + "\n")
 
 
+def _check_mode(out: Path, quick: bool) -> None:
+    """A quick run never overwrites the figures of a full run (the committed ``figures/``)."""
+    rep = out / "report.json"
+    if quick and rep.exists() and json.loads(rep.read_text()).get("mode", "full") == "full":
+        from .errors import SettingError
+        raise SettingError(f"{out} holds the figures of a full run; --quick would overwrite them with quick ones: "
+                           f"give another --out (the default for --quick is {QUICK_OUT})")
+
+
 def _computed_seconds(result_dirs) -> float | None:
     """Seconds the section's results took to compute (from their settings records); None if unknown."""
     total = 0.0
@@ -111,6 +125,7 @@ def run_figures(model=None, out_dir: str | Path = "figures", *, quick: bool = Fa
     """
     from .datasets import display_path
     out = Path(out_dir)
+    _check_mode(out, quick)
     out.mkdir(parents=True, exist_ok=True)
     _check_model_marker(out, model)
     names = list(SECTIONS) if not only else only

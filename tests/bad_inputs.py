@@ -46,6 +46,8 @@ CASES: list[tuple[str, list[str], str]] = [
      "unknown section(s) ['nope']"),
     ("figures redraw without results", ["figures", "--redraw", "--only", "lens", "--out", "{empty_dir}"],
      "no LensResult for these settings"),
+    ("quick figures over a full run's", ["figures", "--quick", "--redraw", "--only", "lens", "--out",
+                                         "{full_figures}"], "holds the figures of a full run"),
     # --- trace
     ("subject not in the prompt (trace)", ["trace", "--model", "{tiny}", "--prompt", PROMPT, "--subject", "Louvre"],
      "'Louvre' does not occur in the prompt"),
@@ -69,6 +71,11 @@ CASES: list[tuple[str, list[str], str]] = [
     ("trace result dir of another model", ["trace", "--model", "{tiny}", "--dataset", "{facts}", "--min-p", "0",
                                            "--kinds", "resid", "--samples", "1", "--out", "{trace_other}"],
      "holds a sweep of model"),
+    # --- rag
+    ("missing dataset file (rag)", ["rag", "--model", "{tiny}", "--dataset", "{missing}"], "does not exist"),
+    ("unknown rag trace kind", ["rag", "--model", "{tiny}", "--dataset", "{facts}", "--kinds", "resid,hidden"],
+     "unknown trace kind(s) ['hidden']"),
+    ("non-numeric n-facts (rag)", ["rag", "--n-facts", "all"], "argument --n-facts: invalid int value"),
     # --- patch
     ("mismatched clean/corrupt lengths", ["patch", "--model", "{tiny}", "--clean", PROMPT, "--corrupt", "Hi"],
      "same number of tokens"),
@@ -172,6 +179,9 @@ def build_inputs(tmp: Path) -> dict[str, str]:
          "deep": _save_tiny(tmp / "deep", 2, n_layers=3)}
     (tmp / "empty_dir").mkdir(exist_ok=True)
     v["empty_dir"] = str(tmp / "empty_dir")
+    (tmp / "full_figures").mkdir(exist_ok=True)
+    (tmp / "full_figures" / "report.json").write_text('{"mode": "full", "sections": {}}')
+    v["full_figures"] = str(tmp / "full_figures")
     v["missing"] = str(tmp / "no_such_file.json")
     (tmp / "malformed.json").write_text('[{"prompt": "The Eiffel Tower is in", "subject": ')
     v["malformed"] = str(tmp / "malformed.json")

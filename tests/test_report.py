@@ -44,6 +44,26 @@ def test_results_of_another_model_are_not_reused(tmp_path):
         run_figures(SimpleNamespace(name="smollm2-135m-instruct"), tmp_path, only=["lens"])
 
 
+def test_quick_runs_never_overwrite_a_full_run(tmp_path, monkeypatch, capsys):
+    """``interp figures --quick`` wrote into figures/ by default, over the committed full-run figures."""
+    from interp.cli import main
+    from interp.errors import SettingError
+    from interp.report import QUICK_OUT
+    full = tmp_path / "figures"
+    full.mkdir()
+    (full / "report.json").write_text('{"mode": "full", "sections": {}}')
+    with pytest.raises(SettingError, match="holds the figures of a full run; --quick would overwrite them"):
+        run_figures(None, full, quick=True, redraw=True, only=["lens"])
+    assert sorted(p.name for p in full.iterdir()) == ["report.json"]  # nothing written
+    monkeypatch.chdir(tmp_path)
+    assert main(["figures", "--quick", "--redraw", "--only", "lens", "--out", "figures"]) == 2
+    assert "holds the figures of a full run" in capsys.readouterr().err
+    # without --out a quick run goes to its own directory (here: nothing saved there yet to redraw)
+    assert main(["figures", "--quick", "--redraw", "--only", "lens"]) == 2
+    err = capsys.readouterr().err
+    assert f"in {QUICK_OUT}/results/lens_eiffel_quick" in err and "full run" not in err
+
+
 # ----------------------------------------------------------------------------- the result cache
 def test_redraw_of_mediation_without_results_names_the_command(tmp_path):
     """It raised AttributeError (a missing result was computed with model=None)."""
@@ -173,3 +193,4 @@ def test_readme_gallery_caption_matches_the_committed_trace():
     assert l < len(tr.layers) // 2                                    # early
     r = tr.grid("resid", effect=True)
     assert int(r.nan_to_num(-1e9).argmax()) % r.shape[1] == len(tr.tokens) - 1  # residual peak: last token
+

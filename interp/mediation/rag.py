@@ -103,8 +103,10 @@ def rag_comparison(model, fakepedia_path: str | Path, out_dir: str | Path | None
     from ..datasets import Fact, read_records
     from ..known import check_known
     from ..sweep import Checkpoint, SweepErrors
+    from ..arch import check_components
     from .causal_trace import CATEGORIES, _aggregate, causal_trace, resolve_noise
 
+    kinds = tuple(check_components(kinds, "trace kind"))  # bad input up front, not an error per fact
     rows = read_records(fakepedia_path)
     recs = [(i, r) for i, r in enumerate(rows if scan is None else rows[:scan])
             if r.get("query") and r.get("subject") and r.get("true_object") and r.get("fact_paragraph")

@@ -12,7 +12,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bad_inputs import CASES, build_inputs, cached_loads, judge, run_case, shorten  # noqa: E402
 
 work = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(prefix="bad-input-"))
-os.chdir(work.parent if work.exists() else tempfile.gettempdir())  # default --out dirs land outside the repo
+work.mkdir(parents=True, exist_ok=True)
+os.chdir(tempfile.mkdtemp(prefix="cwd-", dir=work))  # default --out dirs (out/...): a fresh place, not the repo's
 cached_loads()
 t = time.perf_counter()
 values = build_inputs(work)
