@@ -104,13 +104,14 @@ class _Layout:
     down: str
     up: str
     gate: str | None
+    act: str  # the MLP's activation function module
 
 
 _LLAMA = _Layout("llama", "model.layers", "model.embed_tokens", None, "model.norm", "self_attn",
                  "self_attn.o_proj", "input_layernorm", "post_attention_layernorm", "mlp",
-                 "mlp.down_proj", "mlp.up_proj", "mlp.gate_proj")
+                 "mlp.down_proj", "mlp.up_proj", "mlp.gate_proj", "mlp.act_fn")
 _GPT2 = _Layout("gpt2", "transformer.h", "transformer.wte", "transformer.wpe", "transformer.ln_f",
-                "attn", "attn.c_proj", "ln_1", "ln_2", "mlp", "mlp.c_proj", "mlp.c_fc", None)
+                "attn", "attn.c_proj", "ln_1", "ln_2", "mlp", "mlp.c_proj", "mlp.c_fc", None, "mlp.act")
 
 LAYOUTS: dict[str, _Layout] = {"llama": _LLAMA, "mistral": _LLAMA, "qwen2": _LLAMA, "gpt2": _GPT2}
 
@@ -163,6 +164,7 @@ class ModelAdapter:
         self.down = [_get(b, lay.down) for b in self.blocks]
         self.up = [_get(b, lay.up) for b in self.blocks]
         self.gate = [_get(b, lay.gate) for b in self.blocks] if lay.gate else None
+        self.act = [_get(b, lay.act) for b in self.blocks]
         self.d_mlp = self.W_out(0).shape[0]
 
     # ------------------------------------------------------------------ checks
@@ -196,6 +198,20 @@ class ModelAdapter:
     def W_gate(self, layer: int) -> Float[Tensor, "d_model d_mlp"] | None:
         """Gate projection of gated MLPs, else None."""
         return None if self.gate is None else self._linear_in_out(self.gate[self.check_layer(layer)])
+
+    def mlp_gate_up(self, layer: int, resid_mid: Float[Tensor, "... d_model"]
+                    ) -> tuple[Float[Tensor, "... d_mlp"], Float[Tensor, "... d_mlp"]]:
+        """The two factors of a gated MLP's neurons, from the residual entering the MLP.
+
+        ``act(gate(ln2(x)))`` and ``up(ln2(x))``, computed with the model's own modules in the
+        model's order, so their product equals the ``mlp_post`` an engine reads, bit for bit.
+        """
+        if self.gate is None:
+            raise SiteError(f"the {self.model_type} MLP is not gated: it has no gate and up factors, "
+                            f"only mlp_post (the activation)")
+        layer = self.check_layer(layer)
+        h = self.ln2[layer](resid_mid)
+        return self.act[layer](self.gate[layer](h)), self.up[layer](h)
 
     def W_O(self, layer: int) -> Float[Tensor, "head d_head d_model"]:
         """Output projection per head: ``W_O[h]`` maps head ``h``'s ``d_head`` values into the residual."""

@@ -73,21 +73,30 @@ def _cmd_search(args) -> dict:
 
 
 def _cmd_stats(args) -> dict:
+    from pathlib import Path
+
+    from ..figures import save_figure
     from .stats import neuron_stats
     model = load_model(args)
     out = out_dir(args, "neuron_stats")
     ck = out / "state"  # every run is resumable: rerun with the same --out after a kill
-    st = neuron_stats(model, args.corpus, threshold=args.threshold, mode=args.mode, layers=args.layers,
-                      text_field=args.text_field, max_len=args.max_len, batch_size=args.batch_size,
-                      max_tokens=args.max_tokens, checkpoint_dir=ck, progress=not args.json)
-    paths = save_result(st, "neuron_stats", args, "neuron_stats")
-    summary = {"model": st.model, "n_tokens": st.n_tokens, "n_windows": st.n_windows, "threshold": st.threshold,
-               "mode": st.mode, "layers": st.layers, "per_layer": st.per_layer,
-               "totals": {"dead": int(st.dead.sum()), "token_detector": int(st.token_detector.sum()),
-                          "positional": int(st.positional.sum())}, "files": paths}
+    corpus = [Path(c) for c in args.corpus]
+    st = neuron_stats(model, corpus, layers=args.layers, text_field=args.text_field, max_len=args.max_len,
+                      batch_size=args.batch_size, max_tokens=args.max_tokens, signals=args.signals,
+                      threshold=args.threshold, threshold_kind=args.threshold_kind, detector_top=args.detector_top,
+                      detector_share=args.detector_share, positional_eta2=args.positional_eta2,
+                      calib_every=args.calib_every, max_candidates=args.max_candidates, checkpoint_dir=ck,
+                      progress=not args.json)
+    paths = save_result(st, None, args, "neuron_stats")
+    paths["figures"] = {stem: save_figure(fig, out, stem) for stem, fig in st.figures().items()}
+    totals = {k: int(getattr(st, k).sum()) for k in ("dead", "rare", "token_detector", "bigram_detector",
+                                                      "positional")}
+    summary = {"model": st.model, "corpus": st.corpus, "n_tokens": st.n_tokens, "signals": st.signals,
+               "threshold": st.threshold, "tau": {s: st.tau[i].tolist() for i, s in enumerate(st.signals)},
+               "layers": st.layers, "per_layer": st.per_layer, "totals": totals, "search": st.search,
+               "seconds": st.seconds, "detectors": st.detectors[:5], "files": paths}
     if not args.json:
-        print(f"{st.n_tokens} tokens; dead {summary['totals']['dead']}, token detectors "
-              f"{summary['totals']['token_detector']}, positional {summary['totals']['positional']}")
+        print(f"{st.n_tokens:,} tokens; " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in totals.items()))
     return summary
 
 
@@ -130,15 +139,23 @@ def register(sub, common) -> None:
     q.add_argument("--limit", type=int, default=50)
     q.set_defaults(func=_cmd_search)
 
-    q = ns.add_parser("stats", parents=[common], help="frequency, dead, token-detector, positional neurons")
-    q.add_argument("--corpus", required=True, help="file (.json/.jsonl/.txt) or directory of texts")
+    q = ns.add_parser("stats", parents=[common], help="dead, rare, n-gram-detector and positional neurons on a corpus")
+    q.add_argument("--corpus", required=True, nargs="+", help="files (.json/.jsonl/.txt) or directories of texts")
     q.add_argument("--text-field", default=None)
-    q.add_argument("--threshold", type=float, default=0.1)
-    q.add_argument("--mode", default="abs", choices=["abs", "pos"])
+    q.add_argument("--threshold", type=float, default=0.01,
+                   help="energy: share of a layer's energy below τ_l (default 0.01); abs: |a| ≥ threshold")
+    q.add_argument("--threshold-kind", default="energy", choices=["energy", "abs"])
+    q.add_argument("--signals", nargs="+", default=None, choices=["gate", "up", "post"],
+                   help="default: gate up post for a gated MLP (post only skips recomputing gate and up)")
     add_index_arg(q, "--layers", "layer", "layers")
     q.add_argument("--max-tokens", type=int, default=None)
     q.add_argument("--max-len", type=int, default=128)
     q.add_argument("--batch-size", type=int, default=8)
+    q.add_argument("--detector-top", type=int, default=3)
+    q.add_argument("--detector-share", type=float, default=0.5)
+    q.add_argument("--positional-eta2", type=float, default=0.5)
+    q.add_argument("--calib-every", type=int, default=10)
+    q.add_argument("--max-candidates", type=int, default=4096)
     q.set_defaults(func=_cmd_stats)
 
     q = ns.add_parser("clamp", parents=[common], help="clamp neurons, measure a token's probability")
