@@ -297,9 +297,12 @@ def test_corpus_formats_and_empty_corpus(tmp_path, data_dir):
 
 
 def test_report_entries_redraw_from_a_saved_result(tmp_path, data_dir):
-    from interp.neurons.report import neuron_type_entries, voita_comparison
-    st = neuron_stats(tiny("llama"), _texts(data_dir, 2), max_len=32, detector_share=0.3)
-    st.save(tmp_path / "results" / "neuron_stats")
+    from interp.neurons.report import neuron_type_entries, stats_settings, voita_comparison
+    from interp.results import cached, result_dir
+    m = tiny("llama")
+    st = neuron_stats(m, _texts(data_dir, 2), max_len=32, detector_share=0.3)
+    cached(NeuronStats, result_dir(tmp_path, "neuron_stats", True), settings=stats_settings(True), model=m,
+           command="", compute=lambda: st)
     entries = neuron_type_entries(None, tmp_path, quick=True)
     assert [e["stem"] for e in entries] == list(st.figures())
     for e in entries:

@@ -75,6 +75,11 @@ def stats_corpus() -> list[Path]:
     return [data_dir() / c for c in CORPUS]
 
 
+def stats_settings(quick: bool) -> dict:
+    """Settings of the figures job's neuron statistics (the key of its cached result)."""
+    return {"corpus": CORPUS, "max_tokens": 4096 if quick else None}
+
+
 def voita_comparison(st) -> dict[str, str]:
     """Voita et al.'s OPT findings next to this model's numbers, each marked holds / does not hold."""
     import torch
@@ -129,7 +134,7 @@ def neuron_type_entries(model, out_dir: Path, quick: bool) -> list[dict]:
 
     rdir = result_dir(out_dir, "neuron_stats", quick)
     corpus = stats_corpus()
-    st = {"corpus": CORPUS, "max_tokens": 4096 if quick else None}
+    st = stats_settings(quick)
     cmd = shlex.join(["interp", "neurons", "stats", "--corpus", *map(display_path, corpus)]
                      + (["--max-tokens", str(st["max_tokens"])] if st["max_tokens"] else [])
                      + ["--out", display_path(rdir)])
