@@ -271,20 +271,7 @@ class Grid:
 
 
 # ---------------------------------------------------------------------- running state
-class _State:
-    """Named tensors of one pass, saved and restored as a whole."""
-
-    def tensors(self) -> dict[str, Tensor]:
-        return {k: v for k, v in vars(self).items() if isinstance(v, Tensor)}
-
-    def load(self, saved: dict[str, Tensor]) -> None:
-        for k, v in self.tensors().items():
-            if k not in saved or saved[k].shape != v.shape:
-                raise InterpError(f"saved state lacks {k!r} or has another shape; delete the checkpoint directory")
-            v.copy_(saved[k].to(v.device))
-
-
-class PassState(_State):
+class PassState:
     """The running sums of one pass (see the module docstring); each part is optional.
 
     * ``signals`` — per signal ``[signal, layer, …]``: the |x| histogram (bin-major ``[bin, neuron]``,
@@ -315,7 +302,14 @@ class PassState(_State):
             self.pos_tokens = torch.zeros(max_len, dtype=torch.int64, device=device)
 
     def tensors(self) -> dict[str, Tensor]:
-        return {k: v for k, v in super().tensors().items() if not k.startswith("_")}
+        """The running sums by name: what a snapshot saves and :meth:`load` restores."""
+        return {k: v for k, v in vars(self).items() if isinstance(v, Tensor) and not k.startswith("_")}
+
+    def load(self, saved: dict[str, Tensor]) -> None:
+        for k, v in self.tensors().items():
+            if k not in saved or saved[k].shape != v.shape:
+                raise InterpError(f"saved state lacks {k!r} or has another shape; delete the checkpoint directory")
+            v.copy_(saved[k].to(v.device))
 
     # ------------------------------------------------------------------ folding one batch in
     def add_signal(self, s: int, j: int, x: Float[Tensor, "tok neuron"], xx: Float[Tensor, "tok neuron"]) -> None:
@@ -339,7 +333,7 @@ class PassState(_State):
             sel = slice(None) if len(rows) == x3.shape[0] else rows
             self.pos_sum[j, :W - p] += x3[sel, p:].sum(0).double()
             self.pos_sumsq[j, :W - p] += xx3[sel, p:].sum(0).double()
-            if j == 0:
+            if j == 0:  # tokens per position: counted once per batch, with the first layer
                 self.pos_tokens[:W - p] += len(rows)
 
     def buckets(self, ids: Int[Tensor, "tok"], pos: Int[Tensor, "tok"]) -> Int[Tensor, "hash tok"]:
@@ -368,7 +362,7 @@ class _Pass:
     buffered and written as one shard per snapshot, so a snapshot names exactly the shards it covers.
     """
 
-    def __init__(self, name: str, root: Path | None, config: dict, state: _State, save_every: int):
+    def __init__(self, name: str, root: Path | None, config: dict, state: PassState, save_every: int):
         self.name, self.state, self.save_every = name, state, save_every
         self.ck = None
         self.progress = {"batches": 0, "n_tokens": 0, "shards": 0, "seconds": 0.0}
@@ -528,27 +522,38 @@ class NeuronStats(Result):
         return (f"active = |a| ≥ τ_l, entries below τ_l carry ≤ {t['value']:.0%} of the layer's energy"
                 if t["kind"] == "energy" else f"active = |a| ≥ {float(self.tau.flatten()[0]):.4g}")
 
-    def figure_frequency(self):
-        """Per-layer distributions (violins) of each neuron's activation frequency, one row per signal."""
+    def figure_frequency(self, bins: int = 48):
+        """Ridge plot: per layer, the histogram over neurons of log10(activation frequency), per signal."""
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
 
         from ..figures import COLORS, style
         S = len(self.signals)
-        fig = make_subplots(rows=S, cols=1, shared_xaxes=True, vertical_spacing=0.04,
+        lo = math.log10(1.0 / max(max(self.signal_tokens.values()), 1))
+        edges = torch.linspace(lo, 0.0, bins + 1)
+        centers = ((edges[1:] + edges[:-1]) / 2).tolist()
+        fig = make_subplots(rows=1, cols=S, shared_yaxes=True, horizontal_spacing=0.03,
                             subplot_titles=[SIGNAL_LABELS[s] for s in self.signals])
-        floor = 1.0 / max(self.n_tokens, 1)
         for s, name in enumerate(self.signals):
-            for j, l in enumerate(self.layers):
-                y = torch.log10(self.freq[s, j].double().clamp_min(floor)).tolist()
-                fig.add_trace(go.Violin(x=[l] * len(y), y=y, name=str(l), width=0.9, points=False, spanmode="hard",
-                                        line=dict(width=1, color=COLORS[s % len(COLORS)]), showlegend=False,
-                                        meanline=dict(visible=True)), row=s + 1, col=1)
-            fig.add_hline(y=math.log10(RARE_FREQ), line=dict(dash="dot", color="#555"), row=s + 1, col=1)
-            fig.update_yaxes(title="log₁₀ frequency", row=s + 1, col=1, range=[math.log10(floor) - 0.2, 0.05])
-        fig.update_xaxes(title="layer", row=S, col=1)
-        return style(fig, title=f"Activation frequency of each neuron, per layer ({self.threshold_label()}; "
-                                f"dotted: {RARE_FREQ:.0%})", width=1100, height=300 * S + 120)
+            floor = 1.0 / max(self.signal_tokens[name], 1)  # never-active neurons sit at 1/tokens
+            for j, l in enumerate(reversed(self.layers)):
+                jj = len(self.layers) - 1 - j
+                x = torch.log10(self.freq[s, jj].double().clamp_min(floor)).float()
+                h = torch.histc(x, bins=bins, min=lo, max=0.0)
+                h = (h / h.max().clamp_min(1) * 1.8).tolist()  # ridge height: up to ~2 rows
+                fig.add_trace(go.Scatter(x=centers, y=[l + v for v in h], mode="lines", line=dict(width=1, color="#333"),
+                                         fill=None, showlegend=False, hoverinfo="skip"), row=1, col=s + 1)
+                fig.add_trace(go.Scatter(x=centers, y=[l] * len(centers), mode="lines", line=dict(width=0),
+                                         fill="tonexty", fillcolor=COLORS[s % len(COLORS)], opacity=0.8,
+                                         showlegend=False, hoverinfo="skip"), row=1, col=s + 1)
+            top = self.layers[-1] + 2
+            fig.add_trace(go.Scatter(x=[math.log10(RARE_FREQ)] * 2, y=[self.layers[0], top], mode="lines",
+                                     line=dict(dash="dot", color="#555", width=1), showlegend=False,
+                                     hoverinfo="skip"), row=1, col=s + 1)
+            fig.update_xaxes(title="log₁₀ activation frequency", range=[lo, 0.05], row=1, col=s + 1)
+        fig.update_yaxes(title="layer", row=1, col=1, dtick=max(1, len(self.layers) // 10))
+        return style(fig, title=f"Activation frequency of each neuron, per layer (dotted: active on {RARE_FREQ:.0%} "
+                                f"of tokens)", width=1200, height=900)
 
     def figure_magnitude(self):
         """Pooled |x| distribution per layer (heatmap, log counts) with each layer's threshold τ_l."""
@@ -570,11 +575,11 @@ class NeuronStats(Result):
                                      zmin=-7, zmax=0, showscale=s == S - 1,
                                      colorbar=dict(title="log₁₀ share")), row=1, col=s + 1)
             fig.add_trace(go.Scatter(x=torch.log10(self.tau[s].double()).tolist(), y=self.layers, mode="lines",
-                                     line=dict(color="white", width=2), name="τ_l", showlegend=s == 0),
+                                     line=dict(color="white", width=2), name="τ_l", showlegend=False),
                           row=1, col=s + 1)
             fig.update_xaxes(title="log₁₀ |x|", row=1, col=s + 1)
         fig.update_yaxes(title="layer", row=1, col=1)
-        return style(fig, title="Magnitude distribution of all (token, neuron) entries per layer, with τ_l",
+        return style(fig, title="Magnitude distribution of all (token, neuron) entries per layer (white: τ_l)",
                      width=1200, height=560)
 
     def figure_detectors(self, n: int = 8):
@@ -593,8 +598,8 @@ class NeuronStats(Result):
             return style(fig, title="Strongest n-gram detectors")
         cols = 2
         rows = (len(ex) + cols - 1) // cols
-        titles = [f"L{d['layer']} N{d['neuron']} — {'bigram' if d['bigram_detector'] else 'token'} detector; "
-                  f"trigger at {d['unembed_pct']:.1%} of the vocabulary" for d in ex]
+        titles = [f"L{d['layer']} N{d['neuron']} {'bigram' if d['bigram_detector'] else 'token'} detector · trigger at "
+                  f"{d['unembed_pct']:.0%}" for d in ex]
         fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, horizontal_spacing=0.22, vertical_spacing=0.1)
         for i, d in enumerate(ex):
             r, c = i // cols + 1, i % cols + 1
@@ -603,8 +608,7 @@ class NeuronStats(Result):
             fig.add_trace(go.Bar(x=[g["share"] for g in grams][::-1], y=labels, orientation="h", showlegend=False,
                                  marker_color=COLORS[0 if d["bigram_detector"] else 1]), row=r, col=c)
             fig.update_xaxes(range=[0, 1], row=r, col=c, title="share of energy" if r == rows else None)
-        return style(fig, title="Strongest n-gram detectors: top n-grams by share of the neuron's energy "
-                                "(×count in corpus; trigger = where the value vector ranks its top token)",
+        return style(fig, title="Strongest n-gram detectors: share of the neuron's energy on its top n-grams (×count)",
                      width=1200, height=230 * rows + 120)
 
     def figure_positional(self, n: int = 8):
@@ -620,11 +624,14 @@ class NeuronStats(Result):
             j, nn = f // N, f % N
             if (j, nn) not in lookup:
                 continue
-            y = self.profiles[lookup[(j, nn)]]
+            p = self.signals.index("post")
+            mu, rms = float(self.mean[p, j, nn]), float(self.rms[p, j, nn])
+            sd = max((rms ** 2 - mu ** 2) ** 0.5, 1e-12)
+            y = (self.profiles[lookup[(j, nn)]] - mu) / sd
             fig.add_trace(go.Scatter(x=list(range(1, len(y))), y=y[1:].tolist(), mode="lines",
                                      name=f"L{self.layers[j]} N{nn} (η² {float(self.eta2[j, nn]):.2f})"))
         fig.update_xaxes(title="position in the window")
-        fig.update_yaxes(title="mean activation silu(gate)·up")
+        fig.update_yaxes(title="mean activation at the position (neuron's SDs from its mean)")
         return style(fig, title="Most positional neurons: mean activation by position (positions ≥ 1)", width=1000)
 
     def figure_suppress(self):
@@ -633,17 +640,20 @@ class NeuronStats(Result):
 
         from ..figures import style
         fig = go.Figure()
-        for key, lab in (("unembed_pct", "through the unembedding (next-token logits)"),
-                         ("embed_pct", "against the input embeddings (current token)")):
-            x = [d[key] for d in self.detectors]
-            fig.add_trace(go.Histogram(x=x, xbins=dict(start=0, end=1, size=0.05), name=lab, opacity=0.7))
-        fig.add_hline(y=len(self.detectors) / 20, line=dict(dash="dot", color="#555"),
-                      annotation_text="uniform (no relation)")
-        fig.update_layout(barmode="overlay")
+        readouts = [("unembed_pct", "through the unembedding (next-token logits)"),
+                    ("embed_pct", "against the input embeddings (current token)")]
+        if self.params.get("tied_embeddings"):
+            readouts = [("unembed_pct", "through the tied embedding matrix (next-token logits = current token)")]
+        for key, lab in readouts:
+            fig.add_trace(go.Histogram(x=[d[key] for d in self.detectors], xbins=dict(start=0, end=1, size=0.05),
+                                       name=lab, opacity=0.75))
+        fig.add_hline(y=len(self.detectors) / 20, line=dict(dash="dot", color="#555"), layer="above",
+                      annotation_text="no relation (uniform)", annotation_position="top left")
+        fig.update_layout(barmode="overlay", legend=dict(x=0.02, y=1.0, xanchor="left", yanchor="bottom"))
         fig.update_xaxes(title="fraction of the vocabulary scored below the trigger token", range=[0, 1])
         fig.update_yaxes(title="detectors")
-        return style(fig, title=f"Detect then suppress? {len(self.detectors)} detectors' value vectors "
-                                f"(sign of their firing) on their own trigger token", width=1000)
+        return style(fig, title=f"Detect, then suppress? {len(self.detectors)} detectors' value vectors (signed as they "
+                                f"fire) on their own trigger token", width=1000)
 
     def figures(self) -> dict:
         return {"neuron_types": self.figure(), "neuron_frequency": self.figure_frequency(),
