@@ -11,8 +11,9 @@ tokens over its total energy; the **bigram share** the same for (previous token,
 pairs.  On a ReLU model a neuron's energy lives on its active tokens only, so these are the
 energy-weighted version of Voita's counts.
 
-Exact counting, in fixed memory, in one pass.  A dense ``[token, neuron]`` table for the default
-model is 23K × 46K (4 GB), a bigram table 40× that.  Instead:
+Exact counting in fixed memory, with one full pass plus a 10% calibration sample.  A dense ``[token, neuron]`` table
+for the default model on its corpus is 23K tokens × 46K neurons (4 GB), a bigram table 7× that
+(159K distinct bigrams).  Instead:
 
 1. **Upper bound by hashing.**  Every neuron's energy is also summed into ``B`` buckets of the
    token id under ``H`` hash functions (``[H·B, neuron]`` per layer).  Hashing only merges tokens,
@@ -26,10 +27,12 @@ model is 23K × 46K (4 GB), a bigram table 40× that.  Instead:
 3. **Traces.**  In the main pass, the candidates' activations are written to trace shards
    (``[candidate, token]`` float32, with the token and previous-token ids); afterwards exact
    unigram and bigram energies come from ``index_add_`` over those traces, candidate chunk by
-   chunk, with no hashing at all.
+   chunk, with no hashing at all.  Traces cost ``4 · candidates · tokens`` bytes of disk (GBs for
+   thousands of candidates on 362K tokens), no memory.
 4. **Verification.**  The main pass also keeps the hashed bound over the whole corpus.  Any neuron
-   whose full-corpus bound reaches the cut but was not a candidate gets a top-up pass (traces for
-   those neurons only); the result records how many there were.  So every neuron is classified
+   whose full-corpus bound reaches the cut but was not a candidate (or fell beyond
+   ``max_candidates``) gets a top-up pass (traces for those neurons only); the result records how
+   many there were.  So every neuron is classified
    exactly: by its exact share, or by a bound below the cut.
 
 The value-vector readout (:func:`detect_then_suppress`) projects ``sign · w_out`` (the direction a
