@@ -222,7 +222,7 @@ def _equal(a: NeuronStats, b: NeuronStats):
     assert a.detectors == b.detectors and a.per_layer == b.per_layer
 
 
-@pytest.mark.parametrize("stop_after", [1, 4, 7])
+@pytest.mark.parametrize("stop_after", [1, 6])
 def test_a_killed_and_resumed_run_equals_one_pass(tmp_path, data_dir, stop_after):
     m = tiny("llama")
     texts = _texts(data_dir, 2)

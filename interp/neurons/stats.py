@@ -453,8 +453,9 @@ class NeuronStats(Result):
 
     Tensors: ``[signal, layer, neuron]`` for the per-signal statistics, ``[layer, neuron]`` for the
     ``post`` criteria.  ``uni_share`` / ``bi_share`` are exact where ``share_exact`` is true (every
-    n-gram candidate) and otherwise an upper bound below the detector cut.  ``detectors`` lists every
-    token or bigram detector with its n-grams and value-vector readout; ``per_layer`` the counts.
+    n-gram candidate) and otherwise the hashed upper bound, which is below the detector cut unless
+    ``search["n_unresolved"]`` > 0.  ``detectors`` lists every token or bigram detector with its
+    n-grams and value-vector readout; ``per_layer`` the counts.
     """
 
     stem = "neuron_stats"
@@ -496,6 +497,11 @@ class NeuronStats(Result):
     per_layer: dict = field(default_factory=dict)
     search: dict = field(default_factory=dict)
     seconds: dict = field(default_factory=dict)
+
+    def summary_line(self) -> str:
+        counts = ", ".join(f"{k}={int(getattr(self, k).sum())}" for k in ("dead", "rare", "token_detector",
+                                                                         "bigram_detector", "positional"))
+        return f"NeuronStats(model={self.model!r}, n_tokens={self.n_tokens}, {counts})"
 
     # ------------------------------------------------------------------ figures
     def figure(self):
