@@ -39,8 +39,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 SWEEPS = ("trace", "knockout", "stats", "probe")
-#: batches between two state snapshots of ``interp neurons stats`` (neuron_stats' save_every)
-SNAPSHOT_EVERY = 10
+#: batches between two state snapshots of ``interp neurons stats`` (its ``--save-every``: small, so that
+#: the tiny sweep has enough snapshots for kills to land in its work)
+SNAPSHOT_EVERY = 4
 
 
 # ---------------------------------------------------------------------- inputs
@@ -92,7 +93,8 @@ def command(sweep: str, v: dict[str, str], out: str) -> list[str]:
     if sweep == "knockout":
         return ["knockout", "--dataset", v["facts"], "--all-facts", "--n-facts", "20", "--window", "1", *common]
     if sweep == "stats":
-        return ["neurons", "stats", "--corpus", v["corpus"], "--max-len", "16", "--batch-size", "2", *common]
+        return ["neurons", "stats", "--corpus", v["corpus"], "--max-len", "16", "--batch-size", "2",
+                "--save-every", str(SNAPSHOT_EVERY), *common]
     if sweep == "probe":
         return ["probe", "--dataset", f"nqswap:{v['nq']}", "--demos", "1", "--components", "resid,mlp,attn",
                 "--seeds", "1", "--batch-size", "8", *common]

@@ -97,7 +97,7 @@ def test_per_architecture_facts_stay_in_arch():
 #: statistics): their public names are documented when that work lands, and then leave this set
 DOCSTRINGS_PENDING = {"interp.engines", "interp.engines.base", "interp.engines.hf", "interp.engines.nns",
                       "interp.engines.tl", "interp.interventions", "interp.loading", "interp.model",
-                      "interp.neurons.stats", "probes.linear", "probes.result"}
+                      "probes.linear", "probes.result"}
 
 
 def test_public_names_have_docstrings():

@@ -242,6 +242,7 @@ class Grid:
 
     @property
     def n_mag(self) -> int:
+        """Number of magnitude bins (4 per octave with ``mbits=2``)."""
         return (self.e_max - self.e_min) << self.mbits
 
     @property
@@ -267,6 +268,7 @@ class Grid:
         return max(1, int((e <= value).sum()) - 1)
 
     def to_dict(self) -> dict:
+        """The grid's parameters (recorded in the result and in the checkpoint config)."""
         return {"mbits": self.mbits, "e_min": self.e_min, "e_max": self.e_max}
 
 
@@ -306,6 +308,7 @@ class PassState:
         return {k: v for k, v in vars(self).items() if isinstance(v, Tensor) and not k.startswith("_")}
 
     def load(self, saved: dict[str, Tensor]) -> None:
+        """Restore the running sums from a snapshot (typed error if it does not match this state)."""
         for k, v in self.tensors().items():
             if k not in saved or saved[k].shape != v.shape:
                 raise InterpError(f"saved state lacks {k!r} or has another shape; delete the checkpoint directory")
@@ -328,6 +331,8 @@ class PassState:
 
     def add_positions(self, j: int, x3: Float[Tensor, "batch pos neuron"], xx3: Float[Tensor, "batch pos neuron"],
                       pad_groups: list[tuple[int, Tensor]]) -> None:
+        """Fold ``post`` sums per position in; ``pad_groups`` lists (left padding, rows) so that
+        position 0 is each window's first real token."""
         W = x3.shape[1]
         for p, rows in pad_groups:
             sel = slice(None) if len(rows) == x3.shape[0] else rows
@@ -337,10 +342,12 @@ class PassState:
                 self.pos_tokens[:W - p] += len(rows)
 
     def buckets(self, ids: Int[Tensor, "tok"], pos: Int[Tensor, "tok"]) -> Int[Tensor, "hash tok"]:
+        """Sketch bucket of every token under every hash; position-0 tokens go to the sink row."""
         hb = ngrams.hash_buckets(ids, self.H, self.B)
         return torch.where(pos[None] == 0, self.H * self.B, hb)
 
     def add_sketch(self, j: int, energy: Float[Tensor, "tok neuron"], hb: Int[Tensor, "hash tok"]) -> None:
+        """Add every token's energy ``a²`` to its bucket under each hash."""
         for h in range(self.H):
             self.sketch[j].index_add_(0, hb[h], energy)
 
@@ -499,6 +506,7 @@ class NeuronStats(Result):
     seconds: dict = field(default_factory=dict)
 
     def summary_line(self) -> str:
+        """One line: model, tokens and the total count of each neuron type."""
         counts = ", ".join(f"{k}={int(getattr(self, k).sum())}" for k in ("dead", "rare", "token_detector",
                                                                          "bigram_detector", "positional"))
         return f"NeuronStats(model={self.model!r}, n_tokens={self.n_tokens}, {counts})"
@@ -524,6 +532,7 @@ class NeuronStats(Result):
                                 f"{self.threshold_label()}", width=1000)
 
     def threshold_label(self) -> str:
+        """The activity threshold in words, for figure titles and captions."""
         t = self.threshold
         return (f"active = |a| ≥ τ_l, entries below τ_l carry ≤ {t['value']:.0%} of the layer's energy"
                 if t["kind"] == "energy" else f"active = |a| ≥ {float(self.tau.flatten()[0]):.4g}")
@@ -662,6 +671,7 @@ class NeuronStats(Result):
                                 f"fire) on their own trigger token", width=1000)
 
     def figures(self) -> dict:
+        """All six figures by file stem (what ``interp neurons stats`` writes)."""
         return {"neuron_types": self.figure(), "neuron_frequency": self.figure_frequency(),
                 "neuron_magnitude": self.figure_magnitude(), "neuron_detectors": self.figure_detectors(),
                 "neuron_positional": self.figure_positional(), "neuron_detect_suppress": self.figure_suppress()}
@@ -777,7 +787,8 @@ def finalize(main: PassState, factors: PassState | None, *, signals: Sequence[st
 
 
 # ---------------------------------------------------------------------- the pipeline
-def _check_args(threshold_kind, threshold, max_len, batch_size, detector_top, detector_share, calib_every):
+def _check_args(threshold_kind, threshold, max_len, batch_size, detector_top, detector_share, calib_every,
+                save_every):
     if threshold_kind not in ("energy", "abs"):
         raise InterpError(f"threshold_kind must be 'energy' (per-layer τ: entries below carry ≤ threshold of "
                           f"the layer's energy) or 'abs' (|x| ≥ threshold), not {threshold_kind!r}")
@@ -791,6 +802,8 @@ def _check_args(threshold_kind, threshold, max_len, batch_size, detector_top, de
         raise InterpError("detector_top must be ≥ 1 and detector_share in (0, 1]")
     if calib_every < 1:
         raise InterpError("calib_every must be ≥ 1 (1 = calibrate on every window)")
+    if save_every < 1:
+        raise InterpError(f"save_every (batches between two state snapshots) must be ≥ 1, not {save_every}")
 
 
 @torch.no_grad()
@@ -822,7 +835,8 @@ def neuron_stats(model, corpus, *, layers: Sequence[int] | None = None, text_fie
     Returns:
         :class:`NeuronStats`, or None when ``max_batches`` stopped the run early.
     """
-    _check_args(threshold_kind, threshold, max_len, batch_size, detector_top, detector_share, calib_every)
+    _check_args(threshold_kind, threshold, max_len, batch_size, detector_top, detector_share, calib_every,
+                save_every)
     a = model.adapter
     lay = list(range(a.n_layers)) if layers is None else [a.check_layer(l) for l in layers]
     gated = a.gate is not None
