@@ -8,6 +8,7 @@ load drifts.  It also times the public ``decode_neurons`` call end to end.
 
     .venv/bin/python benchmarks/bench_neurons.py            # whole default model, k=10
     .venv/bin/python benchmarks/bench_neurons.py --layers 0 15 29 --k 10
+    .venv/bin/python benchmarks/bench_neurons.py --directions out up     # issue 10: out and up, all layers
 
 Goal: ratio ≤ 1.3×.  On a GPU machine pass ``--model`` an 8B Llama (``--dtype bfloat16``) for
 the large-model timing; none was available when this was written.
@@ -27,6 +28,7 @@ def main():
     ap.add_argument("--model", default=None)
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--layers", type=int, nargs="*", default=None)
+    ap.add_argument("--directions", nargs="*", default=None, help="out / up / gate (default: all the MLP has)")
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--vocab-chunk", type=int, default=8192)
     ap.add_argument("--skip-end-to-end", action="store_true")
@@ -38,7 +40,7 @@ def main():
     model = interp.load(args.model, dtype=args.dtype)
     a = model.adapter
     layers = list(range(a.n_layers)) if args.layers is None else args.layers
-    dirs = check_directions(a, None)
+    dirs = check_directions(a, args.directions)
     W_U = a.W_U
     sync = torch.cuda.synchronize if W_U.is_cuda else (lambda: None)
     t_floor = t_ours = 0.0
@@ -62,7 +64,7 @@ def main():
            "floor_s": round(t_floor, 2), "map_s": round(t_ours, 2), "ratio": round(t_ours / t_floor, 3)}
     if not args.skip_end_to_end:
         t0 = time.perf_counter()
-        nm = decode_neurons(model, layers=layers, k=args.k)
+        nm = decode_neurons(model, layers=layers, directions=dirs, k=args.k)
         res["decode_neurons_end_to_end_s"] = round(time.perf_counter() - t0, 2)
         res["map_shape"] = list(nm.top_ids.shape)
     print(json.dumps(res, indent=1))

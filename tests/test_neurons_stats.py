@@ -211,6 +211,10 @@ def test_a_detector_the_calibration_misses_is_caught_by_the_top_up_pass():
     st = neuron_stats(m, texts, max_len=128, batch_size=2, calib_every=1000, detector_share=0.9)
     assert st.search["n_topup"] >= 2 and st.search["n_unresolved"] == 0
     assert st.bigram_detector[0, 0] and st.token_detector[0, 1]
+    # without the top-up pass they are reported unresolved, not counted as detectors
+    no = neuron_stats(m, texts, max_len=128, batch_size=2, calib_every=1000, detector_share=0.9, top_up=False)
+    assert no.search["n_topup"] == 0 and no.search["n_unresolved"] == st.search["n_topup"]
+    assert not no.bigram_detector[0, 0] and not no.token_detector[0, 1]
 
 
 # ---------------------------------------------------------------------- resume, thresholds
@@ -240,6 +244,29 @@ def test_a_killed_and_resumed_run_equals_one_pass(tmp_path, data_dir, stop_after
         other = neuron_stats(m, texts, checkpoint_dir=tmp_path, max_batches=0, threshold=0.05, **kw)
         _equal(other, neuron_stats(m, texts, threshold=0.05, **kw))
         assert not torch.equal(other.freq, one.freq)
+
+
+def test_a_run_cut_short_covers_its_first_batches_and_continues(tmp_path, data_dir):
+    m = tiny("llama")
+    texts = _texts(data_dir, 2)
+    kw = dict(max_len=32, batch_size=2, detector_share=0.3, calib_every=2, save_every=2)
+    wins, info = corpus_windows(m.tokenizer, texts, max_len=32)
+    cut = neuron_stats(m, texts, checkpoint_dir=tmp_path, main_batches=3, **kw)
+    assert cut.n_tokens == cut.corpus["main_tokens"] == sum(map(len, wins[:6])) < info["n_tokens"]
+    assert cut.corpus["main_windows"] == 6 and cut.corpus["n_tokens"] == info["n_tokens"]
+    assert cut.signal_tokens["gate"] == sum(map(len, wins[::2]))  # gate and up: the whole corpus' sample
+    vals, _, _, _ = _reference(tiny_hf("llama"), wins[:6])
+    p = cut.signals.index("post")
+    for l in range(3):
+        x = vals["post", l]
+        assert float(cut.tau[p, l]) == _energy_tau(x, 0.01, Grid())
+        assert torch.equal(cut.freq[p, l], ((x.abs() >= cut.tau[p, l]).sum(0).double() / len(x)).float())
+    # the cut run's state continues into the whole corpus, equal to one uncut pass
+    _equal(neuron_stats(m, texts, checkpoint_dir=tmp_path, **kw), neuron_stats(m, texts, **kw))
+    with pytest.raises(InterpError, match="already covers"):
+        neuron_stats(m, texts, checkpoint_dir=tmp_path, main_batches=2, **kw)
+    with pytest.raises(InterpError, match="main_batches"):
+        neuron_stats(m, texts, main_batches=0, **kw)
 
 
 def test_threshold_rules_and_bad_arguments(data_dir):

@@ -86,7 +86,8 @@ def _cmd_stats(args) -> dict:
                       threshold=args.threshold, threshold_kind=args.threshold_kind, detector_top=args.detector_top,
                       detector_share=args.detector_share, positional_eta2=args.positional_eta2,
                       calib_every=args.calib_every, max_candidates=args.max_candidates, checkpoint_dir=ck,
-                      save_every=args.save_every, progress=not args.json)
+                      save_every=args.save_every, main_batches=args.main_batches, top_up=not args.no_top_up,
+                      progress=not args.json)
     paths = save_result(st, None, args, "neuron_stats")
     paths["figures"] = {stem: save_figure(fig, out, stem) for stem, fig in st.figures().items()}
     totals = {k: int(getattr(st, k).sum()) for k in ("dead", "rare", "token_detector", "bigram_detector",
@@ -156,6 +157,10 @@ def register(sub, common) -> None:
     q.add_argument("--positional-eta2", type=float, default=0.5)
     q.add_argument("--calib-every", type=int, default=10)
     q.add_argument("--max-candidates", type=int, default=4096)
+    q.add_argument("--main-batches", type=int, default=None,
+                   help="cut the main pass short after this many batches (the whole corpus did not fit the time)")
+    q.add_argument("--no-top-up", action="store_true",
+                   help="skip the top-up pass; neurons only it could resolve are reported unresolved")
     q.add_argument("--save-every", type=int, default=16,
                    help="batches between two state snapshots (a kill loses at most this many)")
     q.set_defaults(func=_cmd_stats)

@@ -14,6 +14,9 @@ from pathlib import Path
 
 #: every ConceptVectors Wikipedia article (28 texts, 362,899 tokens of the default model)
 CORPUS = ["conceptvectors/llama2-7b_concepts_dev.json", "conceptvectors/olmo-7b_concepts_dev.json"]
+#: the main pass over the first 144 batches (1,152 windows, 146,872 tokens): the whole corpus did not fit
+#: the time on the shared 2-core machine; None covers it all (the state in the result's ``state/`` continues)
+MAIN_BATCHES = 144
 CLAMP_VALUES = [1.0, 2.0, 5.0, 10.0, 20.0]
 CLAMP_PROMPTS = ["My favourite word is", "The weather today is"]
 
@@ -77,7 +80,9 @@ def stats_corpus() -> list[Path]:
 
 def stats_settings(quick: bool) -> dict:
     """Settings of the figures job's neuron statistics (the key of its cached result)."""
-    return {"corpus": CORPUS, "max_tokens": 4096 if quick else None}
+    if quick:
+        return {"corpus": CORPUS, "max_tokens": 4096}
+    return {"corpus": CORPUS, "max_tokens": None, "main_batches": MAIN_BATCHES, "top_up": MAIN_BATCHES is None}
 
 
 def voita_comparison(st) -> dict[str, str]:
@@ -135,11 +140,14 @@ def neuron_type_entries(model, out_dir: Path, quick: bool) -> list[dict]:
     rdir = result_dir(out_dir, "neuron_stats", quick)
     corpus = stats_corpus()
     st = stats_settings(quick)
+    cut = st.get("main_batches")
     cmd = shlex.join(["interp", "neurons", "stats", "--corpus", *map(display_path, corpus)]
                      + (["--max-tokens", str(st["max_tokens"])] if st["max_tokens"] else [])
+                     + (["--main-batches", str(cut)] if cut else []) + ([] if st.get("top_up", True) else ["--no-top-up"])
                      + ["--out", display_path(rdir)])
     ns = cached(NeuronStats, rdir, settings=st, model=model, command=cmd,
-                compute=lambda: neuron_stats(model, corpus, max_tokens=st["max_tokens"], checkpoint_dir=rdir / "state",
+                compute=lambda: neuron_stats(model, corpus, max_tokens=st["max_tokens"], main_batches=cut,
+                                             top_up=st.get("top_up", True), checkpoint_dir=rdir / "state",
                                              progress=True))
     for stem, fig in ns.figures().items():
         save_figure(fig, out_dir, stem)
@@ -147,9 +155,13 @@ def neuron_type_entries(model, out_dir: Path, quick: bool) -> list[dict]:
     L = len(ns.layers)
     mid = L // 2
     tau = ns.tau[p]
-    corpus_line = (f"{ns.n_tokens:,} tokens of {ns.corpus['n_texts']} texts ({', '.join(ns.corpus['sources'])}), "
-                   f"windows of {ns.corpus['max_len']}; gate and up on the calibration sample of "
-                   f"{min(ns.signal_tokens.values()):,} tokens")
+    c = ns.corpus
+    part = "" if ns.n_tokens == c["n_tokens"] else (
+        f" (the main pass cut short: the first {c['main_windows']:,} of {c['n_windows']:,} windows, "
+        f"{ns.n_tokens / c['n_tokens']:.0%} of the corpus's {c['n_tokens']:,} tokens)")
+    corpus_line = (f"{ns.n_tokens:,} tokens{part} of {c['n_texts']} texts ({', '.join(c['sources'])}), "
+                   f"windows of {c['max_len']}; gate and up on the calibration sample of "
+                   f"{min(ns.signal_tokens.values()):,} tokens spread over the whole corpus")
     totals = {k: int(getattr(ns, k).sum()) for k in ("dead", "rare", "token_detector", "bigram_detector", "positional")}
     base = {"command": cmd, "results": [rdir]}
     out = [{

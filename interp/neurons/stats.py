@@ -408,6 +408,9 @@ class _Pass:
     def run(self, batches: list[list[list[int]]], step: Callable, budget: list, progress_bar: bool) -> bool:
         """Run the remaining batches; False when ``budget`` (batches left in this call) ran out."""
         done = self.progress["batches"]
+        if done > len(batches):
+            raise InterpError(f"the saved {self.name} pass in {self.dir} already covers {done} batches, more than the "
+                              f"{len(batches)} asked for; ask for at least {done} (main_batches) or delete {self.dir}")
         todo = range(done, len(batches))
         if progress_bar and len(todo):
             from tqdm.auto import tqdm
@@ -813,7 +816,8 @@ def neuron_stats(model, corpus, *, layers: Sequence[int] | None = None, text_fie
                  detector_top: int = 3, detector_share: float = 0.5, positional_eta2: float = 0.5,
                  calib_every: int = 10, n_hashes: int = 2, n_buckets: int = 256, max_candidates: int = 4096,
                  grid: Grid = Grid(), checkpoint_dir: str | Path | None = None, save_every: int = 16,
-                 max_batches: int | None = None, progress: bool = False) -> NeuronStats | None:
+                 main_batches: int | None = None, top_up: bool = True, max_batches: int | None = None,
+                 progress: bool = False) -> NeuronStats | None:
     """Dead, rare, token/bigram-detector and positional neurons over a corpus (Voita et al. 2023).
 
     See the module docstring for every definition and the pipeline; :mod:`interp.neurons.ngrams`
@@ -828,6 +832,14 @@ def neuron_stats(model, corpus, *, layers: Sequence[int] | None = None, text_fie
             threshold``).  Applied after the pass; :func:`finalize` can redo it.
         detector_top, detector_share: a detector's top-``k`` n-grams carry ≥ this share of its energy.
         calib_every, n_hashes, n_buckets, max_candidates: n-gram candidate search (ngrams module).
+        main_batches: cut the main pass (and a top-up pass) short after this many batches, i.e. the
+            first ``main_batches · batch_size`` windows in corpus order, when the whole corpus does not fit
+            the time: ``post``, positions and n-grams then cover those tokens (``corpus["main_tokens"]``),
+            gate and up still the calibration sample of the whole corpus.  Not part of the checkpoint's
+            settings: a cut run continues with a larger cut or none.
+        top_up: run the top-up pass (a full pass over the main batches, however few neurons it traces);
+            False leaves the neurons only it could resolve unresolved (``search["n_unresolved"]``; they are
+            not counted as detectors).
         checkpoint_dir: resumable state (one subdirectory per pass); without it the traces go to a
             temporary directory.  max_batches: stop after this many batches in this call (state saved at
             the last snapshot) and return None; call again to continue.
@@ -837,6 +849,8 @@ def neuron_stats(model, corpus, *, layers: Sequence[int] | None = None, text_fie
     """
     _check_args(threshold_kind, threshold, max_len, batch_size, detector_top, detector_share, calib_every,
                 save_every)
+    if main_batches is not None and main_batches < 1:
+        raise InterpError(f"main_batches must be ≥ 1 (or None for the whole corpus), not {main_batches}")
     a = model.adapter
     lay = list(range(a.n_layers)) if layers is None else [a.check_layer(l) for l in layers]
     gated = a.gate is not None
@@ -874,7 +888,9 @@ def neuron_stats(model, corpus, *, layers: Sequence[int] | None = None, text_fie
     digest = hashlib.sha256(cands.numpy().tobytes()).hexdigest()[:16]
     main_pass = _Pass("main", root, {**base, "candidates": digest, "n_candidates": len(cands)}, main, save_every)
     step = _make_step(model, lay, main, "mlp_post", cands)
-    if not main_pass.run(_batches(wins, batch_size), step, budget, progress):
+    main_b = _batches(wins, batch_size)[:main_batches]
+    info["main_windows"], info["main_tokens"] = sum(map(len, main_b)), sum(len(w) for b in main_b for w in b)
+    if not main_pass.run(main_b, step, budget, progress):
         return None
     seconds["main"] = main_pass.progress["seconds"]
 
@@ -883,13 +899,13 @@ def neuron_stats(model, corpus, *, layers: Sequence[int] | None = None, text_fie
     if len(cands):
         bound[cands[:, 0], cands[:, 1]] = 0.0
     missed_all = ngrams.pick_candidates(bound, detector_share, L * N)
-    missed = missed_all[:max_candidates]
+    missed = missed_all[:max_candidates] if top_up else missed_all[:0]
     traced = [(main_pass, cands)]
     if len(missed):
         top_pass = _Pass("topup", root, {**base, "missed": hashlib.sha256(missed.numpy().tobytes()).hexdigest()[:16]},
                          PassState(L, N), save_every)
         step = _make_step(model, lay, PassState(L, N), "mlp_post", missed)
-        if not top_pass.run(_batches(wins, batch_size), step, budget, progress):
+        if not top_pass.run(main_b, step, budget, progress):
             return None
         seconds["topup"] = top_pass.progress["seconds"]
         traced.append((top_pass, missed))
@@ -911,7 +927,7 @@ def neuron_stats(model, corpus, *, layers: Sequence[int] | None = None, text_fie
               "n_missed": len(missed_all), "n_topup": len(missed), "n_unresolved": len(missed_all) - len(missed),
               "max_candidates": max_candidates, "n_hashes": n_hashes, "n_buckets": n_buckets}
     res = finalize(main, calib if factors else None, signals=sig,
-                   n_tokens=[info["n_tokens"], sum(map(len, calib_wins))], model=model.name,
+                   n_tokens=[info["main_tokens"], sum(map(len, calib_wins))], model=model.name,
                    engine=model.engine_name, layers=lay, corpus=info, threshold=threshold,
                    threshold_kind=threshold_kind, detector_top=detector_top, detector_share=detector_share,
                    positional_eta2=positional_eta2, exact=exact, search=search)
