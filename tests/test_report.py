@@ -194,3 +194,21 @@ def test_readme_gallery_caption_matches_the_committed_trace():
     r = tr.grid("resid", effect=True)
     assert int(r.nan_to_num(-1e9).argmax()) % r.shape[1] == len(tr.tokens) - 1  # residual peak: last token
 
+
+def test_committed_knockout_figures_keep_position_0_off_the_subject():
+    """Issue 16: the Eiffel prompt starts with its subject; the figures run it after a sink token and
+    keep the run without one (flagged) for comparison."""
+    import json
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from conftest import default_tokenizer
+    from interp.attention.report import sink_token
+    assert sink_token(default_tokenizer()) == "<|endoftext|>"  # special in SmolLM2, whose BOS is a chat token
+    assert sink_token(SimpleNamespace(all_special_tokens=["<s>"], bos_token="<s>")) is True
+    res = Path(__file__).resolve().parents[1] / "figures" / "results"
+    ko, nb = (json.loads((res / d / "knockout.json").read_text()) for d in ("knockout_eiffel", "knockout_eiffel_no_bos"))
+    assert ko["tokens"][0] == ko["bos"] == "<|endoftext|>" and ko["position_zero"] == []
+    assert nb["bos"] == "" and nb["position_zero"] == ["subject"] and nb["tokens"] == ko["tokens"][1:]
+    sw = json.loads((res / "knockout_sweep" / "knockout_sweep.json").read_text())
+    assert sw["bos"] == "<|endoftext|>" and sw["n_position_zero"] == 0

@@ -6,6 +6,14 @@ missing result raises :class:`~interp.errors.ResultMissingError` naming the comm
 it.  quick mode sweeps 3 known facts and one RAG example; full mode 40 known facts and the first
 3 :data:`~interp.attention.rag.RAG_EXAMPLES` (the sweep is resumable: a full run continues a
 killed one).  Captions and numbers are read from the results.
+
+**Position 0.**  The default model's tokenizer adds no BOS, so a prompt's first token is the
+attention sink, and most known_1000 prompts start with their subject: blocking subject → last
+then also blocks the sink (Geva et al.'s notebook flags this case).  The single-prompt knockout and
+the dataset sweep run with a sink prefix (:func:`sink_token`: ``<|endoftext|>`` when the tokenizer
+has it as a special token, else the tokenizer's BOS) and, for comparison, without one (results
+``*_no_bos``); the numbers and captions give both.  The RAG comparison still runs without a
+prefix, and its caption says so.
 """
 
 from __future__ import annotations
@@ -22,6 +30,16 @@ def _argmin(xs):
     return min(range(len(xs)), key=xs.__getitem__)
 
 
+def sink_token(tokenizer) -> str | bool:
+    """The prefix the figures put before a prompt: ``<|endoftext|>`` if special here, else the BOS."""
+    return "<|endoftext|>" if "<|endoftext|>" in (getattr(tokenizer, "all_special_tokens", None) or []) else True
+
+
+def _drop(rel: list[float], layers: list[int]) -> str:
+    i = _argmin(rel)
+    return f"{100 * rel[i]:+.1f}% (centre layer {layers[i]})"
+
+
 def report_sections(model, out_dir: Path, quick: bool) -> list[dict]:
     """Figures of Geva et al.'s knockouts, the SAT-probe contributions and the RAG comparison."""
     from ..datasets import data_dir, display_path
@@ -31,28 +49,49 @@ def report_sections(model, out_dir: Path, quick: bool) -> list[dict]:
     from .knockout import KnockoutResult, KnockoutSweepResult, attention_knockout, knockout_sweep
     from .rag import RAG_EXAMPLES, RagFlowResult, rag_flow
 
+    import warnings
+
+    from ..errors import PositionZeroWarning
+
     out_dir = Path(out_dir)
     entries = []
     redo = f"interp figures --only attention --out {display_path(out_dir)}" + (" --quick" if quick else "")
 
-    # 1. one prompt, Geva Fig. 2
-    rdir = result_dir(out_dir, "knockout_eiffel", quick)
-    cmd = shlex.join(["interp", "knockout", "--prompt", PROMPT, "--subject", SUBJECT, "--out", display_path(rdir)])
-    ko = cached(KnockoutResult, rdir, settings={"prompt": PROMPT, "subject": SUBJECT}, model=model, command=cmd,
-                compute=lambda: attention_knockout(model, PROMPT, subject=SUBJECT))
+    # 1. one prompt, Geva Fig. 2 — with a sink prefix, and without one for comparison
+    sink = sink_token(model.tokenizer) if model is not None else None
+    kos = {}
+    for tag, bos in (("", sink), ("_no_bos", None)):
+        with warnings.catch_warnings():  # the comparison without a prefix is flagged in its result
+            if tag:
+                warnings.simplefilter("ignore", PositionZeroWarning)
+            kos[tag] = cached(KnockoutResult, result_dir(out_dir, "knockout_eiffel" + tag, quick),
+                              settings={"prompt": PROMPT, "subject": SUBJECT, "bos": tag == ""}, model=model,
+                              command=redo, compute=lambda bos=bos: attention_knockout(model, PROMPT,
+                                                                                       subject=SUBJECT, bos=bos))
+    ko, nb = kos[""], kos["_no_bos"]
+    cmd = shlex.join(["interp", "knockout", "--prompt", PROMPT, "--subject", SUBJECT, "--bos", ko.bos, "--out",
+                      display_path(result_dir(out_dir, "knockout_eiffel", quick))])
     save_figure(ko.figure(), out_dir, "attention_knockout_eiffel")
-    nums = {"answer": ko.answer, "p_clean": round(ko.p_clean, 4), "window": ko.window}
-    for s, rel in ko.relative_change.items():
-        i = _argmin(rel)
-        nums[f"strongest drop, {s} → last"] = f"{100 * rel[i]:+.1f}% (centre layer {ko.layers[i]})"
+    nums = {"answer": ko.answer, "prefix (position 0)": repr(ko.tokens[0]), "p_clean": round(ko.p_clean, 4),
+            "p_clean without the prefix": round(nb.p_clean, 4), "window": ko.window}
+    for s_, rel in ko.relative_change.items():
+        nums[f"strongest drop, {s_} → last"] = _drop(rel, ko.layers)
+        nums[f"strongest drop, {s_} → last, no prefix"] = _drop(nb.relative_change[s_], nb.layers) + (
+            " — holds position 0, the sink" if s_ in nb.position_zero else "")
     entries.append({
         "stem": "attention_knockout_eiffel", "title": f"Attention knockout: {PROMPT!r}", "numbers": nums,
-        "command": cmd, "results": [rdir],
+        "command": cmd, "results": [result_dir(out_dir, "knockout_eiffel", quick),
+                                    result_dir(out_dir, "knockout_eiffel_no_bos", quick)],
         "caption": (f"Relative change of p({ko.answer!r}) when the last token cannot attend to "
-                    + ", ".join(f"{s} ({len(p)} token{'s' * (len(p) != 1)})" for s, p in ko.sources.items())
+                    + ", ".join(f"{s_} ({len(p)} token{'s' * (len(p) != 1)})" for s_, p in ko.sources.items())
                     + f" in a {ko.window}-layer window around each layer (Geva et al. 2023, Fig. 2; layers "
                     f"{ko.windows[len(ko.windows) // 2][0]}–{ko.windows[len(ko.windows) // 2][-1]} around "
-                    f"{ko.layers[len(ko.layers) // 2]}).")})
+                    f"{ko.layers[len(ko.layers) // 2]}). The prompt runs after {ko.bos!r}, so position 0 — the "
+                    f"attention sink — is not a prompt token. Without it the subject starts at position 0 "
+                    f"({nb.tokens[0]!r}; flagged sets: {', '.join(nb.position_zero) or 'none'}): blocking "
+                    f"subject → last then reaches {_drop(nb.relative_change['subject'], nb.layers)} instead "
+                    f"of {_drop(ko.relative_change['subject'], ko.layers)}, at p_clean {nb.p_clean:.3f} "
+                    f"instead of {ko.p_clean:.3f}.")})
 
     # 2. contributions (layer × token, head × layer)
     rdir = result_dir(out_dir, "contributions_eiffel", quick)
@@ -87,26 +126,44 @@ def report_sections(model, out_dir: Path, quick: bool) -> list[dict]:
 
     # 3. dataset sweep (resumable: a rerun with more facts continues the items already swept)
     n = 3 if quick else 40
-    rdir = result_dir(out_dir, "knockout_sweep", quick)
     path = data_dir() / KNOWN_1000
-    cmd = shlex.join(["interp", "knockout", "--dataset", display_path(path), "--n-facts", str(n), "--out",
-                      display_path(rdir)])
-    sw = cached(KnockoutSweepResult, rdir, settings={"dataset": KNOWN_1000, "n_facts": n}, model=model,
-                command=cmd, compute=lambda: knockout_sweep(model, path, rdir / "sweep", n_facts=n, progress=False))
+    sws = {}
+    for tag, bos in (("", sink), ("_no_bos", None)):
+        rdir = result_dir(out_dir, "knockout_sweep" + tag, quick)
+        with warnings.catch_warnings():  # the comparison without a prefix is flagged in its result
+            if tag:
+                warnings.simplefilter("ignore", PositionZeroWarning)
+            sws[tag] = cached(KnockoutSweepResult, rdir,
+                              settings={"dataset": KNOWN_1000, "n_facts": n, "bos": tag == ""}, model=model,
+                              command=redo, compute=lambda bos=bos, rdir=rdir: knockout_sweep(
+                                  model, path, rdir / "sweep", n_facts=n, bos=bos, progress=False))
+    sw, snb = sws[""], sws["_no_bos"]
+    cmd = shlex.join(["interp", "knockout", "--dataset", display_path(path), "--n-facts", str(n), "--bos", sw.bos,
+                      "--out", display_path(result_dir(out_dir, "knockout_sweep", quick))])
     save_figure(sw.figure(), out_dir, "attention_knockout_sweep")
-    nums = {"known facts swept": sw.n_known, "rows scanned": sw.n_scanned, "window": sw.window,
-            "mean p_clean": round(sw.mean_p_clean, 3)}
-    for s in sw.sources:
-        i = _argmin(sw.mean[s])
-        nums[f"{s} → last: strongest mean drop"] = (f"{100 * sw.mean[s][i]:+.1f}% ± {100 * sw.sem[s][i]:.1f} "
-                                                   f"(layer {sw.layers[i]})")
+    nums = {"known facts swept": sw.n_known, "rows scanned": sw.n_scanned, "prefix": repr(sw.bos),
+            "window": sw.window, "mean p_clean": round(sw.mean_p_clean, 3),
+            "facts with position 0 blocked, no prefix": f"{snb.n_position_zero} of {snb.n_known}",
+            "facts with an unknown target (p_clean < "
+            f"{sw.min_p_clean})": f"{sw.n_unknown_target} of {sw.n_known}"}
+    for s_ in sw.sources:
+        i = _argmin(sw.mean[s_])
+        nums[f"{s_} → last: strongest mean drop"] = (f"{100 * sw.mean[s_][i]:+.1f}% ± {100 * sw.sem[s_][i]:.1f} "
+                                                    f"(layer {sw.layers[i]})")
+        j = _argmin(snb.mean[s_])
+        nums[f"{s_} → last: strongest mean drop, no prefix"] = (
+            f"{100 * snb.mean[s_][j]:+.1f}% ± {100 * snb.sem[s_][j]:.1f} (layer {snb.layers[j]})")
     entries.append({
         "stem": "attention_knockout_sweep",
         "title": f"Attention knockout over {sw.n_known} known_1000 facts the model knows",
-        "numbers": nums, "command": cmd, "results": [rdir],
+        "numbers": nums, "command": cmd, "results": [result_dir(out_dir, "knockout_sweep", quick),
+                                                     result_dir(out_dir, "knockout_sweep_no_bos", quick)],
         "caption": (f"Mean ± standard error over {sw.n_known} facts (of {sw.n_scanned} rows scanned) of the "
                     f"relative change of the clean top-1 probability, per source set and centre of a "
-                    f"{sw.window}-layer window, over facts the model predicts correctly.")})
+                    f"{sw.window}-layer window, over facts the model predicts correctly, each prompt after "
+                    f"{sw.bos!r}. Without the prefix, {snb.n_position_zero} of the {snb.n_known} facts swept "
+                    f"block position 0 (the sink) with one of the sets, and subject → last reaches "
+                    f"{100 * min(snb.mean['subject']):+.1f}% instead of {100 * min(sw.mean['subject']):+.1f}%.")})
 
     # 4. RAG
     rdir = result_dir(out_dir, "rag_flow", quick)
@@ -129,5 +186,8 @@ def report_sections(model, out_dir: Path, quick: bool) -> list[dict]:
         "caption": (f"Left: knockouts of {', '.join(rg.rag['rel'])} → last with (solid) and of "
                     f"{', '.join(rg.plain['rel'])} → last without (dotted) a retrieved context, "
                     f"{rg.window}-layer windows, {len(rg.examples)} fact(s); right: summed attention contributions "
-                    f"of each token group.")})
+                    f"of each token group. Prompts run "
+                    + (f"after {rg.bos!r}." if getattr(rg, "bos", "") else
+                       "without a sink prefix: in the no-context prompts position 0 (the attention sink) lies in "
+                       "a blocked set (subject or non_subject)."))})
     return entries
