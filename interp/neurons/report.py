@@ -190,7 +190,7 @@ def neuron_type_entries(model, out_dir: Path, quick: bool) -> list[dict]:
                        " / ".join(f"{v:.3f}" for v in med[s]) for s in ns.signals},
                     **{f"never active ({s})": sum(ns.per_layer[f"dead_{s}"]) for s in ns.signals},
                     **{f"active on < 1% of tokens ({s})": sum(ns.per_layer[f"rare_{s}"]) for s in ns.signals}},
-        "caption": (f"Violins of log10(fraction of tokens on which each neuron is active), per layer, for the gate's "
+        "caption": (f"Ridge plots of log10(fraction of tokens on which each neuron is active), per layer, for the gate's "
                     f"opening max(silu(gate), 0), the up projection and their product; the dotted line is Voita's 1% "
                     f"cut. The median neuron of the middle layer is active on {med['post'][1]:.0%} of tokens "
                     f"(product): under a threshold that keeps 99% of the energy, this SwiGLU MLP is dense."), **base})

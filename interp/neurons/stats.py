@@ -531,8 +531,8 @@ class NeuronStats(Result):
             fig.add_trace(go.Scatter(x=self.layers, y=pl[k], mode="lines+markers", name=lab))
         fig.update_xaxes(title="layer")
         fig.update_yaxes(title=f"neurons (of {self.freq.shape[-1]} per layer)", rangemode="tozero")
-        return style(fig, title=f"Neuron types per layer — {self.model}, {self.n_tokens:,} tokens, "
-                                f"{self.threshold_label()}", width=1000)
+        return style(fig, title=f"Neuron types per layer — {self.model}, {self.n_tokens:,} tokens<br>"
+                                f"<sup>{self.threshold_label()}</sup>", width=1000)
 
     def threshold_label(self) -> str:
         """The activity threshold in words, for figure titles and captions."""
