@@ -58,10 +58,12 @@ def test_patch_with_atp(model_dir, tmp_path, capsys):
     out = tmp_path / "p"
     rc = main(["patch", "--model", model_dir, "--clean", PROMPT, "--corrupt", "The Berlin Wall Tower is in the city of",
                "--sites", "resid_pre,head", "--answer", " Paris", "--wrong", " Berlin", "--layers", "0-1",
-               "--positions", "2,3,-1", "--atp", "--out", str(out), "--json"])
+               "--positions", "2,3,-1", "--atp", "--atp-star", "--out", str(out), "--json"])
     assert rc == 0
     s = json.loads(capsys.readouterr().out)
-    assert set(s["atp_spearman"]) == {"resid_pre", "head"}
+    assert set(s["atp_spearman"]) == {"resid_pre", "head"} == set(s["atp_star_spearman"])
+    star = json.loads((out / "atp_star" / "attribution.json").read_text())
+    assert star["method"] == "atp*" and star["signed"] is False
     d = json.loads((out / "patching.json").read_text())
     assert len(d["values"]["resid_pre"]) == 2 and len(d["values"]["resid_pre"][0]) == 3
     assert (out / "attribution.json").exists()

@@ -1,4 +1,4 @@
-"""Attribution patching (AtP): a first-order estimate of every patching cell from one backward pass.
+"""Attribution patching: AtP and AtP*, first-order estimates of every patching cell from backward passes.
 
 Design note
 -----------
@@ -9,19 +9,37 @@ activations, one forward + backward (``model.run(keep_grad=True)``) for the base
 sites, layers, positions and units at once.  Direction and metric are the same as
 :func:`interp.mediation.activation_patching` (denoise: source = clean, base = corrupt), so the
 two grids can be compared cell by cell; :func:`compare_with_patching` gives the Spearman rank
-correlation.
+correlation and :func:`cost_to_recall` Kramár's cost of finding the largest true effects.
 
 Sites and what the dot product runs over: residual / ``attn_out`` / ``mlp_out`` → d_model
 (grid [layer, pos]); ``head`` → the head's ``attn_z`` slice (d_head; [layer, pos, head]);
 ``neuron`` → one ``mlp_post`` unit ([layer, pos, neuron]).  ``resid_mid`` uses the gradient
-at ``attn_out`` (``resid_mid = resid_pre + attn_out`` and ``attn_out`` feeds only it), which
-is engine-independent.
+arriving at ``attn_out`` (``resid_mid = resid_pre + attn_out`` and ``attn_out`` feeds only it),
+which is engine-independent.
 
-AtP* (Kramár et al. 2024) — not implemented: its QK fix recomputes each attention softmax
-for query/key patches (one extra attention evaluation per key position and layer), and GradDrop
-needs one backward per layer.  Both are left as future work; the correlation reported for
-plain AtP says where it is good enough (residual / MLP sites) and where it is not (early-layer
-attention through saturated softmaxes).
+AtP* (Kramár et al. 2024, "AtP*: An efficient and scalable method for localizing LLM behaviour
+to components") — ``method=``:
+
+* ``"atp+qk"`` — **the QK fix.**  Through a saturated softmax the gradient of the attention
+  pattern with respect to queries and keys is near zero, so AtP misses patches that move
+  attention (false negatives).  A patch at (layer ``l``, position ``p``) first reaches the
+  queries and keys of attention layer ``l*`` at position ``p`` only (``l* = l`` for ``resid_pre``,
+  ``l + 1`` for every other site; none after the last layer).  For that layer the pattern is
+  *recomputed* with the patched input (:meth:`interp.arch.ModelAdapter.attention_pattern`, the
+  model's own norm, projections and rotary embedding; for ``resid_mid`` / ``attn_out`` / ``head``
+  the same layer's MLP is rerun at ``p`` with :meth:`~interp.arch.ModelAdapter.mlp_sublayer`),
+  and the first-order path through that pattern is replaced by the exact change, linear from the
+  pattern onwards: ``Î* = Î_AtP + ∇_A metric · (A_patched − A − J_A Δ)``, where ``J_A Δ`` is the
+  linearised pattern change AtP used (forward-mode AD through the same function).  Cost: one
+  evaluation of one attention layer per cell — no model forward.  Paths through later attention
+  layers stay linear, as in the paper (the fix is for query/key nodes).
+* ``"atp+gd"`` — **GradDrop.**  A node's direct and indirect effects can cancel in the gradient.
+  For every layer ``ℓ`` the backward pass is rerun with the gradient into block ``ℓ``'s outputs
+  (``attn_out``, ``mlp_out``) set to zero, giving ``Î_ℓ``; the estimate is Kramár's contribution
+  ``c(n) = Σ_ℓ |Î_ℓ(n)| / (L − 1)`` — a **magnitude** (``signed=False``), compared with real
+  patching by ``|effect|``.  Cells inside the dropped block get ``Î_ℓ = 0`` (their path is cut),
+  hence the ``L − 1``.  Cost: ``L`` extra backward passes.
+* ``"atp*"`` — both: the QK-fixed estimate under every GradDrop gradient.
 """
 
 from __future__ import annotations
@@ -33,17 +51,166 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from ..errors import InterventionError
 from .patching import GRID_SITES, UNIT_SITES, PairGridResult, PatchingResult, _check, metric_fn, prepare_pair
+
+#: method name -> (QK fix, GradDrop)
+METHODS = {"atp": (False, False), "atp+qk": (True, False), "atp+gd": (False, True), "atp*": (True, True)}
+METHOD_TITLES = {"atp": "AtP", "atp+qk": "AtP + QK fix", "atp+gd": "AtP + GradDrop", "atp*": "AtP*"}
 
 
 @dataclass(kw_only=True)
 class AttributionResult(PairGridResult):
-    """AtP estimates of the patched-minus-base metric, same layout as :class:`PatchingResult`."""
+    """AtP / AtP* estimates of the patched-minus-base metric, same layout as :class:`PatchingResult`.
+
+    ``signed`` is False for GradDrop methods, whose estimates are magnitudes ``c(n) ≥ 0``.
+    """
 
     stem = "attribution"
     grid_field = "estimates"
 
     estimates: dict  # site -> [layer][pos] or [layer][pos][unit]
+    method: str = "atp"
+    signed: bool = True
+
+
+def _read_points(sites, layers, n_layers, qk: bool, gd: bool) -> list[tuple[str, int]]:
+    pts = set()
+    for s in sites:
+        for l in layers:
+            if s in GRID_SITES:
+                pts.add((s, l))
+                if s == "resid_mid":
+                    pts.add(("attn_out", l))
+            else:
+                pts.add((UNIT_SITES[s], l))
+            ls = _next_attention(s, l, n_layers) if qk else None
+            if ls is not None:
+                pts |= {("attn_pattern", ls), ("resid_pre", ls)}
+                if s in ("resid_mid", "attn_out", "head"):
+                    pts.add(("resid_mid", l))
+    if gd:
+        pts |= {(s, l) for s in ("attn_out", "mlp_out") for l in range(n_layers)}
+    return sorted(pts, key=lambda p: (p[1], p[0]))
+
+
+def _next_attention(site: str, layer: int, n_layers: int) -> int | None:
+    """The first attention layer whose queries/keys a patch of ``site`` at ``layer`` reaches."""
+    ls = layer if site == "resid_pre" else layer + 1
+    return ls if ls < n_layers else None
+
+
+def _gradients(base, metric_value: Tensor, n_layers: int, drop: Sequence[int | None]) -> list[dict]:
+    """One gradient dict per entry of ``drop`` (None = plain backward; ℓ = GradDrop of block ℓ).
+
+    Every kept tensor gets a hook that records the gradient arriving at it; for a dropped block
+    the hooks on its ``attn_out`` / ``mlp_out`` return zeros, so nothing flows into the block.
+    ``("resid_mid_total", l)`` holds the gradient arriving at ``attn_out`` before any drop (the
+    residual's gradient after attention; an engine's ``resid_mid`` read may be the MLP norm's input,
+    which misses the skip path).
+    """
+    state = {"drop": None, "rec": {}}
+    handles = []
+    for point in base.cache.keys():
+        t = base.cache[point]
+
+        def hook(g, point=point):
+            site, layer = point
+            if site == "attn_out":
+                state["rec"][("resid_mid_total", layer)] = g
+            if site in ("attn_out", "mlp_out") and layer == state["drop"]:
+                g = torch.zeros_like(g)
+                state["rec"][point] = g
+                return g
+            state["rec"][point] = g
+            return None
+        handles.append(t.register_hook(hook))
+    out = []
+    try:
+        with torch.enable_grad():  # the caller may have switched autograd off globally
+            for k, d in enumerate(drop):
+                state["drop"], state["rec"] = d, {}
+                torch.autograd.backward(metric_value, retain_graph=k < len(drop) - 1)
+                out.append(state["rec"])
+    finally:
+        for h in handles:
+            h.remove()
+    return out
+
+
+def _lift(model, site: str, layer: int, units: Tensor | None, mid_base: Tensor | None) -> Callable[[Tensor], Tensor]:
+    """Map changes ``D [cells, n, *unit shape]`` of the site's value to changes of the residual
+    entering the next attention layer ``[cells, n, d_model]`` (exact: the same layer's MLP is rerun
+    for mid-block sites).  ``units``: the head / neuron of every cell."""
+    a = model.adapter
+    if site in ("resid_pre", "resid_post", "mlp_out"):
+        return lambda D: D
+    if site == "neuron":
+        w = a.W_out(layer)[units]  # cells d
+        return lambda D: D[..., None] * w[:, None]
+
+    def through_mlp(Dmid):
+        return Dmid + a.mlp_sublayer(layer, mid_base + Dmid) - a.mlp_sublayer(layer, mid_base)
+    if site in ("resid_mid", "attn_out"):
+        return through_mlp
+    W_O = a.W_O(layer)[units]  # cells d_head d_model
+    return lambda D: through_mlp(torch.einsum("cnh,chm->cnm", D, W_O))
+
+
+def patched_patterns(model, site: str, layer: int, positions: list[int], units: list[int] | None,
+                     delta: Tensor, base_cache, batch) -> tuple[int, Tensor, Tensor, Tensor] | None:
+    """The next attention layer's pattern under every single-cell patch of ``site`` at ``layer``.
+
+    ``delta``: the source-minus-base value of the site at every position, ``[n, d]`` for grid
+    sites, ``[n, unit, ...]`` for the listed ``units`` (heads / neurons).  ``base_cache`` must hold
+    the base run's ``resid_pre`` of the next attention layer (and ``resid_mid`` of ``layer`` for
+    ``resid_mid`` / ``attn_out`` / ``head``).  Returns ``(l*, A [1, head, n, n], A_patched [cells, head,
+    n, n], dA [cells, head, n, n])`` — the base pattern, the exact pattern with the cell patched,
+    and its first-order change (JVP) — cells position-major, unit-minor; None after the last
+    attention layer.  Every cell is one row of one batched evaluation of the layer's pattern.
+    """
+    ls = _next_attention(site, layer, model.n_layers)
+    if ls is None:
+        return None
+    a = model.adapter
+    dev = model.device
+    R_b = base_cache["resid_pre", ls][0].detach().to(dev)  # n d
+    mid_b = (base_cache["resid_mid", layer][0].detach().to(dev)
+             if site in ("resid_mid", "attn_out", "head") else None)
+    n = R_b.shape[0]
+    nu = 1 if units is None else len(units)
+    cells = [(p, k) for p in positions for k in range(nu)]
+    unit_shape = tuple(delta.shape[1:]) if units is None else tuple(delta.shape[2:])
+    T = torch.zeros((len(cells), n) + unit_shape, dtype=delta.dtype, device=dev)
+    for c, (p, k) in enumerate(cells):
+        T[c, p] = delta[p] if units is None else delta[p, k]
+    cell_units = None if units is None else torch.tensor([units[k] for _, k in cells], device=dev)
+    lift = _lift(model, site, layer, cell_units, mid_b)
+    pos_ids = batch.position_ids[:1].to(dev)
+    mask = batch.attention_mask[:1].to(dev)
+
+    def pattern(D):
+        return a.attention_pattern(ls, R_b + lift(D), pos_ids, mask)
+
+    zero = torch.zeros_like(T)
+    with torch.no_grad():
+        A_b = pattern(zero)  # same batch shape as A_p: identical kernels, so Δ = 0 gives exactly A_b
+        A_p = pattern(T)
+    _, dA = torch.func.jvp(pattern, (zero,), (T,))
+    return ls, A_b[:1], A_p, dA.detach()
+
+
+def _qk_corrections(model, site, layer, positions, units, delta, base_cache, batch):
+    """``(l*, C)`` with ``C[cell] = A_patched − A − J_A Δ`` (zero for cells whose value does not move)."""
+    out = patched_patterns(model, site, layer, positions, units, delta, base_cache, batch)
+    if out is None:
+        return None
+    ls, A_b, A_p, dA = out
+    C = A_p - A_b - dA
+    nu = 1 if units is None else len(units)
+    moved = torch.tensor([bool((delta[p] if units is None else delta[p, k]).abs().max() > 0)
+                          for p in positions for k in range(nu)], device=C.device)
+    return ls, C * moved[:, None, None, None]
 
 
 def attribution_patching(model, clean: str, corrupt: str, *, sites: Sequence[str] | str = ("resid_pre",),
@@ -51,62 +218,85 @@ def attribution_patching(model, clean: str, corrupt: str, *, sites: Sequence[str
                          direction: str = "denoise", metric: str | Callable = "logit_diff",
                          answer: str | None = None, wrong: str | None = None,
                          heads: Sequence[int] | None = None, neurons: Sequence[int] | None = None,
-                         context: str | None = None, template: str | None = None) -> AttributionResult:
-    """AtP estimate ``(a_src − a_base)·∇_a metric`` for every cell (Nanda 2023; Kramár et al. 2024).
+                         context: str | None = None, template: str | None = None,
+                         method: str = "atp") -> AttributionResult:
+    """AtP (Nanda 2023) or AtP* (Kramár et al. 2024) estimate of every patching cell.
 
-    Same arguments as :func:`activation_patching`; unit sites are per position.  Returns
-    :class:`AttributionResult` with ``estimates[site]`` shaped [layer, pos] or [layer, pos, unit]
-    (an estimate of ``PatchingResult.effect(site)``).
+    Same arguments as :func:`activation_patching`; unit sites are per position.  ``method``:
+    ``"atp"`` (first order), ``"atp+qk"`` (QK fix), ``"atp+gd"`` (GradDrop, magnitudes) or
+    ``"atp*"`` (both; magnitudes).  Returns :class:`AttributionResult` with ``estimates[site]``
+    shaped [layer, pos] or [layer, pos, unit] (an estimate of ``PatchingResult.effect(site)``, or
+    of its absolute value when ``signed`` is False).
     """
+    if method not in METHODS:
+        raise InterventionError(f"unknown attribution method {method!r}; choose one of: {', '.join(METHODS)}")
+    qk, gd = METHODS[method]
     setup = prepare_pair(model, clean, corrupt, answer=answer, wrong=wrong, context=context, template=template)
     sites, layers, positions, heads, neurons = _check(model, sites, layers, positions, setup.n, heads,
                                                       neurons, direction)
     fn, mname = metric_fn(model, metric, setup.answer_id, setup.wrong_id)
-    read_sites = set()
-    for s in sites:
-        if s in GRID_SITES:
-            read_sites.add(s)
-            if s == "resid_mid":
-                read_sites.add("attn_out")
-        else:
-            read_sites.add(UNIT_SITES[s])
-    reads = [(s, l) for s in sorted(read_sites) for l in layers]
+    L = model.n_layers
+    reads = _read_points(sites, layers, L, qk, gd)
     src_text, base_text = ((setup.clean_text, setup.corrupt_text) if direction == "denoise"
                            else (setup.corrupt_text, setup.clean_text))
     src = model.run(src_text, reads=reads, logits="last")
     base = model.run(base_text, reads=reads, logits="last", keep_grad=True, max_rows=1)
-    with torch.enable_grad():  # the caller may have switched autograd off globally
-        mb = fn(base.logits)
-        mb.sum().backward()
+    with torch.enable_grad():
+        mb = fn(base.logits).sum()
+    grads = _gradients(base, mb, L, [None] + (list(range(L)) if gd else []))
+    if gd:
+        grads = grads[1:]
     ms = float(fn(src.logits.to(model.device)).detach())
     m_base = float(mb.detach())
     m_clean, m_corrupt = (ms, m_base) if direction == "denoise" else (m_base, ms)
-    est = {}
+    batch = model.tokenize(base_text)
     pos_t = torch.tensor(positions)
+    est = {}
     for s in sites:
         rows = []
         for l in layers:
-            if s in GRID_SITES:
-                a_b = base.cache[s, l]
-                g = base.cache["attn_out", l].grad if s == "resid_mid" else a_b.grad
-                d = (src.cache[s, l].to(a_b.device) - a_b.detach())
-                e = (d * g)[0].sum(-1)[pos_t]  # pos
-            elif s == "head":
-                a_b = base.cache["attn_z", l]
-                d = src.cache["attn_z", l].to(a_b.device) - a_b.detach()
-                e = (d * a_b.grad)[0].sum(-1)[pos_t][:, heads]  # pos head
+            point = (s, l) if s in GRID_SITES else (UNIT_SITES[s], l)
+            a_b = base.cache[point].detach()
+            d = (src.cache[point].to(a_b.device) - a_b)[0]  # n [unit shape]
+            units = None if s in GRID_SITES else (heads if s == "head" else neurons)
+            if s == "head":
+                d = d[:, heads]  # n unit dh
+            elif s == "neuron":
+                d = d[:, neurons]  # n unit
+            qkc = _qk_corrections(model, s, l, positions, units, d, base.cache, batch) if qk else None
+            per_variant = []
+            for g in grads:
+                gp = g.get(("resid_mid_total", l) if s == "resid_mid" else point)
+                gp = torch.zeros_like(a_b) if gp is None else gp
+                gp = gp[0]
+                if s == "head":
+                    e = (d * gp[:, heads]).sum(-1)[pos_t]  # pos unit
+                elif s == "neuron":
+                    e = (d * gp[:, neurons])[pos_t]  # pos unit
+                else:
+                    e = (d * gp).sum(-1)[pos_t]  # pos
+                if qkc is not None:
+                    ls, C = qkc
+                    gA = g.get(("attn_pattern", ls))
+                    if gA is not None:
+                        corr = torch.einsum("chqk,hqk->c", C.to(gA.dtype), gA[0])
+                        e = e + corr.reshape(e.shape)
+                per_variant.append(e)
+            if gd:
+                e = torch.stack(per_variant).abs().sum(0) / max(1, L - 1)
             else:
-                a_b = base.cache["mlp_post", l]
-                d = src.cache["mlp_post", l].to(a_b.device) - a_b.detach()
-                e = (d * a_b.grad)[0][pos_t][:, neurons]  # pos neuron
+                e = per_variant[0]
             rows.append(e.detach().float().cpu())
         est[s] = torch.stack(rows).tolist()
     return AttributionResult(
         clean=setup.clean_text, corrupt=setup.corrupt_text, tokens=setup.tokens, direction=direction, metric=mname,
         answer=setup.answer, wrong=setup.wrong, clean_metric=m_clean, corrupt_metric=m_corrupt, sites=list(sites),
         layers=layers, positions=positions, estimates=est, heads=heads if "head" in sites else [],
-        neurons=neurons, settings={"method": "AtP (first order)", "engine": model.engine_name,
-                                   "resid_mid_grad": "attn_out"}, model=model.name)
+        neurons=neurons, model=model.name, method=method, signed=not gd,
+        settings={"method": METHOD_TITLES[method], "engine": model.engine_name, "resid_mid_grad": "attn_out",
+                  "qk_fix": qk, "grad_drop": gd,
+                  **({"grad_drop_norm": "sum over L dropped layers of |I_l| / (L - 1)"} if gd else {}),
+                  **({"qk_layer": "resid_pre: same layer; other sites: next layer"} if qk else {})})
 
 
 def spearman(x: Float[Tensor, "..."], y: Float[Tensor, "..."]) -> float:
@@ -131,6 +321,29 @@ def spearman(x: Float[Tensor, "..."], y: Float[Tensor, "..."]) -> float:
     return float((rx @ ry) / den) if den > 0 else float("nan")
 
 
-def compare_with_patching(atp: AttributionResult, patch: PatchingResult) -> dict[str, float]:
-    """Spearman correlation per site between AtP estimates and real patching effects."""
-    return {s: spearman(atp.grid(s), patch.effect(s)) for s in atp.sites if s in patch.sites}
+def compare_with_patching(atp: AttributionResult, patch: PatchingResult, *, magnitude: bool | None = None
+                          ) -> dict[str, float]:
+    """Spearman correlation per site between attribution estimates and real patching effects.
+
+    ``magnitude`` (default: True for unsigned estimates, i.e. GradDrop) ranks ``|estimate|``
+    against ``|effect|`` — Kramár et al.'s target, the size of a node's effect.
+    """
+    mag = (not atp.signed) if magnitude is None else magnitude
+    f = (lambda t: t.abs()) if mag else (lambda t: t)
+    return {s: spearman(f(atp.grid(s)), f(patch.effect(s))) for s in atp.sites if s in patch.sites}
+
+
+def cost_to_recall(estimate: Tensor, effect: Tensor, k_max: int | None = None) -> Float[Tensor, "k"]:
+    """Kramár et al.'s verification cost: real patches needed to find the top-k true effects.
+
+    Cells are verified (really patched) in order of decreasing ``|estimate|``; entry ``k − 1`` is
+    how many cells must be verified before all of the ``k`` cells with the largest ``|effect|``
+    are among them.  An oracle gives ``k``; NaN cells (not run) are left out.
+    """
+    e, t = estimate.flatten().double(), effect.flatten().double()
+    ok = ~(e.isnan() | t.isnan())
+    e, t = e[ok].abs(), t[ok].abs()
+    rank = torch.empty(len(e), dtype=torch.long)
+    rank[e.argsort(descending=True, stable=True)] = torch.arange(len(e))
+    top = t.argsort(descending=True, stable=True)[: (k_max or len(t))]
+    return (rank[top].cummax(0).values + 1).double()

@@ -6,7 +6,8 @@ Stable JSON for scripts: ``interp trace ... --out DIR`` writes ``DIR/trace.json`
 ``DIR/trace.{html,png,pdf}``; ``--dataset PATH`` writes ``DIR/trace_sweep.json`` (+ the
 resumable ``items.jsonl``) and ``DIR/trace_sweep.*``.  ``interp patch`` writes
 ``DIR/patching.json`` and, with ``--atp``, ``DIR/attribution.json`` plus the Spearman
-correlation in the summary.
+correlation in the summary; ``--atp-star`` adds AtP* (QK fix + GradDrop, Kramár et al. 2024) in
+``DIR/atp_star/attribution.json`` with the Spearman correlation of ``|AtP*|`` and ``|effect|``.
 """
 
 from __future__ import annotations
@@ -87,12 +88,18 @@ def _cmd_patch(args) -> dict:
         atp = attribution_patching(model, args.clean, args.corrupt, **kw)
         atp.save(out_dir(args, "patch"))
         summary["atp_spearman"] = compare_with_patching(atp, res)
+    if args.atp_star:
+        star = attribution_patching(model, args.clean, args.corrupt, method="atp*", **kw)
+        star.save(out_dir(args, "patch") / "atp_star")
+        summary["atp_star_spearman"] = compare_with_patching(star, res)
     if not args.json:
         print(f"{res.metric} clean={res.clean_metric:.4f} corrupt={res.corrupt_metric:.4f}")
         for s in res.sites:
             print(f"  {s:10s} max normalised effect {summary[f'{s}_max_normalized']:.3f}")
         if args.atp:
             print(f"  AtP Spearman vs patching: {summary['atp_spearman']}")
+        if args.atp_star:
+            print(f"  AtP* Spearman (|estimate| vs |effect|): {summary['atp_star_spearman']}")
     return summary
 
 
@@ -171,4 +178,6 @@ def register(sub, common) -> None:
     p.add_argument("--all-positions", action="store_true", help="unit sites: patch all positions at once")
     p.add_argument("--context", default=None)
     p.add_argument("--atp", action="store_true", help="also attribution patching + Spearman vs patching")
+    p.add_argument("--atp-star", action="store_true",
+                   help="also AtP* (QK fix + GradDrop; magnitudes) + Spearman of |AtP*| vs |patching|")
     p.set_defaults(func=_cmd_patch)
