@@ -218,6 +218,13 @@ def test_sweep_resumes(tmp_path):
         assert b.sem[s] == pytest.approx(full.sem[s], abs=1e-9)
     with open(tmp_path / "a" / "items.jsonl") as f:
         assert len(f.readlines()) == 3
+    # per-cell statistics over the 3 facts (exact sign-flip test: 8 flips), CI around the mean
+    assert b.stats["settings"]["n_items"] == 3 and b.stats["settings"]["exact"]
+    for s in b.sources:
+        st = b.stats[s]
+        assert len(st["p_adj"]) == m.n_layers and all(0.25 <= p <= pa <= 1 for p, pa in zip(st["p"], st["p_adj"]))
+        assert all(lo - 1e-9 <= v <= hi + 1e-9 for lo, v, hi in zip(st["ci_low"], b.mean[s], st["ci_high"]))
+    assert all(y is None for tr in b.figure(mask_nonsignificant=True).data for y in tr.y)
     # the tiny random model knows none of them: nothing is swept, every row is recorded
     c = knockout_sweep(m, facts, tmp_path / "c", n_facts=3, progress=False)
     assert c.n_known == 0 and c.n_scanned == 3

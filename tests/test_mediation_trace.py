@@ -235,6 +235,15 @@ def test_dataset_sweep_reports_bad_rows_and_resumes(tm, tmp_path):
     assert (out / "items.jsonl").read_text().splitlines() == lines  # nothing recomputed
     assert r2.aie == r.aie
     assert r2.figure() is not None
+    # per-cell statistics over the facts: CI around the mean, an exact sign-flip p (2 facts: 4 flips)
+    st = r.stats["resid"]["last"]
+    for lo, m, hi in zip(st["ci_low"], r.aie["resid"]["last"], st["ci_high"]):
+        assert lo - 1e-9 <= m <= hi + 1e-9
+    assert r.stats["settings"]["exact"] and r.stats["settings"]["correction"] == "maxT"
+    assert all(0.5 <= p <= pa <= 1 for p, pa in zip(st["p"], st["p_adj"]))
+    masked = r2.figure(mask_nonsignificant=True)
+    import math
+    assert all(math.isnan(v) for row in masked.data[0].z for v in row)  # nothing survives 4 flips
 
 
 def test_dataset_sweep_counts_errors_and_goes_on(tm, tmp_path, capsys):

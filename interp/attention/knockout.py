@@ -37,7 +37,6 @@ to eager (with a warning) or, with ``switch=False``, refuses with :class:`~inter
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -439,27 +438,50 @@ class KnockoutSweepResult(Result):
         return (f"KnockoutSweepResult({self.model}: {self.n_known} known facts of {self.n_scanned} scanned, "
                 f"{self.window}-layer windows; strongest mean drops {drops}; position 0 blocked in "
                 f"{self.n_position_zero}, unknown target in {self.n_unknown_target})")
+    #: per-cell statistics over facts (:func:`interp.stats.cell_stats`): source -> {ci_low, ci_high,
+    #: p, p_adj} per centre layer, and "settings" (test, correction over sources × layers, alpha)
+    stats: dict = field(default_factory=dict)
 
-    def figure(self):
-        """Mean ± s.e. relative change per set over the window centre (Geva et al. 2023, Fig. 3)."""
+    def significant(self, source: str, alpha: float | None = None) -> list[bool]:
+        """Per centre layer: is the mean relative change different from 0 after the correction?"""
+        a = self.stats.get("settings", {}).get("alpha", 0.05) if alpha is None else alpha
+        st = self.stats.get(source)
+        return [False] * len(self.layers) if st is None else [p is not None and p < a for p in st["p_adj"]]
+
+    def figure(self, mask_nonsignificant: bool = False):
+        """Mean relative change per centre layer with its bootstrap 95% CI (s.e. for results saved
+        without statistics); significant layers are filled markers, the others hollow — or hidden
+        with ``mask_nonsignificant``."""
         import plotly.graph_objects as go
 
         from ..figures import COLORS, style
         fig = go.Figure()
         for i, name in enumerate(self.sources):
             m = [100 * v for v in self.mean[name]]
-            s = [100 * v for v in self.sem[name]]
+            st = self.stats.get(name)
+            if st:
+                err = dict(type="data", symmetric=False, array=[100 * (h - v) for h, v in zip(st["ci_high"], self.mean[name])],
+                           arrayminus=[100 * (v - lo) for lo, v in zip(st["ci_low"], self.mean[name])])
+                sig = self.significant(name)
+            else:
+                err = dict(type="data", array=[100 * v for v in self.sem[name]])
+                sig = [True] * len(m)
+            if mask_nonsignificant:
+                m = [v if ok else None for v, ok in zip(m, sig)]
             c = COLORS[i % len(COLORS)]
             fig.add_trace(go.Scatter(x=self.layers, y=m, mode="lines+markers", name=f"{name} → last",
-                                     line=dict(color=c),
-                                     error_y=dict(type="data", array=s, visible=True, color=c)))
+                                     line=dict(color=c), error_y=dict(**err, visible=True, color=c),
+                                     marker=dict(symbol=["circle" if ok else "circle-open" for ok in sig], size=8)))
         fig.add_hline(y=0, line=dict(color="#888", width=1))
         fig.update_xaxes(title=f"centre layer of a {self.window}-layer window")
-        fig.update_yaxes(title="% change of p(clean top-1), mean ± s.e.")
+        band = "bootstrap 95% CI" if self.stats else "s.e."
+        fig.update_yaxes(title=f"% change of p(clean top-1), mean ± {band}")
         flag = (f" · prefix {self.bos!r}" if self.bos else "") + (
             f" · position 0 (the sink) blocked in {self.n_position_zero}/{self.n_known} facts"
             if self.n_position_zero else "")
-        return style(fig, title=f"Attention knockout over {self.n_known} known facts — {self.model}{flag}")
+        note = (f"<br><sub>filled: p_adj < {self.stats['settings']['alpha']} (sign-flip test, "
+                f"{self.stats['settings']['correction']} over sources × layers)</sub>") if self.stats else ""
+        return style(fig, title=f"Attention knockout over {self.n_known} known facts — {self.model}{flag}{note}")
 
 
 def knockout_sweep(model, dataset: str | Path | Sequence, out_dir: str | Path, *,
@@ -589,13 +611,21 @@ def summarise_sweep(ck, dataset: str, layers, window, sources, model_name,
         if v.get("known") and "error" not in v:
             rows.append(int(k))
             recs.append(v)
-    mean, sem, below = {}, {}, {}
-    for s in sources:
-        x = torch.tensor([r["rel"][s] for r in recs], dtype=torch.float64).reshape(len(recs), len(layers))
-        mean[s] = x.mean(0).tolist() if len(recs) else [float("nan")] * len(layers)
-        sem[s] = (x.std(0, unbiased=True) / math.sqrt(len(recs))).tolist() if len(recs) > 1 \
-            else [float("nan")] * len(layers)
-        below[s] = (x < -0.5).double().mean(0).tolist() if len(recs) else [float("nan")] * len(layers)
+    mean, sem, below, stats = {}, {}, {}, {}
+    nan = [float("nan")] * len(layers)
+    x = torch.tensor([[r["rel"][s] for s in sources] for r in recs], dtype=torch.float64
+                     ).reshape(len(recs), len(sources), len(layers))  # fact source layer
+    st = None
+    if len(recs):
+        from ..stats import cell_stats
+        st = cell_stats(x)
+        stats["settings"] = st.settings
+    for i, s in enumerate(sources):
+        mean[s] = st.mean[i].tolist() if st is not None else nan
+        sem[s] = st.se[i].tolist() if len(recs) > 1 else nan
+        below[s] = (x[:, i] < -0.5).double().mean(0).tolist() if len(recs) else nan
+        if st is not None:
+            stats[s] = {f: getattr(st, f)[i].tolist() for f in ("ci_low", "ci_high", "p", "p_adj")}
     pc = sum(r["p_clean"] for r in recs) / max(1, len(recs))
     n_zero = sum(bool(r.get("position_zero")) for r in recs)
     n_unknown = sum(unknown_target(r["p_clean"], True, min_p_clean) is not None for r in recs)
@@ -603,4 +633,4 @@ def summarise_sweep(ck, dataset: str, layers, window, sources, model_name,
                                n_known=len(recs), n_scanned=len(ck), fact_rows=rows, mean=mean,
                                sem=sem, mean_p_clean=pc, frac_below_half=below, model=model_name,
                                errors=list(errors or []), bos=bos, n_position_zero=n_zero,
-                               n_unknown_target=n_unknown, min_p_clean=min_p_clean)
+                               n_unknown_target=n_unknown, min_p_clean=min_p_clean, stats=stats)

@@ -47,7 +47,6 @@ categories with standard errors (std / √n over facts).
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -483,34 +482,51 @@ class TraceSweepResult(Result):
     #: traced facts whose target is not the clean top-1 or has p_clean < ``min_p_clean``
     n_unknown_target: int = 0
     min_p_clean: float | None = None
+    #: per-cell statistics over facts (:func:`interp.stats.cell_stats`): kind -> category ->
+    #: {ci_low, ci_high, p, p_adj} per layer, and "settings" (test, correction, alpha)
+    stats: dict = field(default_factory=dict)
 
-    def figure(self):
+    def significant(self, kind: str, category: str, alpha: float | None = None) -> list[bool]:
+        """Per layer: is the AIE different from 0 after the grid-wide correction?"""
+        a = self.stats.get("settings", {}).get("alpha", 0.05) if alpha is None else alpha
+        st = self.stats.get(kind, {}).get(category)
+        return [False] * len(self.layers) if st is None else [p is not None and p < a for p in st["p_adj"]]
+
+    def figure(self, mask_nonsignificant: bool = False):
         """ROME's average-indirect-effect heatmaps (:func:`sweep_figure`)."""
-        return sweep_figure(self)
+        return sweep_figure(self, mask_nonsignificant=mask_nonsignificant)
 
 
-def _aggregate(items: list[dict], kinds, n_layers):
-    sums = {k: {c: [] for c in CATEGORIES} for k in kinds}
-    for it in items:
+def fact_grid(items: list[dict], kinds, n_layers: int) -> Float[Tensor, "fact kind category layer"]:
+    """Each fact's indirect effect averaged within ROME's token categories (NaN: no such token)."""
+    x = torch.full((len(items), len(kinds), len(CATEGORIES), n_layers), float("nan"), dtype=torch.float64)
+    for i, it in enumerate(items):
         cats = fact_categories(it["subject_range"], len(it["tokens"]))
-        for k in kinds:
-            g = torch.tensor(it["ie"][k], dtype=torch.float64)  # layer token
+        for a, k in enumerate(kinds):
+            g = torch.tensor([[float("nan") if v is None else v for v in row] for row in it["ie"][k]],
+                             dtype=torch.float64)  # layer token
             for c, pos in cats.items():
-                sums[k][c].append(g[:, pos].mean(1))
-    aie, se, nf = {}, {}, {}
-    for k in kinds:
-        aie[k], se[k] = {}, {}
-        for c in CATEGORIES:
-            xs = sums[k][c]
-            nf[c] = len(xs)
-            if not xs:
-                aie[k][c] = [None] * n_layers
-                se[k][c] = [None] * n_layers
+                x[i, a, CATEGORIES.index(c)] = g[:, pos].mean(1)
+    return x
+
+
+def _aggregate(items: list[dict], kinds, n_layers, **stats_kw):
+    """AIE, s.e., facts per category and the per-cell statistics (:func:`interp.stats.cell_stats`)."""
+    from ..stats import cell_stats
+
+    st = cell_stats(fact_grid(items, kinds, n_layers), **stats_kw)
+    aie, se, stats = {}, {}, {"settings": st.settings}
+    nf = {c: int(st.n[0, j, 0]) for j, c in enumerate(CATEGORIES)}
+    for a, k in enumerate(kinds):
+        aie[k], se[k], stats[k] = {}, {}, {}
+        for j, c in enumerate(CATEGORIES):
+            if not nf[c]:
+                aie[k][c] = se[k][c] = [None] * n_layers
                 continue
-            x = torch.stack(xs)
-            aie[k][c] = x.mean(0).tolist()
-            se[k][c] = (x.std(0, unbiased=True) / math.sqrt(len(xs))).tolist() if len(xs) > 1 else [0.0] * n_layers
-    return aie, se, nf
+            aie[k][c] = st.mean[a, j].tolist()
+            se[k][c] = st.se[a, j].tolist()
+            stats[k][c] = {f: getattr(st, f)[a, j].tolist() for f in ("ci_low", "ci_high", "p", "p_adj")}
+    return aie, se, nf, stats
 
 
 def trace_dataset(model, dataset, out_dir: str | Path, *, kinds: Sequence[str] = ("resid", "mlp", "attn"),
@@ -594,7 +610,7 @@ def trace_dataset(model, dataset, out_dir: str | Path, *, kinds: Sequence[str] =
                      "top1": res.target_is_top1})
     wanted = {f"row{f.row}" for f, _ in known}
     items = [v for k, v in ck.results() if k in wanted and "error" not in v]
-    aie, se, nf = _aggregate(items, kinds, model.n_layers) if items else ({}, {}, {})
+    aie, se, nf, stats = _aggregate(items, kinds, model.n_layers) if items else ({}, {}, {}, {})
     n_unknown = sum(unknown_target(i["p_clean"], i.get("top1", True), min_p_clean) is not None for i in items)
     peaks = {}
     for k in aie:
@@ -608,8 +624,9 @@ def trace_dataset(model, dataset, out_dir: str | Path, *, kinds: Sequence[str] =
                            {**config, "known_rule": KNOWN_RULES[rule].replace("min_p", str(min_p)),
                             "window_layers": WINDOW_CONVENTIONS[window_convention],
                             "se": "std over facts / sqrt(n)",
+                            "stats": "bootstrap 95% CI over facts; sign-flip p, maxT-corrected over the grid",
                             "pooling": "middle/further tokens averaged within a fact, then over facts"},
-                           seed, model.name, errors.by_row(), n_unknown, min_p_clean)
+                           seed, model.name, errors.by_row(), n_unknown, min_p_clean, stats)
     res.save(out_dir)
     if n_unknown:
         warnings.warn(f"trace_dataset: {n_unknown} of {len(items)} traced facts track a target the model does "
@@ -617,27 +634,41 @@ def trace_dataset(model, dataset, out_dir: str | Path, *, kinds: Sequence[str] =
     return res
 
 
-def sweep_figure(res: TraceSweepResult):
-    """ROME's average-indirect-effect heatmaps: token category × layer, one panel per kind."""
+def sweep_figure(res: TraceSweepResult, mask_nonsignificant: bool = False):
+    """ROME's average-indirect-effect heatmaps: token category × layer, one panel per kind.
+
+    ``mask_nonsignificant`` blanks the cells whose corrected p-value is not below the sweep's
+    alpha (:attr:`TraceSweepResult.stats`); the hover shows the bootstrap CI and the p-value.
+    """
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     from ..figures import style
 
+    nan = float("nan")
     cats = [c for c in res.categories if res.n_facts.get(c)]
     fig = make_subplots(rows=1, cols=len(res.kinds), shared_yaxes=True, horizontal_spacing=0.07,
                         subplot_titles=[f"AIE, {_KIND_TITLE[k]}" for k in res.kinds])
     for i, k in enumerate(res.kinds):
-        z = [[v if v is not None else float("nan") for v in res.aie[k][c]] for c in cats]
-        s = [[v if v is not None else float("nan") for v in res.se[k][c]] for c in cats]
+        z = [[v if v is not None else nan for v in res.aie[k][c]] for c in cats]
+        if mask_nonsignificant and res.stats:
+            z = [[v if ok else nan for v, ok in zip(row, res.significant(k, c))] for row, c in zip(z, cats)]
+        st = {c: res.stats.get(k, {}).get(c) for c in cats}
+        custom = [[[res.se[k][c][l] if res.se[k][c][l] is not None else nan]
+                   + ([st[c]["ci_low"][l], st[c]["ci_high"][l], st[c]["p_adj"][l]] if st[c] else [nan] * 3)
+                   for l in range(len(res.layers))] for c in cats]
         fig.add_trace(go.Heatmap(
             z=z, x=res.layers, y=[f"{CATEGORY_LABELS[c]} (n={res.n_facts[c]})" for c in cats],
-            customdata=s, colorscale=_KIND_SCALE[k], zmin=0,
+            customdata=custom, colorscale=_KIND_SCALE[k], zmin=0,
             colorbar=dict(title="AIE" if i == 0 else "", x=1.0 + 0.06 * i, len=0.8),
-            hovertemplate="layer %{x}<br>%{y}<br>AIE=%{z:.4f} ± %{customdata:.4f}<extra>" + k + "</extra>"),
+            hovertemplate=("layer %{x}<br>%{y}<br>AIE=%{z:.4f} ± %{customdata[0]:.4f}<br>95% CI "
+                           "[%{customdata[1]:.4f}, %{customdata[2]:.4f}], p_adj=%{customdata[3]:.3g}"
+                           "<extra>" + k + "</extra>")),
             1, i + 1)
         fig.update_xaxes(title_text="layer" if k == "resid" else "centre of window", row=1, col=i + 1)
     fig.update_yaxes(autorange="reversed")
+    masked = (f"; blank: not significant (p_adj ≥ {res.stats['settings']['alpha']}, "
+              f"{res.stats['settings']['correction']})") if mask_nonsignificant and res.stats else ""
     return style(fig, title=(f"Average indirect effect over {res.n_traced} known facts — {res.model} "
-                             f"(p_clean={res.mean_p_clean:.3f}, p_corrupt={res.mean_p_corrupt:.3f})"),
+                             f"(p_clean={res.mean_p_clean:.3f}, p_corrupt={res.mean_p_corrupt:.3f}){masked}"),
                  width=400 * len(res.kinds) + 300, height=460)

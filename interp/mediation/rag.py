@@ -176,7 +176,7 @@ def rag_comparison(model, fakepedia_path: str | Path, out_dir: str | Path | None
     for c in CONDITIONS:
         if not items[c]:
             continue
-        aie[c], se[c], _ = _aggregate(items[c], kinds, model.n_layers)
+        aie[c], se[c], _, _ = _aggregate(items[c], kinds, model.n_layers)
         pc[c] = sum(i["p_clean"] for i in items[c]) / len(items[c])
         pk[c] = sum(i["p_corrupt"] for i in items[c]) / len(items[c])
         summary[c] = {f"{k}_{cat}_peak": _peak(aie[c][k][cat]) for k in kinds
