@@ -197,3 +197,28 @@ def test_atp_works_with_autograd_switched_off_globally():
     finally:
         torch.set_grad_enabled(prev)
     assert res.grid("resid_pre").abs().sum() > 0
+
+
+def test_patching_sweep_over_pairs_resumes_with_statistics(tm, tmp_path):
+    from interp.mediation.pairs import PatchingSweepResult, PromptPair, patching_sweep
+
+    pairs = [PromptPair("a", CLEAN, CORRUPT, " Paris", " Berlin", "Eiffel Tower", "Berlin Wall Tower"),
+             PromptPair("b", "The Rome Tower is in the city of", "The Berlin Tower is in the city of", " Rome",
+                        " Berlin", "Rome Tower", "Berlin Tower"),
+             PromptPair("c", "The Paris Tower is in the city of", "The Berlin Tower is in the city of", " Paris",
+                        " Berlin", "Paris Tower", "Berlin Tower")]
+    first = patching_sweep(tm, pairs[:2], tmp_path, sites=["resid_post", "mlp_out"], progress=False)
+    assert first.n_pairs == 2
+    r = patching_sweep(tm, pairs, tmp_path, sites=["resid_post", "mlp_out"], progress=False)
+    assert r.n_pairs == 3 and len((tmp_path / "items.jsonl").read_text().splitlines()) == 3
+    # the last resid_post at the last token restores everything: normalised effect 1 in every pair
+    assert r.mean["resid_post"]["last"][-1] == pytest.approx(1.0, abs=1e-4)
+    assert r.se["resid_post"]["last"][-1] == pytest.approx(0.0, abs=1e-4)
+    st = r.stats["mlp_out"]["last"]
+    assert all(lo - 1e-9 <= m <= hi + 1e-9 for lo, m, hi in zip(st["ci_low"], r.mean["mlp_out"]["last"], st["ci_high"]))
+    assert r.stats["settings"]["n_items"] == 3 and r.stats["settings"]["correction"] == "maxT"
+    again = PatchingSweepResult.load(tmp_path)
+    assert again.mean == json.loads(json.dumps(r.mean))
+    assert again.figure(mask_nonsignificant=True) is not None
+    with pytest.raises(InterventionError, match="head"):
+        patching_sweep(tm, pairs, tmp_path / "x", sites=["head"], progress=False)
