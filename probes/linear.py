@@ -162,6 +162,7 @@ class SplitFit:
     config: list  # L × (penalty, lambda)
     weight: Tensor  # L d (raw activation space)
     bias: Tensor  # L
+    test_correct: Tensor | None = None  # L n_test: the chosen probe is right on that test row
 
 
 def fit_split(X: Float[Tensor, "L n d"], y: Tensor, split: Split, *, lambdas=LAMBDAS,
@@ -185,11 +186,12 @@ def fit_split(X: Float[Tensor, "L n d"], y: Tensor, split: Split, *, lambdas=LAM
     Ls = torch.arange(X.shape[0])
     wb, bb = w[Ls, best], b[Ls, best]  # L d, L
     s_te = torch.einsum("lnd,ld->ln", Z[:, te], wb) + bb[:, None]
-    acc = ((s_te > 0).float() == y[te]).float().mean(-1)
+    correct = ((s_te > 0).float() == y[te]).float()  # L n_test
+    acc = correct.mean(-1)
     au = auroc(s_te, y[te])
     w_raw = wb / sd[:, 0]
     b_raw = bb - (wb * mu[:, 0] / sd[:, 0]).sum(-1)
-    return SplitFit(acc, au, [list(cfg[int(i)]) for i in best], w_raw, b_raw)
+    return SplitFit(acc, au, [list(cfg[int(i)]) for i in best], w_raw, b_raw, correct)
 
 
 def control_labels(y: Tensor, groups: Sequence[str], seed: int) -> Tensor:
@@ -223,8 +225,11 @@ def probe_layers(X: Float[Tensor, "L n d"], y: Sequence[int], groups: Sequence[s
     """Layer-wise probe accuracy / AUROC over ``n_seeds`` grouped splits, with controls.
 
     Returns a dict of per-seed tensors (``accuracy``, ``auroc``, ``control_accuracy``:
-    ``[seed, L]``; ``majority``: ``[seed]``), the chosen configs, split sizes, and the probe
-    of the first split (``weight [L, d]``, ``bias [L]``, activation space).
+    ``[seed, L]``; ``majority``: ``[seed]``), the chosen configs, split sizes, the probe
+    of the first split (``weight [L, d]``, ``bias [L]``, activation space), and per row
+    (``row_correct`` / ``row_control`` ``[L, n]``): the fraction of the seeds that tested the row in
+    which the probe / the control probe was right (NaN: never in a test split) — the per-item data
+    of the statistics over question groups (:func:`summarise`).
     """
     y = torch.as_tensor(list(y)).long()
     check_labels(y, "probe labels")
@@ -233,10 +238,16 @@ def probe_layers(X: Float[Tensor, "L n d"], y: Sequence[int], groups: Sequence[s
                            f"they must match")
     acc, au, ctl, maj, cfgs, sizes = [], [], [], [], [], []
     first = None
+    L, n = X.shape[0], len(y)
+    hits, ctl_hits, tested = torch.zeros(L, n), torch.zeros(L, n), torch.zeros(n)
+    ctl_tested = torch.zeros(n)
     for seed in range(n_seeds):
         sp = grouped_split(groups, seed=seed)
         check_disjoint(sp, groups)
         f = fit_split(X, y, sp, lambdas=lambdas, penalties=penalties, iters=iters)
+        te = torch.tensor(sp.test)
+        hits[:, te] += f.test_correct
+        tested[te] += 1
         acc.append(f.accuracy)
         au.append(f.auroc)
         cfgs.append(f.config)
@@ -249,13 +260,18 @@ def probe_layers(X: Float[Tensor, "L n d"], y: Sequence[int], groups: Sequence[s
             try:
                 fc = fit_split(X, yc, sp, lambdas=lambdas, penalties=penalties, iters=iters)
                 ctl.append(fc.accuracy)
+                ctl_hits[:, te] += fc.test_correct
+                ctl_tested[te] += 1
             except ProbeLabelError:
                 ctl.append(torch.full((X.shape[0],), float("nan")))
         if first is None:
             first = f
+    nan = torch.tensor(float("nan"))
     return {"accuracy": torch.stack(acc), "auroc": torch.stack(au),
             "control_accuracy": torch.stack(ctl) if ctl else None, "majority": torch.tensor(maj),
-            "configs": cfgs, "split_sizes": sizes, "weight": first.weight, "bias": first.bias}
+            "configs": cfgs, "split_sizes": sizes, "weight": first.weight, "bias": first.bias,
+            "row_correct": torch.where(tested > 0, hits / tested.clamp_min(1), nan),
+            "row_control": torch.where(ctl_tested > 0, ctl_hits / ctl_tested.clamp_min(1), nan) if ctl else None}
 
 
 # ----------------------------------------------------------------------------- saved probes
@@ -340,9 +356,57 @@ class LinearProbe:
         return plan
 
 
+def group_stats(per_component: dict[str, dict], groups: Sequence[str]) -> dict:
+    """Per-cell statistics over question groups (:func:`interp.stats.cell_stats`), cells = component × layer.
+
+    Each group's test accuracy (the mean over its rows of :func:`probe_layers`' ``row_correct``) is
+    one item: a bootstrap 95% CI over groups, and the sign-flip test of the group's *selectivity*
+    (accuracy − the random-label control's accuracy on the same rows) against 0, maxT-corrected
+    over every component and layer.  Groups, not rows, are the unit because splits are grouped
+    (rows of one question are not independent).  Empty when the fits carry no per-row data.
+    """
+    from interp.stats import cell_stats
+
+    comps = [c for c, r in per_component.items() if r.get("row_correct") is not None]
+    if not comps:
+        return {}
+    keys = sorted(set(map(str, groups)))
+    gi = torch.tensor([keys.index(str(g)) for g in groups])
+
+    def by_group(rows: Tensor) -> Tensor:  # L n -> G L, NaN-aware means
+        ok = ~rows.isnan()
+        s = torch.zeros(len(keys), rows.shape[0], dtype=torch.float64).index_add_(
+            0, gi, torch.where(ok, rows, 0.0).double().T)
+        c = torch.zeros(len(keys), rows.shape[0], dtype=torch.float64).index_add_(0, gi, ok.double().T)
+        return torch.where(c > 0, s / c.clamp_min(1), torch.tensor(float("nan"), dtype=torch.float64))
+
+    acc = torch.stack([by_group(torch.as_tensor(per_component[c]["row_correct"], dtype=torch.float64))
+                       for c in comps], 1)  # G comp L
+    st_acc = cell_stats(acc, null=0.5)
+    out = {"settings": {**st_acc.settings, "unit": "question group", "n_groups": len(keys),
+                        "p": "selectivity (accuracy - control accuracy on the same group) vs 0"}}
+    st_sel = None
+    if all(per_component[c].get("row_control") is not None for c in comps):
+        ctl = torch.stack([by_group(torch.as_tensor(per_component[c]["row_control"], dtype=torch.float64))
+                           for c in comps], 1)
+        st_sel = cell_stats(acc - ctl)
+    for i, c in enumerate(comps):
+        d = {"accuracy_ci_groups": [[float(a), float(b)] for a, b in zip(st_acc.ci_low[i], st_acc.ci_high[i])]}
+        if st_sel is not None:
+            d.update({"selectivity": st_sel.mean[i].tolist(),
+                      "selectivity_ci": [[float(a), float(b)] for a, b in zip(st_sel.ci_low[i], st_sel.ci_high[i])],
+                      "p": st_sel.p[i].tolist(), "p_adj": st_sel.p_adj[i].tolist()})
+        out[c] = d
+    return out
+
+
 def summarise(per_component: dict[str, dict], layers: Sequence[int], *, task: str, class_counts: dict,
-              dataset: str = "", model: str = "", settings: dict | None = None):
-    """Turn :func:`probe_layers` outputs (one per component) into a :class:`ProbeResult`."""
+              dataset: str = "", model: str = "", settings: dict | None = None,
+              groups: Sequence[str] | None = None):
+    """Turn :func:`probe_layers` outputs (one per component) into a :class:`ProbeResult`.
+
+    With the rows' ``groups``, the result also carries :func:`group_stats` in ``stats``.
+    """
     from .result import ProbeResult
 
     comps, best = {}, None
@@ -381,4 +445,5 @@ def summarise(per_component: dict[str, dict], layers: Sequence[int], *, task: st
     return ProbeResult(task=task, layers=list(layers), components=comps,
                        baselines={"majority": maj, "majority_per_seed": majority, "chance": 0.5},
                        split_sizes=split_sizes, class_counts=class_counts, best=best or {}, n_seeds=n_seeds,
-                       dataset=dataset, model=model, settings=settings or {})
+                       dataset=dataset, model=model, settings=settings or {},
+                       stats=group_stats(per_component, groups) if groups is not None else {})

@@ -210,7 +210,7 @@ def probe_dataset(model, dataset: str, out_dir: str | Path, *, task: str = "conf
         scan = json.loads((out / "known.json").read_text())
         counts["known_scan"] = {k: scan[k] for k in ("rule", "per_relation", "totals", "counts")}
     res = summarise(per, feats.layers, task=task, class_counts=counts, dataset=label, model=model.name,
-                    settings=settings)
+                    settings=settings, groups=groups)
     res.save(out)
     b = res.best
     if b:

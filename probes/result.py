@@ -6,7 +6,9 @@
 ``selectivity`` (accuracy − control), and ``per_seed`` arrays.  ``baselines`` has the majority
 and chance accuracies, ``split_sizes`` the train/val/test rows of every seed, ``class_counts``
 the labels (and, for the source task, how many examples were kept apart).  ``best`` names the
-best (component, layer) by mean test accuracy with its interval.
+best (component, layer) by mean test accuracy with its interval.  ``stats`` (when the fits kept
+per-row outcomes) has the statistics over question groups of :func:`probes.linear.group_stats`:
+a bootstrap CI of the accuracy and the maxT-corrected sign-flip p-value of the selectivity.
 
 The figure is Zhao et al.'s Fig. 2: accuracy vs layer, one line per component, with the
 interval as a band, plus the control and the majority baseline as dashed lines.
@@ -36,8 +38,17 @@ class ProbeResult(Result):
     dataset: str = ""
     model: str = ""
     settings: dict = field(default_factory=dict)
+    stats: dict = field(default_factory=dict)
 
-    def figure(self, metric: str = "accuracy"):
+    def significant(self, component: str, alpha: float | None = None) -> list[bool]:
+        """Per layer: does the probe beat its random-label control after the grid-wide correction?"""
+        a = self.stats.get("settings", {}).get("alpha", 0.05) if alpha is None else alpha
+        p = self.stats.get(component, {}).get("p_adj")
+        return [True] * len(self.layers) if p is None else [v is not None and v < a for v in p]
+
+    def figure(self, metric: str = "accuracy", mask_nonsignificant: bool = False):
+        """Accuracy (or AUROC) per layer with its band; with group statistics, layers where the probe
+        does not significantly beat its control are hollow markers (hidden with ``mask_nonsignificant``)."""
         import plotly.graph_objects as go
 
         from interp.figures import COLORS, style
@@ -52,8 +63,11 @@ class ProbeResult(Result):
                 fig.add_trace(go.Scatter(x=self.layers + self.layers[::-1], y=hi + lo[::-1], fill="toself",
                                          line=dict(width=0), fillcolor=col, opacity=0.18, hoverinfo="skip",
                                          showlegend=False))
-            fig.add_trace(go.Scatter(x=self.layers, y=d[metric], mode="lines+markers", name=comp,
-                                     line=dict(color=col, width=2.5), marker=dict(size=5)))
+            sig = self.significant(comp)
+            y = [v if ok or not mask_nonsignificant else None for v, ok in zip(d[metric], sig)]
+            fig.add_trace(go.Scatter(x=self.layers, y=y, mode="lines+markers", name=comp,
+                                     line=dict(color=col, width=2.5),
+                                     marker=dict(size=6, symbol=["circle" if ok else "circle-open" for ok in sig])))
             if metric == "accuracy" and d.get("control_accuracy"):
                 fig.add_trace(go.Scatter(x=self.layers, y=d["control_accuracy"], mode="lines",
                                          name=f"{comp} control (random labels)",
@@ -68,6 +82,10 @@ class ProbeResult(Result):
         fmt, _, path = self.dataset.partition(":")
         title = (f"Probe {metric}: {TASK_TITLES.get(self.task, self.task)} — {self.model} "
                  f"({n} rows, {fmt} {Path(path).name})")
+        if self.stats.get("settings"):
+            st = self.stats["settings"]
+            title += (f"<br><sub>filled: beats the random-label control over {st['n_groups']} question groups "
+                      f"(sign-flip p_adj < {st['alpha']}, {st['correction']})</sub>")
         return style(fig, title=title, width=1000, height=540)
 
     def summary(self) -> dict:

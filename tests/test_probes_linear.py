@@ -57,6 +57,18 @@ def test_probe_layers_signal_noise_and_control():
     assert res.best["layer"] == 0 and res.best["accuracy_ci"][0] <= res.best["accuracy"] <= res.best["accuracy_ci"][1]
     assert len(res.components["resid"]["accuracy"]) == 2 and res.components["resid"]["selectivity"][0] > 0.25
     assert 0.35 < res.baselines["majority"] < 0.65
+    # per-row outcomes: the mean over tested rows of a seed-averaged hit rate tracks the accuracy
+    rc = r["row_correct"]
+    assert rc.shape == (2, 600) and abs(float(rc[0].nanmean()) - float(acc[0])) < 0.05
+    # statistics over the 200 question groups: the planted layer beats its control, noise does not
+    res = summarise({"resid": r}, [0, 1], task="conflict", class_counts={"n_rows": 600}, groups=groups)
+    st = res.stats
+    assert st["settings"]["n_groups"] == 200 and st["settings"]["correction"] == "maxT"
+    assert res.significant("resid") == [True, False]
+    lo, hi = st["resid"]["accuracy_ci_groups"][0]
+    assert lo < float(acc[0]) < hi and st["resid"]["selectivity_ci"][0][0] > 0.2
+    line = next(t for t in res.figure(mask_nonsignificant=True).data if t.name == "resid")
+    assert line.y[0] is not None and line.y[1] is None
 
 
 def test_one_class_is_a_typed_error_not_a_solver_crash():
