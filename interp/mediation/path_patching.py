@@ -1,0 +1,251 @@
+"""Path patching (Wang et al. 2022, "Interpretability in the Wild"; Goldowsky-Dill et al. 2023,
+"Localizing Model Behavior with Path Patching"): the effect of a *sender* on a *receiver* along
+the direct paths between them only.
+
+Design note
+-----------
+Activation patching a head measures every path from it to the output.  Path patching asks how
+much of that goes *directly* into a receiver.  Wang et al.'s recipe, with x_orig the base prompt
+and x_new the source prompt (``direction="noise"``: base = clean, source = corrupt, as in the
+IOI paper; ``"denoise"`` swaps them):
+
+1. run x_orig with the sender's output taken from x_new and **every attention head after the
+   sender frozen** to its x_orig output (MLPs are recomputed, as in the paper, or frozen too with
+   ``freeze_mlps=True``); read the receiver's input there;
+2. run x_orig with only the receiver's input replaced by that value; the metric is the answer.
+
+Everything is rows of **one** :class:`~interp.interventions.InterventionPlan`, one forward:
+
+* row 0 = clean, row 1 = corrupt (no edits);
+* per sender, a *stage-1* row: the base prompt with ``set`` edits — the sender (``attn_z`` of one
+  head, or ``mlp_out``) copied from the source row, and ``attn_z`` of all heads of every later
+  layer below the receiver (and ``mlp_out`` with ``freeze_mlps``) copied from the base row;
+* receivers: ``"logits"`` — the residual stream at the last position after the last layer, so
+  the stage-1 row's own logits are the answer (after the last layer nothing mixes positions);
+  ``("resid", r)`` — the residual entering layer ``r`` at the last position: a *stage-2* row copies
+  it from its stage-1 row (``source_row``) and recomputes layers ``r…`` normally.
+
+Receiving into a head's queries / keys / values (Wang's S-inhibition → name-mover paths) needs
+per-head ``attn_q`` / ``attn_k`` / ``attn_v`` sites in :mod:`interp.arch` and the engines, which
+do not exist yet; with them it is the same plan with the stage-2 edit at that site and head.
+
+Metric: the patched metric per sender, ``effect = value − base metric`` and ``normalized``
+(``effect / (source − base)``, the fraction of the total clean↔corrupt difference carried by the
+path; negative in the noising direction when the path supports the clean answer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from ..errors import InterventionError, LayerIndexError
+from ..interventions import InterventionPlan
+from ..results import Result
+from .patching import metric_fn, prepare_pair
+
+SENDER_KINDS = ("head", "mlp")
+
+
+@dataclass(frozen=True)
+class Sender:
+    """A head (``kind="head"``, ``layer``, ``head``) or an MLP (``kind="mlp"``, ``layer``)."""
+
+    kind: str
+    layer: int
+    head: int | None = None
+
+    @property
+    def label(self) -> str:
+        return f"L{self.layer}H{self.head}" if self.kind == "head" else f"MLP{self.layer}"
+
+
+def _senders(model, senders, receiver_layer: int) -> list[Sender]:
+    a = model.adapter
+    if senders is None:
+        return [Sender("head", l, h) for l in range(receiver_layer) for h in range(a.n_heads)] + \
+               [Sender("mlp", l) for l in range(receiver_layer)]
+    out = []
+    for s in senders:
+        s = s if isinstance(s, Sender) else Sender(*s)
+        if s.kind not in SENDER_KINDS:
+            raise InterventionError(f"sender kind {s.kind!r} unknown; senders are ('head', layer, head) or "
+                                    f"('mlp', layer)")
+        layer = a.check_layer(s.layer)
+        if layer >= receiver_layer:
+            raise LayerIndexError(f"sender {s.label} is not before the receiver (layer {receiver_layer}): a path "
+                                  f"runs from an earlier layer to a later one")
+        if s.kind == "head" and (s.head is None or not 0 <= s.head < a.n_heads):
+            raise LayerIndexError(f"sender head {s.head!r} out of range 0..{a.n_heads - 1}")
+        out.append(Sender(s.kind, layer, s.head))
+    return out
+
+
+def _receiver_layer(model, receiver) -> int:
+    """``"logits"`` → n_layers; ``("resid", r)`` → r (the residual entering layer r)."""
+    if receiver == "logits":
+        return model.n_layers
+    if isinstance(receiver, (tuple, list)) and len(receiver) == 2 and receiver[0] == "resid":
+        r = model.adapter.check_layer(receiver[1])
+        if r == 0:
+            raise LayerIndexError("receiver ('resid', 0) has no sender before it; use a later layer")
+        return r
+    raise InterventionError(f"receiver must be 'logits' or ('resid', layer), not {receiver!r}; receiving into "
+                            f"a head's queries/keys/values needs per-head attn_q/attn_k/attn_v sites")
+
+
+@dataclass
+class PathPatchingResult(Result):
+    """Path-patched metric per sender, and the grids ``heads [layer, head]`` / ``mlps [layer]``."""
+
+    stem = "path_patching"
+
+    clean: str
+    corrupt: str
+    tokens: list[str]
+    direction: str
+    metric: str
+    answer: str
+    wrong: str
+    clean_metric: float
+    corrupt_metric: float
+    receiver: str
+    senders: list[list]  # [kind, layer, head or None]
+    values: list[float]
+    n_layers: int
+    n_heads: int
+    freeze_mlps: bool = False
+    positions: list[int] | None = None
+    settings: dict = field(default_factory=dict)
+    model: str = ""
+
+    @property
+    def base_metric(self) -> float:
+        return self.clean_metric if self.direction == "noise" else self.corrupt_metric
+
+    def effect(self) -> Tensor:
+        return torch.tensor(self.values, dtype=torch.float64) - self.base_metric
+
+    def normalized(self) -> Tensor:
+        src = self.corrupt_metric if self.direction == "noise" else self.clean_metric
+        d = src - self.base_metric
+        return self.effect() / (d if abs(d) > 1e-12 else float("nan"))
+
+    def head_grid(self, normalized: bool = True) -> Float[Tensor, "layer head"]:
+        """Per-head values (NaN where a head was not a sender)."""
+        v = self.normalized() if normalized else self.effect()
+        g = torch.full((self.n_layers, self.n_heads), float("nan"), dtype=torch.float64)
+        for (kind, l, h), x in zip(self.senders, v):
+            if kind == "head":
+                g[l, h] = x
+        return g
+
+    def mlp_grid(self, normalized: bool = True) -> Float[Tensor, "layer"]:
+        v = self.normalized() if normalized else self.effect()
+        g = torch.full((self.n_layers,), float("nan"), dtype=torch.float64)
+        for (kind, l, _), x in zip(self.senders, v):
+            if kind == "mlp":
+                g[l] = x
+        return g
+
+    def figure(self):
+        return path_patching_figure(self)
+
+
+def build_path_plan(model, pair_batch, senders: list[Sender], receiver_layer: int, *, base_row: int, src_row: int,
+                    positions: list[int] | None, freeze_mlps: bool) -> tuple[InterventionPlan, list[int]]:
+    """The plan of the design note; returns it and, per sender, the row whose logits are the answer."""
+    L = model.n_layers
+    n = pair_batch.lengths[0]
+    every = list(range(n))
+    pos = every if positions is None else list(positions)
+    stage1 = len(senders)
+    stage2 = len(senders) if receiver_layer < L else 0
+    plan = InterventionPlan(pair_batch.select([0, 1] + [base_row] * (stage1 + stage2)))
+    answer_rows = []
+    for i, s in enumerate(senders):
+        r1 = 2 + i
+        if s.kind == "head":
+            plan.set("attn_z", s.layer, r1, pos, source_row=src_row, unit=s.head)
+        else:
+            plan.set("mlp_out", s.layer, r1, pos, source_row=src_row)
+        for l in range(s.layer + 1, receiver_layer):
+            plan.set("attn_z", l, r1, every, source_row=base_row)
+        if freeze_mlps:
+            for l in range(s.layer + (1 if s.kind == "mlp" else 0), receiver_layer):
+                plan.set("mlp_out", l, r1, every, source_row=base_row)
+        if stage2:
+            r2 = 2 + stage1 + i
+            plan.set("resid_pre", receiver_layer, r2, [n - 1], source_row=r1)
+            answer_rows.append(r2)
+        else:
+            answer_rows.append(r1)
+    return plan, answer_rows
+
+
+def path_patching(model, clean: str, corrupt: str, *, senders: Sequence | None = None,
+                  receiver="logits", direction: str = "noise", metric: str | Callable = "logit_diff",
+                  answer: str | None = None, wrong: str | None = None, positions: Sequence[int] | None = None,
+                  freeze_mlps: bool = False, max_rows: int | None = None, progress: bool = False
+                  ) -> PathPatchingResult:
+    """Path patching from each sender to the receiver (see the module note), one batched forward.
+
+    Args:
+        clean, corrupt: prompts of equal token length.
+        senders: ``("head", layer, head)`` / ``("mlp", layer)`` tuples or :class:`Sender`; default
+            every head and MLP before the receiver.
+        receiver: ``"logits"`` (the final residual at the last position) or ``("resid", r)``.
+        direction: ``"noise"`` (Wang et al.: clean run, sender from the corrupted one) or ``"denoise"``.
+        positions: positions where the sender is patched (default all; prompt-relative).
+        freeze_mlps: freeze MLP outputs too, so only the direct residual path remains.
+    """
+    if direction not in ("noise", "denoise"):
+        raise InterventionError(f"direction must be 'noise' (sender from the corrupted run into the clean one, "
+                                f"as Wang et al.) or 'denoise', not {direction!r}")
+    setup = prepare_pair(model, clean, corrupt, answer=answer, wrong=wrong)
+    r = _receiver_layer(model, receiver)
+    snd = _senders(model, senders, r)
+    if positions is not None:
+        for p in positions:
+            if not -setup.n <= p < setup.n:
+                raise LayerIndexError(f"position {p} out of range for prompts of {setup.n} tokens")
+        positions = [p % setup.n for p in positions]
+    fn, mname = metric_fn(model, metric, setup.answer_id, setup.wrong_id)
+    base_row, src_row = (0, 1) if direction == "noise" else (1, 0)
+    pair = model.tokenize([setup.clean_text, setup.corrupt_text])
+    plan, rows = build_path_plan(model, pair, snd, r, base_row=base_row, src_row=src_row, positions=positions,
+                                 freeze_mlps=freeze_mlps)
+    v = model.run(plan=plan, logits=fn, max_rows=max_rows, progress=progress).logits.double().cpu()
+    return PathPatchingResult(setup.clean_text, setup.corrupt_text, setup.tokens, direction, mname, setup.answer,
+                              setup.wrong, float(v[0]), float(v[1]),
+                              "logits" if r == model.n_layers else f"resid_pre {r} (last position)",
+                              [[s.kind, s.layer, s.head] for s in snd], v[rows].tolist(), model.n_layers,
+                              model.adapter.n_heads, freeze_mlps, positions,
+                              {"engine": model.engine_name, "frozen": "attention heads of layers after the sender"
+                               + (" and MLPs" if freeze_mlps else " (MLPs recomputed)"),
+                               "sender_site": {"head": "attn_z (one head)", "mlp": "mlp_out"}}, model.name)
+
+
+def path_patching_figure(res: PathPatchingResult, title: str | None = None):
+    """Heatmap of the normalised path effect per head (layer × head), with the MLPs as a last column."""
+    import plotly.graph_objects as go
+
+    from ..figures import DIVERGING, style
+
+    g = res.head_grid()
+    m = res.mlp_grid()
+    z = torch.cat([g, m[:, None]], 1).numpy()
+    x = [f"H{h}" for h in range(res.n_heads)] + ["MLP"]
+    lim = float(torch.tensor(z).nan_to_num(0).abs().max()) or 1.0
+    fig = go.Figure(go.Heatmap(z=z, x=x, y=list(range(res.n_layers)), colorscale=DIVERGING, zmid=0,
+                               zmin=-lim, zmax=lim, colorbar=dict(title="normalised"),
+                               hovertemplate="layer %{y} %{x}: %{z:.3f}<extra></extra>"))
+    fig.update_xaxes(title="sender")
+    fig.update_yaxes(title="layer", autorange="reversed")
+    return style(fig, title=title or (f"Path patching → {res.receiver} ({res.direction}, {res.metric} "
+                                      f"{res.answer!r} vs {res.wrong!r}) — {res.model}"),
+                 width=700, height=700)
