@@ -135,17 +135,17 @@ class PathPatchingResult(Result):
         d = src - self.base_metric
         return self.effect() / (d if abs(d) > 1e-12 else float("nan"))
 
-    def head_grid(self, normalized: bool = True) -> Float[Tensor, "layer head"]:
-        """Per-head values (NaN where a head was not a sender)."""
-        v = self.normalized() if normalized else self.effect()
+    def head_grid(self, normalized: bool = True, values: Tensor | None = None) -> Float[Tensor, "layer head"]:
+        """Per-head values (NaN where a head was not a sender); ``values``: one per sender instead."""
+        v = values if values is not None else self.normalized() if normalized else self.effect()
         g = torch.full((self.n_layers, self.n_heads), float("nan"), dtype=torch.float64)
         for (kind, l, h), x in zip(self.senders, v):
             if kind == "head":
                 g[l, h] = x
         return g
 
-    def mlp_grid(self, normalized: bool = True) -> Float[Tensor, "layer"]:
-        v = self.normalized() if normalized else self.effect()
+    def mlp_grid(self, normalized: bool = True, values: Tensor | None = None) -> Float[Tensor, "layer"]:
+        v = values if values is not None else self.normalized() if normalized else self.effect()
         g = torch.full((self.n_layers,), float("nan"), dtype=torch.float64)
         for (kind, l, _), x in zip(self.senders, v):
             if kind == "mlp":
@@ -230,14 +230,18 @@ def path_patching(model, clean: str, corrupt: str, *, senders: Sequence | None =
                                "sender_site": {"head": "attn_z (one head)", "mlp": "mlp_out"}}, model.name)
 
 
-def path_patching_figure(res: PathPatchingResult, title: str | None = None):
-    """Heatmap of the normalised path effect per head (layer × head), with the MLPs as a last column."""
+def path_patching_figure(res: PathPatchingResult, title: str | None = None, values: Tensor | None = None):
+    """Heatmap of the normalised path effect per head (layer × head), with the MLPs as a last column.
+
+    ``values`` (one per sender, NaN = blank) replaces the result's own normalised effects, e.g. a
+    mean over prompts with non-significant senders masked (:meth:`interp.stats.CellStats.masked`).
+    """
     import plotly.graph_objects as go
 
     from ..figures import DIVERGING, style
 
-    g = res.head_grid()
-    m = res.mlp_grid()
+    g = res.head_grid(values=values)
+    m = res.mlp_grid(values=values)
     z = torch.cat([g, m[:, None]], 1).numpy()
     x = [f"H{h}" for h in range(res.n_heads)] + ["MLP"]
     lim = float(torch.tensor(z).nan_to_num(0).abs().max()) or 1.0

@@ -1,0 +1,91 @@
+"""Name movers on the default model: path patching from every head and MLP to the logits (IOI).
+
+Wang et al. 2022's name-mover experiment on SmolLM2-135M: indirect-object prompts ("When Mary and
+John went to the store, John gave a drink to" → " Mary"), each paired with an ABC corruption
+(three other names, same token count).  For every head and MLP, path patching to the logits
+(noising: the clean run with the sender from the ABC run, later heads frozen, MLPs recomputed;
+:func:`interp.mediation.path_patching.path_patching`); the normalised effect (fraction of the
+clean → corrupt logit-difference change carried by the direct path) is averaged over prompts
+with per-cell statistics (:func:`interp.stats.cell_stats`: bootstrap CI over prompts, sign-flip
+p-values, maxT over all senders).  Resumable: one ``items.jsonl`` line per prompt.
+
+Run: ``.venv/bin/python benchmarks/path_patching_ioi.py --out figures/results/path_patching_ioi``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+#: (template, IO, S, ABC names): ``{A}`` is the indirect object, ``{B}`` the subject (repeated)
+PROMPTS = [
+    ("When {A} and {B} went to the store, {B} gave a drink to", "Mary", "John", ("Alice", "Bob", "Carl")),
+    ("When {A} and {B} went to the park, {B} gave a ball to", "Tom", "James", ("Mark", "Peter", "Steve")),
+    ("After {A} and {B} had lunch, {B} passed the salt to", "Sarah", "Emma", ("Laura", "Kate", "Rachel")),
+    ("When {A} and {B} went to the bar, {B} handed a beer to", "David", "Paul", ("George", "Frank", "Henry")),
+    ("After {A} and {B} arrived at the party, {B} gave a gift to", "Anna", "Lisa", ("Julia", "Susan", "Nancy")),
+    ("When {A} and {B} went to school, {B} gave a book to", "Mike", "Kevin", ("Chris", "Brian", "Jason")),
+    ("Then {A} and {B} had a long argument, and afterwards {B} said to", "Daniel", "Robert",
+     ("Thomas", "Richard", "Joseph")),
+    ("While {A} and {B} were working at the office, {B} sent an email to", "Jessica", "Sophie",
+     ("Olivia", "Grace", "Emily")),
+]
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="figures/results/path_patching_ioi")
+    ap.add_argument("--fig", default="figures")
+    ap.add_argument("--max-rows", type=int, default=None)
+    args = ap.parse_args(argv)
+
+    import torch
+
+    import interp
+    from interp.figures import save_figure
+    from interp.mediation.path_patching import path_patching, path_patching_figure
+    from interp.stats import cell_stats
+    from interp.sweep import Checkpoint
+
+    model = interp.load()
+    ck = Checkpoint(args.out, {"method": "path patching to logits, IOI vs ABC", "model": model.name,
+                               "direction": "noise", "freeze_mlps": False, "prompts": PROMPTS})
+    last = None
+    for i, (tpl, io, s, (c, d, e)) in enumerate(PROMPTS):
+        clean = tpl.format(A=io, B=s)
+        corrupt = tpl.replace("{B} gave", "{E} gave").replace("{B} passed", "{E} passed").replace(
+            "{B} handed", "{E} handed").replace("{B} said", "{E} said").replace("{B} sent", "{E} sent").format(
+            A=c, B=d, E=e)
+        if str(i) not in ck:
+            res = path_patching(model, clean, corrupt, answer=" " + io, wrong=" " + s, max_rows=args.max_rows)
+            ck.add(i, {"clean": clean, "corrupt": corrupt, "clean_metric": res.clean_metric,
+                       "corrupt_metric": res.corrupt_metric, "senders": res.senders, "values": res.values,
+                       "normalized": res.normalized().tolist()})
+            last = res
+    recs = [ck.done[str(i)] for i in range(len(PROMPTS))]
+    if last is None:
+        from interp.mediation.path_patching import PathPatchingResult
+        last = PathPatchingResult(recs[0]["clean"], recs[0]["corrupt"], [], "noise", "logit_diff", "", "",
+                                  recs[0]["clean_metric"], recs[0]["corrupt_metric"], "logits", recs[0]["senders"],
+                                  recs[0]["values"], model.n_layers, model.adapter.n_heads, model=model.name)
+    x = torch.tensor([r["normalized"] for r in recs], dtype=torch.float64)  # prompt sender
+    st = cell_stats(x)
+    # the mean normalised effect over prompts, non-significant senders blanked
+    fig = path_patching_figure(last, values=st.masked(),
+                               title=(f"Path patching to the logits, {len(recs)} IOI prompts vs ABC (noising): mean "
+                                      f"normalised effect, blank if p_adj ≥ 0.05 (maxT) — {model.name}"))
+    files = save_figure(fig, args.fig, "path_patching_ioi")
+    order = st.mean.argsort()
+    top = [{"sender": recs[0]["senders"][int(k)], "mean": float(st.mean[k]),
+            "ci": [float(st.ci_low[k]), float(st.ci_high[k])], "p_adj": float(st.p_adj[k])} for k in order[:8]]
+    summary = {"prompts": len(recs), "mean_clean_logit_diff": sum(r["clean_metric"] for r in recs) / len(recs),
+               "mean_corrupt_logit_diff": sum(r["corrupt_metric"] for r in recs) / len(recs),
+               "n_significant": int(st.significant().sum()), "strongest_negative": top, "files": files,
+               "stats": st.settings}
+    (ck.dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps(summary, indent=1))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
