@@ -133,6 +133,27 @@ def out_dir(args, default: str) -> Path:
     return Path(args.out) if args.out else Path("out") / default
 
 
+def add_from_log_args(p, what: str) -> None:
+    """``--from-log DIR`` and ``--mask-nonsignificant``: a dataset sweep's result and figure drawn
+    from its log (``config.json`` + ``items.jsonl``) without the model."""
+    p.add_argument("--from-log", default=None, metavar="DIR",
+                   help=f"summarise {what} (no model, nothing written there; a running sweep: facts so far), "
+                        f"with per-cell bootstrap CIs and maxT-corrected sign-flip p-values")
+    p.add_argument("--mask-nonsignificant", action="store_true",
+                   help="sweep figure: blank the cells whose corrected p-value is not below 0.05")
+
+
+def save_sweep_result(result, fig_stem: str, args, default_dir: str) -> dict:
+    """:func:`save_result` for a dataset sweep, whose figure masks non-significant cells with
+    ``--mask-nonsignificant``."""
+    from .figures import save_figure
+    out = out_dir(args, default_dir)
+    paths = {"result": str(result.save(out)),
+             "figure": save_figure(result.figure(mask_nonsignificant=getattr(args, "mask_nonsignificant", False)),
+                                   out, fig_stem)}
+    return paths
+
+
 def save_result(result, fig_stem: str | None, args, default_dir: str) -> dict:
     """Save a result and its figure under --out; return the paths for the JSON summary."""
     from .figures import save_figure

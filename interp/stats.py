@@ -81,12 +81,24 @@ class CellStats:
 
     @classmethod
     def from_dict(cls, d: dict) -> "CellStats":
+        """Inverse of :meth:`to_dict` (``None`` back to NaN)."""
         return cls(**{k: torch.tensor(_none_to_nan(d[k]), dtype=torch.float64) for k in cls.FIELDS},
                    settings=dict(d.get("settings", {})))
 
     def select(self, index) -> "CellStats":
         """The statistics of a sub-grid (``index`` applies to every field)."""
         return CellStats(*(getattr(self, k)[index] for k in self.FIELDS), settings=dict(self.settings))
+
+
+def significant_cells(stats: dict, keys: tuple, n: int, alpha: float | None = None) -> list[bool]:
+    """Per cell of one row of a sweep result's saved ``stats`` (``stats[k1][k2]...["p_adj"]``): is the
+    corrected p-value below ``alpha`` (default: the sweep's own)?  All ``False`` where the row has no
+    statistics (an empty category, a result saved before statistics existed)."""
+    a = stats.get("settings", {}).get("alpha", 0.05) if alpha is None else alpha
+    st = stats
+    for k in keys:
+        st = st.get(k) if isinstance(st, dict) else None
+    return [False] * n if not st else [p is not None and p < a for p in st["p_adj"]]
 
 
 def _nan_to_none(x):

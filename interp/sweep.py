@@ -100,6 +100,22 @@ def read_log(path: str | Path) -> tuple[dict[str, Any], int, bytes]:
     return done, skipped, data
 
 
+def read_sweep(out_dir: str | Path) -> tuple[dict, dict[str, Any]]:
+    """``(config, results by id)`` of a sweep directory, read without writing anything.
+
+    For summaries and figures drawn from a log (also one a running sweep is still appending to:
+    a torn last line is skipped).  A directory without ``config.json`` and ``items.jsonl`` raises
+    :class:`~interp.errors.ResultMissingError` naming the directory.
+    """
+    from .errors import ResultMissingError
+
+    d = Path(out_dir)
+    if not (d / CONFIG).is_file() or not (d / ITEMS).is_file():
+        raise ResultMissingError(f"{d} is not a sweep directory (no {CONFIG} + {ITEMS}); give the directory "
+                                 f"a sweep writes its log to (e.g. a knockout sweep's OUT/sweep)")
+    return json.loads((d / CONFIG).read_text(encoding="utf-8")), read_log(d / ITEMS)[0]
+
+
 class Checkpoint:
     """Append-only result log of one sweep in ``out_dir`` (see the module docstring).
 

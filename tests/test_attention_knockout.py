@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 
@@ -12,7 +13,8 @@ from conftest import default_tokenizer, tiny, tiny_hf
 from interp.attention import (KnockoutResult, attention_knockout, default_window, ensure_eager,
                               knockout_logits, knockout_sweep)
 from interp.datasets import Fact
-from interp.errors import EngineError, InterventionError, LayerIndexError, SpanNotFoundError
+from interp.attention.knockout import knockout_sweep_from_log
+from interp.errors import EngineError, InterpError, InterventionError, LayerIndexError, SpanNotFoundError
 from interp.model import Model
 from interp.windows import window_layers
 
@@ -225,6 +227,21 @@ def test_sweep_resumes(tmp_path):
         assert len(st["p_adj"]) == m.n_layers and all(0.25 <= p <= pa <= 1 for p, pa in zip(st["p"], st["p_adj"]))
         assert all(lo - 1e-9 <= v <= hi + 1e-9 for lo, v, hi in zip(st["ci_low"], b.mean[s], st["ci_high"]))
     assert all(y is None for tr in b.figure(mask_nonsignificant=True).data for y in tr.y)
+    # the same result from the log alone (no model, nothing written), also through the CLI
+    log = tmp_path / "a"
+    before = {p.name: p.read_bytes() for p in log.iterdir()}
+    d = knockout_sweep_from_log(log)
+    assert (d.n_known, d.n_scanned, d.fact_rows, d.window, d.sources) == (b.n_known, b.n_scanned, b.fact_rows,
+                                                                          b.window, b.sources)
+    assert d.mean == b.mean and d.stats == b.stats
+    assert {p.name: p.read_bytes() for p in log.iterdir()} == before
+    from interp.cli import main
+    assert main(["knockout", "--from-log", str(log), "--out", str(tmp_path / "drawn"), "--json",
+                 "--mask-nonsignificant"]) == 0
+    assert json.loads((tmp_path / "drawn" / "knockout_sweep.json").read_text())["stats"] == json.loads(
+        json.dumps(b.stats))
+    with pytest.raises(InterpError, match="not a sweep directory"):
+        knockout_sweep_from_log(tmp_path)
     # the tiny random model knows none of them: nothing is swept, every row is recorded
     c = knockout_sweep(m, facts, tmp_path / "c", n_facts=3, progress=False)
     assert c.n_known == 0 and c.n_scanned == 3

@@ -11,6 +11,7 @@ import torch
 from conftest import tiny
 from interp.errors import InterventionError, PromptError, SiteError, SpanNotFoundError
 from interp.mediation import CausalTraceResult, causal_trace, noise_level, trace_dataset
+from interp.mediation.causal_trace import trace_sweep_from_log
 from interp.mediation.causal_trace import fact_categories, grid_restorations, prepare_trace, restoration_probs
 from interp.windows import window_layers
 
@@ -244,6 +245,23 @@ def test_dataset_sweep_reports_bad_rows_and_resumes(tm, tmp_path):
     masked = r2.figure(mask_nonsignificant=True)
     import math
     assert all(math.isnan(v) for row in masked.data[0].z for v in row)  # nothing survives 4 flips
+    # the same result from the log alone: no model, nothing written there; counts from trace_sweep.json
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    d = trace_sweep_from_log(out)
+    assert (d.aie, d.se, d.stats, d.peaks, d.n_facts) == (r.aie, r.se, r.stats, r.peaks, r.n_facts)
+    assert (d.n_rows, d.n_known, d.n_traced, d.skipped) == (r.n_rows, r.n_known, r.n_traced, r.skipped)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    running = tmp_path / "running"  # a sweep still running: no trace_sweep.json yet
+    running.mkdir()
+    for f in ("config.json", "items.jsonl"):
+        (running / f).write_bytes((out / f).read_bytes())
+    with open(running / "items.jsonl", "a") as f:
+        f.write('{"id": "row9", "result": {"tor')  # a torn last line is skipped
+    d2 = trace_sweep_from_log(running)
+    assert d2.aie == r.aie and d2.n_known == d2.n_traced == 2 and "not recorded" in d2.settings["counts"]
+    from interp.cli import main
+    assert main(["trace", "--from-log", str(running), "--out", str(tmp_path / "drawn"), "--json"]) == 0
+    assert (tmp_path / "drawn" / "trace_sweep.json").is_file()
 
 
 def test_dataset_sweep_counts_errors_and_goes_on(tm, tmp_path, capsys):

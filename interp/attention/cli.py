@@ -4,7 +4,9 @@
 ``p_knockout`` per source set as a list over centre layers, ``relative_change``, ``rank_knockout``
 …) and the Geva-style figure; with ``--dataset PATH`` it sweeps the facts the model knows and
 writes ``DIR/knockout_sweep.json`` (mean and standard error per set per layer) plus the resumable
-``DIR/sweep/items.jsonl``.  ``interp contributions`` writes ``DIR/contributions.json`` and the
+``DIR/sweep/items.jsonl``; ``--from-log DIR/sweep`` draws the same from that log (also a running
+sweep's) without the model, with per-cell bootstrap CIs and corrected p-values
+(``--mask-nonsignificant`` hides the other layers).  ``interp contributions`` writes ``DIR/contributions.json`` and the
 layer × token and head × layer heatmaps.
 
 ``--context TEXT``: when TEXT is not already part of ``--prompt``, the prompt becomes the RAG
@@ -23,17 +25,19 @@ def _prompt_and_context(args) -> tuple[str, str | None, int]:
 
 
 def _cmd_knockout(args) -> dict:
-    from ..clitools import load_model, out_dir, save_result
+    from ..clitools import load_model, out_dir, save_result, save_sweep_result
     from ..errors import PromptError
-    from .knockout import attention_knockout, knockout_sweep
-    model = load_model(args)
+    from .knockout import attention_knockout, knockout_sweep, knockout_sweep_from_log
     sources = [s.strip() for s in args.sources.split(",") if s.strip()]
-    if args.dataset:
+    if args.dataset or args.from_log:
         out = out_dir(args, "knockout")
-        res = knockout_sweep(model, args.dataset, out / "sweep", sources=sources, window=args.window,
-                             n_facts=args.n_facts, max_scan=args.max_scan, require_known=not args.all_facts,
-                             bos=args.bos, min_p_clean=args.min_p_clean, progress=not args.json)
-        paths = save_result(res, "knockout_sweep", args, "knockout")
+        if args.from_log:
+            res = knockout_sweep_from_log(args.from_log, min_p_clean=args.min_p_clean)
+        else:
+            res = knockout_sweep(load_model(args), args.dataset, out / "sweep", sources=sources, window=args.window,
+                                 n_facts=args.n_facts, max_scan=args.max_scan, require_known=not args.all_facts,
+                                 bos=args.bos, min_p_clean=args.min_p_clean, progress=not args.json)
+        paths = save_sweep_result(res, "knockout_sweep", args, "knockout")
         if not args.json:
             for s in res.sources:
                 i = min(range(len(res.layers)), key=res.mean[s].__getitem__)
@@ -47,6 +51,7 @@ def _cmd_knockout(args) -> dict:
                 "n_unknown_target": res.n_unknown_target, "files": paths}
     if not args.prompt:
         raise PromptError("give --prompt (and --subject), or --dataset PATH for a sweep")
+    model = load_model(args)
     prompt, context, occ = _prompt_and_context(args)
     res = attention_knockout(model, prompt, sources, target=args.target, window=args.window,
                              layers=args.layers, heads=args.heads, subject=args.subject,
@@ -96,7 +101,7 @@ def _top_heads(res, k: int = 5) -> list[dict]:
 
 def register(sub, common) -> None:
     """Add ``interp knockout`` and ``interp contributions`` to the command line."""
-    from ..clitools import add_index_arg, add_target_check_args
+    from ..clitools import add_from_log_args, add_index_arg, add_target_check_args
     p = sub.add_parser("knockout", parents=[common],
                        help="attention knockout target→sources over layer windows (Geva et al. 2023)")
     p.add_argument("--prompt", default=None)
@@ -115,6 +120,7 @@ def register(sub, common) -> None:
     p.add_argument("--max-scan", type=int, default=None, help="scan at most this many dataset rows")
     p.add_argument("--all-facts", action="store_true",
                    help="with --dataset: sweep every fact, not only those the model gets right")
+    add_from_log_args(p, "a knockout sweep's log directory (--out DIR of a --dataset run: DIR/sweep)")
     add_target_check_args(p, bos=True)
     p.set_defaults(func=_cmd_knockout)
     p = sub.add_parser("contributions", parents=[common],

@@ -431,6 +431,9 @@ class KnockoutSweepResult(Result):
     #: swept facts whose tracked answer is not the clean top-1 or has p_clean < ``min_p_clean``
     n_unknown_target: int = 0
     min_p_clean: float | None = None
+    #: per-cell statistics over facts (:func:`interp.stats.cell_stats`): source -> {ci_low, ci_high,
+    #: p, p_adj} per centre layer, and "settings" (test, correction over sources × layers, alpha)
+    stats: dict = field(default_factory=dict)
 
     def summary_line(self) -> str:
         """One line: facts, window, the strongest mean drop per set, the flagged counts."""
@@ -438,15 +441,12 @@ class KnockoutSweepResult(Result):
         return (f"KnockoutSweepResult({self.model}: {self.n_known} known facts of {self.n_scanned} scanned, "
                 f"{self.window}-layer windows; strongest mean drops {drops}; position 0 blocked in "
                 f"{self.n_position_zero}, unknown target in {self.n_unknown_target})")
-    #: per-cell statistics over facts (:func:`interp.stats.cell_stats`): source -> {ci_low, ci_high,
-    #: p, p_adj} per centre layer, and "settings" (test, correction over sources × layers, alpha)
-    stats: dict = field(default_factory=dict)
 
     def significant(self, source: str, alpha: float | None = None) -> list[bool]:
         """Per centre layer: is the mean relative change different from 0 after the correction?"""
-        a = self.stats.get("settings", {}).get("alpha", 0.05) if alpha is None else alpha
-        st = self.stats.get(source)
-        return [False] * len(self.layers) if st is None else [p is not None and p < a for p in st["p_adj"]]
+        from ..stats import significant_cells
+
+        return significant_cells(self.stats, (source,), len(self.layers), alpha)
 
     def figure(self, mask_nonsignificant: bool = False):
         """Mean relative change per centre layer with its bootstrap 95% CI (s.e. for results saved
@@ -479,7 +479,8 @@ class KnockoutSweepResult(Result):
         flag = (f" · prefix {self.bos!r}" if self.bos else "") + (
             f" · position 0 (the sink) blocked in {self.n_position_zero}/{self.n_known} facts"
             if self.n_position_zero else "")
-        note = (f"<br><sub>filled: p_adj < {self.stats['settings']['alpha']} (sign-flip test, "
+        shown = "shown" if mask_nonsignificant else "filled"
+        note = (f"<br><sub>{shown}: p_adj < {self.stats['settings']['alpha']} (sign-flip test, "
                 f"{self.stats['settings']['correction']} over sources × layers)</sub>") if self.stats else ""
         return style(fig, title=f"Attention knockout over {self.n_known} known facts — {self.model}{flag}{note}")
 
@@ -589,7 +590,7 @@ def knockout_sweep(model, dataset: str | Path | Sequence, out_dir: str | Path, *
                 bar.update(1)
     if bar is not None:
         bar.close()
-    res = summarise_sweep(ck, name, list(range(a.n_layers)), window, list(sources), model.name,
+    res = summarise_sweep(ck.done, name, list(range(a.n_layers)), window, list(sources), model.name,
                           errors.by_row(), bos=prefix, min_p_clean=min_p_clean)
     if res.n_position_zero:
         warnings.warn(f"knockout_sweep: in {res.n_position_zero} of {res.n_known} facts a blocked set holds "
@@ -601,13 +602,15 @@ def knockout_sweep(model, dataset: str | Path | Sequence, out_dir: str | Path, *
     return res
 
 
-def summarise_sweep(ck, dataset: str, layers, window, sources, model_name,
+def summarise_sweep(results: dict, dataset: str, layers, window, sources, model_name,
                     errors: list | None = None, *, bos: str = "",
-                    min_p_clean: float | None = MIN_P_CLEAN) -> KnockoutSweepResult:
-    """Mean ± s.e. per set per layer over the known facts of a sweep log, and the flagged counts."""
+                    min_p_clean: float | None = MIN_P_CLEAN, **stats_kw) -> KnockoutSweepResult:
+    """Mean ± s.e., bootstrap CI and corrected p per set per layer over the known facts of a sweep
+    log (``results``: id → logged record, every scanned fact), and the flagged counts.
+    ``stats_kw`` go to :func:`interp.stats.cell_stats` (``alpha``, ``correction``, ``n_boot`` ...)."""
     from ..known import unknown_target
     rows, recs = [], []
-    for k, v in ck.results():
+    for k, v in results.items():
         if v.get("known") and "error" not in v:
             rows.append(int(k))
             recs.append(v)
@@ -618,7 +621,7 @@ def summarise_sweep(ck, dataset: str, layers, window, sources, model_name,
     st = None
     if len(recs):
         from ..stats import cell_stats
-        st = cell_stats(x)
+        st = cell_stats(x, **stats_kw)
         stats["settings"] = st.settings
     for i, s in enumerate(sources):
         mean[s] = st.mean[i].tolist() if st is not None else nan
@@ -630,7 +633,30 @@ def summarise_sweep(ck, dataset: str, layers, window, sources, model_name,
     n_zero = sum(bool(r.get("position_zero")) for r in recs)
     n_unknown = sum(unknown_target(r["p_clean"], True, min_p_clean) is not None for r in recs)
     return KnockoutSweepResult(dataset=dataset, layers=layers, window=window, sources=sources,
-                               n_known=len(recs), n_scanned=len(ck), fact_rows=rows, mean=mean,
+                               n_known=len(recs), n_scanned=len(results), fact_rows=rows, mean=mean,
                                sem=sem, mean_p_clean=pc, frac_below_half=below, model=model_name,
                                errors=list(errors or []), bos=bos, n_position_zero=n_zero,
                                n_unknown_target=n_unknown, min_p_clean=min_p_clean, stats=stats)
+
+
+def knockout_sweep_from_log(sweep_dir: str | Path, *, min_p_clean: float | None = MIN_P_CLEAN,
+                            **stats_kw) -> KnockoutSweepResult:
+    """The :class:`KnockoutSweepResult` of a knockout sweep's log (``OUT/sweep``: ``config.json`` +
+    ``items.jsonl``), with the per-cell statistics, read without the model and without writing
+    to the directory — also while the sweep is still running (the facts logged so far).
+
+    Errors of the run are not in the log (a failed fact is not logged), so ``errors`` is empty;
+    ``stats_kw`` go to :func:`interp.stats.cell_stats`.
+    """
+    from ..sweep import read_sweep
+
+    config, results = read_sweep(sweep_dir)
+    if config.get("method") != "attention_knockout":
+        from ..errors import ResultMissingError
+        raise ResultMissingError(f"{sweep_dir} holds a {config.get('method', 'other')!r} sweep, not a knockout "
+                                 f"sweep; give the OUT/sweep directory of `interp knockout --dataset`")
+    n_layers = next((len(v["rel"][s]) for v in results.values() if v.get("known") and "rel" in v
+                     for s in v["rel"]), 0)
+    return summarise_sweep(results, config.get("dataset", ""), list(range(n_layers)), config["window"],
+                           list(config["sources"]), config.get("model", ""), bos=config.get("bos", ""),
+                           min_p_clean=min_p_clean, **stats_kw)

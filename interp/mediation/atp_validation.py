@@ -58,6 +58,7 @@ class AttributionValidationResult(Result):
     model: str = ""
 
     def figure(self):
+        """Spearman per site, cost-to-recall curves and the QK-fix cells (:func:`validation_figure`)."""
         return validation_figure(self)
 
 

@@ -488,9 +488,9 @@ class TraceSweepResult(Result):
 
     def significant(self, kind: str, category: str, alpha: float | None = None) -> list[bool]:
         """Per layer: is the AIE different from 0 after the grid-wide correction?"""
-        a = self.stats.get("settings", {}).get("alpha", 0.05) if alpha is None else alpha
-        st = self.stats.get(kind, {}).get(category)
-        return [False] * len(self.layers) if st is None else [p is not None and p < a for p in st["p_adj"]]
+        from ..stats import significant_cells
+
+        return significant_cells(self.stats, (kind, category), len(self.layers), alpha)
 
     def figure(self, mask_nonsignificant: bool = False):
         """ROME's average-indirect-effect heatmaps (:func:`sweep_figure`)."""
@@ -554,7 +554,7 @@ def trace_dataset(model, dataset, out_dir: str | Path, *, kinds: Sequence[str] =
     """
     from ..datasets import Fact, dataset_label, load_known_facts
     from ..errors import UnknownTargetWarning
-    from ..known import KNOWN_RULES, check_known, unknown_target
+    from ..known import check_known
     from ..sweep import Checkpoint, SweepErrors, describe_fact, map_batches
 
     kinds = check_settings(kinds, window, samples)
@@ -610,27 +610,81 @@ def trace_dataset(model, dataset, out_dir: str | Path, *, kinds: Sequence[str] =
                      "top1": res.target_is_top1})
     wanted = {f"row{f.row}" for f, _ in known}
     items = [v for k, v in ck.results() if k in wanted and "error" not in v]
-    aie, se, nf, stats = _aggregate(items, kinds, model.n_layers) if items else ({}, {}, {}, {})
+    res = summarise_trace_sweep(items, config, model.n_layers, n_rows=n_rows, n_loaded=n_loaded,
+                                n_scanned=len(facts), n_known=n_known, skipped=skipped, errors=errors.by_row(),
+                                min_p_clean=min_p_clean)
+    res.save(out_dir)
+    if res.n_unknown_target:
+        warnings.warn(f"trace_dataset: {res.n_unknown_target} of {len(items)} traced facts track a target the model "
+                      f"does not predict (p_clean < {min_p_clean} or not its top-1)", UnknownTargetWarning,
+                      stacklevel=2)
+    return res
+
+
+def summarise_trace_sweep(items: list[dict], config: dict, n_layers: int, *, n_rows: int, n_loaded: int,
+                          n_scanned: int, n_known: int, skipped: list, errors: list,
+                          min_p_clean: float | None = MIN_P_CLEAN, **stats_kw) -> TraceSweepResult:
+    """The :class:`TraceSweepResult` of logged traces (``items``: the facts' log records, ``config``:
+    the sweep's settings): AIE, s.e. and per-cell statistics by token category, peaks, counts.
+    ``stats_kw`` go to :func:`interp.stats.cell_stats`."""
+    from ..known import KNOWN_RULES, unknown_target
+
+    kinds = list(config["kinds"])
+    aie, se, nf, stats = _aggregate(items, kinds, n_layers, **stats_kw) if items else ({}, {}, {}, {})
     n_unknown = sum(unknown_target(i["p_clean"], i.get("top1", True), min_p_clean) is not None for i in items)
     peaks = {}
     for k in aie:
         best = max(((c, l, v) for c in CATEGORIES for l, v in enumerate(aie[k][c]) if v is not None),
                    key=lambda x: x[2])
         peaks[k] = {"category": best[0], "layer": best[1], "aie": best[2]}
-    res = TraceSweepResult(name, n_rows, n_loaded, len(facts), n_known, len(items), skipped, list(kinds),
-                           list(range(model.n_layers)), list(CATEGORIES), aie, se, nf,
-                           sum(i["p_clean"] for i in items) / max(1, len(items)),
-                           sum(i["p_corrupt"] for i in items) / max(1, len(items)), peaks,
-                           {**config, "known_rule": KNOWN_RULES[rule].replace("min_p", str(min_p)),
-                            "window_layers": WINDOW_CONVENTIONS[window_convention],
-                            "se": "std over facts / sqrt(n)",
-                            "stats": "bootstrap 95% CI over facts; sign-flip p, maxT-corrected over the grid",
-                            "pooling": "middle/further tokens averaged within a fact, then over facts"},
-                           seed, model.name, errors.by_row(), n_unknown, min_p_clean, stats)
-    res.save(out_dir)
-    if n_unknown:
-        warnings.warn(f"trace_dataset: {n_unknown} of {len(items)} traced facts track a target the model does "
-                      f"not predict (p_clean < {min_p_clean} or not its top-1)", UnknownTargetWarning, stacklevel=2)
+    min_p = config.get("min_p")
+    rule = "rome" if min_p is None else "min_p"
+    st = stats.get("settings", {})
+    return TraceSweepResult(config["dataset"], n_rows, n_loaded, n_scanned, n_known, len(items), skipped, kinds,
+                            list(range(n_layers)), list(CATEGORIES), aie, se, nf,
+                            sum(i["p_clean"] for i in items) / max(1, len(items)),
+                            sum(i["p_corrupt"] for i in items) / max(1, len(items)), peaks,
+                            {**config, "known_rule": KNOWN_RULES[rule].replace("min_p", str(min_p)),
+                             "window_layers": WINDOW_CONVENTIONS[config.get("window_convention", DEFAULT_CONVENTION)],
+                             "se": "std over facts / sqrt(n)",
+                             "stats": (f"bootstrap {st.get('level', 0.95):.0%} CI over facts; sign-flip p, "
+                                       f"{st.get('correction', 'maxT')}-corrected over the grid"),
+                             "pooling": "middle/further tokens averaged within a fact, then over facts"},
+                            config.get("seed", 0), config.get("model", ""), errors, n_unknown, min_p_clean, stats)
+
+
+def trace_sweep_from_log(sweep_dir: str | Path, *, min_p_clean: float | None = MIN_P_CLEAN,
+                         **stats_kw) -> TraceSweepResult:
+    """The :class:`TraceSweepResult` of a trace sweep's directory (``config.json`` + ``items.jsonl``),
+    with the per-cell statistics, read without the model and without writing to the directory —
+    also while the sweep is still running (the facts traced so far).
+
+    The dataset counts (rows, known facts, skipped rows, errors) are not in the log: they are taken
+    from the directory's ``trace_sweep.json`` when the sweep finished; otherwise they are set to the
+    traced count and ``settings["counts"]`` says so.  ``stats_kw`` go to :func:`interp.stats.cell_stats`.
+    """
+    import json
+
+    from ..errors import ResultMissingError
+    from ..sweep import read_sweep
+
+    config, results = read_sweep(sweep_dir)
+    if "kinds" not in config or "samples" not in config:
+        raise ResultMissingError(f"{sweep_dir} is not a trace sweep's directory (its config.json has no kinds / "
+                                 f"samples); give the --out directory of `interp trace --dataset`")
+    items = [v for v in results.values() if isinstance(v, dict) and "ie" in v and "error" not in v]
+    if not items:
+        raise ResultMissingError(f"{sweep_dir} has no traced fact yet; wait for the sweep to log one")
+    n_layers = len(next(iter(items[0]["ie"].values())))
+    saved = Path(sweep_dir) / f"{TraceSweepResult.stem}.json"
+    n = len(items)
+    counts = {"n_rows": n, "n_loaded": n, "n_scanned": n, "n_known": n, "skipped": [], "errors": []}
+    if saved.is_file():
+        old = json.loads(saved.read_text(encoding="utf-8"))
+        counts = {k: old.get(k, v) for k, v in counts.items()}
+    res = summarise_trace_sweep(items, config, n_layers, min_p_clean=min_p_clean, **counts, **stats_kw)
+    if not saved.is_file():
+        res.settings["counts"] = "from the log of a running sweep: rows / known counts not recorded, set to n_traced"
     return res
 
 

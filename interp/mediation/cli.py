@@ -4,7 +4,9 @@ Stable JSON for scripts: ``interp trace ... --out DIR`` writes ``DIR/trace.json`
 ``subject_range`` [start, end), ``p_clean``, ``p_corrupt``, ``p_restored[kind]`` as
 [layers][tokens], ``indirect_effect``, ``settings``, ``seed``) and the ROME-style heatmaps
 ``DIR/trace.{html,png,pdf}``; ``--dataset PATH`` writes ``DIR/trace_sweep.json`` (+ the
-resumable ``items.jsonl``) and ``DIR/trace_sweep.*``.  ``interp patch`` writes
+resumable ``items.jsonl``) and ``DIR/trace_sweep.*``; ``--from-log SWEEPDIR`` draws the same from
+a sweep's log (also a running one) without the model, with per-cell bootstrap CIs and corrected
+p-values (``--mask-nonsignificant`` blanks the other cells).  ``interp patch`` writes
 ``DIR/patching.json`` and, with ``--atp``, ``DIR/attribution.json`` plus the Spearman
 correlation in the summary; ``--atp-star`` adds AtP* (QK fix + GradDrop, Kramár et al. 2024) in
 ``DIR/atp_star/attribution.json`` with the Spearman correlation of ``|AtP*|`` and ``|effect|``.
@@ -12,7 +14,8 @@ correlation in the summary; ``--atp-star`` adds AtP* (QK fix + GradDrop, Kramár
 
 from __future__ import annotations
 
-from ..clitools import add_index_arg, add_target_check_args, load_model, out_dir, probability, save_result
+from ..clitools import (add_from_log_args, add_index_arg, add_target_check_args, load_model, out_dir, probability,
+                        save_result, save_sweep_result)
 
 
 def _noise(s: str):
@@ -24,15 +27,18 @@ def _noise(s: str):
 
 def _cmd_trace(args) -> dict:
     from ..errors import PromptError
-    from .causal_trace import causal_trace, trace_dataset
+    from .causal_trace import causal_trace, trace_dataset, trace_sweep_from_log
     kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
-    model = load_model(args)
-    if args.dataset:
+    if args.dataset or args.from_log:
         out = out_dir(args, "trace_sweep")
-        res = trace_dataset(model, args.dataset, out, kinds=kinds, window=args.window, samples=args.samples,
-                            noise=_noise(args.noise), seed=args.seed, min_p=args.min_p, limit=args.limit,
-                            max_known=args.max_known, min_p_clean=args.min_p_clean, progress=not args.json)
-        paths = save_result(res, "trace_sweep", args, "trace_sweep")
+        if args.from_log:
+            res = trace_sweep_from_log(args.from_log, min_p_clean=args.min_p_clean)
+        else:
+            res = trace_dataset(load_model(args), args.dataset, out, kinds=kinds, window=args.window,
+                                samples=args.samples, noise=_noise(args.noise), seed=args.seed, min_p=args.min_p,
+                                limit=args.limit, max_known=args.max_known, min_p_clean=args.min_p_clean,
+                                progress=not args.json)
+        paths = save_sweep_result(res, "trace_sweep", args, "trace_sweep")
         summary = {"dataset": res.dataset, "n_rows": res.n_rows, "n_scanned": res.n_scanned,
                    "n_known": res.n_known, "n_traced": res.n_traced, "skipped": res.skipped[:20],
                    "n_skipped": len(res.skipped), "n_errors": len(res.errors), "errors": res.errors[:20],
@@ -47,6 +53,7 @@ def _cmd_trace(args) -> dict:
         return summary
     if not args.prompt or not args.subject:
         raise PromptError("interp trace needs --prompt and --subject (or --dataset PATH for a sweep)")
+    model = load_model(args)
     res = causal_trace(model, args.prompt, args.subject, args.target, kinds=kinds, window=args.window,
                        samples=args.samples, noise=_noise(args.noise), seed=args.seed,
                        occurrence=args.occurrence, context=args.context, min_p_clean=args.min_p_clean,
@@ -160,6 +167,7 @@ def register(sub, common) -> None:
     p.add_argument("--max-known", type=int, default=None, help="dataset: trace at most N known facts")
     p.add_argument("--min-p", type=float, default=None,
                    help="dataset: known if p(attribute) >= this (default: clean top-1 == attribute)")
+    add_from_log_args(p, "a trace sweep's --out directory")
     add_target_check_args(p)
     p.set_defaults(func=_cmd_trace)
     p = sub.add_parser("patch", parents=[common], help="activation patching between two prompts (+ AtP)")

@@ -46,6 +46,7 @@ class PromptPair:
     relation: str = ""
 
     def to_dict(self) -> dict:
+        """The pair as plain JSON values (one line of a sweep's log)."""
         return asdict(self)
 
 
@@ -128,11 +129,13 @@ class PatchingSweepResult(Result):
     model: str = ""
 
     def significant(self, site: str, category: str, alpha: float | None = None) -> list[bool]:
-        a = self.stats.get("settings", {}).get("alpha", 0.05) if alpha is None else alpha
-        st = self.stats.get(site, {}).get(category)
-        return [False] * len(self.layers) if st is None else [p is not None and p < a for p in st["p_adj"]]
+        """Per layer: is the mean patching effect different from 0 after the grid-wide correction?"""
+        from ..stats import significant_cells
+
+        return significant_cells(self.stats, (site, category), len(self.layers), alpha)
 
     def figure(self, mask_nonsignificant: bool = False):
+        """Mean effect per site × category × layer; ``mask_nonsignificant`` blanks the other cells."""
         return patching_sweep_figure(self, mask_nonsignificant=mask_nonsignificant)
 
 

@@ -61,6 +61,7 @@ class Sender:
 
     @property
     def label(self) -> str:
+        """``L{layer}H{head}`` or ``MLP{layer}``."""
         return f"L{self.layer}H{self.head}" if self.kind == "head" else f"MLP{self.layer}"
 
 
@@ -125,12 +126,15 @@ class PathPatchingResult(Result):
 
     @property
     def base_metric(self) -> float:
+        """The metric of the run the paths are patched into (clean when noising, corrupt when denoising)."""
         return self.clean_metric if self.direction == "noise" else self.corrupt_metric
 
-    def effect(self) -> Tensor:
+    def effect(self) -> Float[Tensor, "sender"]:
+        """Per sender: path-patched metric minus the base run's."""
         return torch.tensor(self.values, dtype=torch.float64) - self.base_metric
 
-    def normalized(self) -> Tensor:
+    def normalized(self) -> Float[Tensor, "sender"]:
+        """Per sender: the effect as a fraction of the whole clean–corrupt gap (NaN if there is none)."""
         src = self.corrupt_metric if self.direction == "noise" else self.clean_metric
         d = src - self.base_metric
         return self.effect() / (d if abs(d) > 1e-12 else float("nan"))
@@ -145,6 +149,7 @@ class PathPatchingResult(Result):
         return g
 
     def mlp_grid(self, normalized: bool = True, values: Tensor | None = None) -> Float[Tensor, "layer"]:
+        """Per-MLP values (NaN where an MLP was not a sender); ``values``: one per sender instead."""
         v = values if values is not None else self.normalized() if normalized else self.effect()
         g = torch.full((self.n_layers,), float("nan"), dtype=torch.float64)
         for (kind, l, _), x in zip(self.senders, v):
@@ -153,6 +158,7 @@ class PathPatchingResult(Result):
         return g
 
     def figure(self):
+        """Heads as a layer × head heatmap and MLPs as a column (:func:`path_patching_figure`)."""
         return path_patching_figure(self)
 
 
