@@ -119,15 +119,9 @@ def prepare_pair(model, clean: str, corrupt: str, *, answer: str | None = None, 
 
 
 @dataclass
-class PairGridResult(Result):
-    """What activation patching and attribution patching share: a clean / corrupted pair, the
-    metric of both unpatched runs, and one grid per site over ``layers × positions`` (× unit).
-
-    Subclasses name the field that holds the grids in :attr:`grid_field`; their own fields are
-    keyword-only.
-    """
-
-    grid_field: ClassVar[str] = "values"
+class PairResult(Result):
+    """What every method over a clean / corrupted pair shares (activation, attribution and path
+    patching): the pair, the metric and both unpatched runs' values, and which run is patched."""
 
     clean: str
     corrupt: str
@@ -138,6 +132,35 @@ class PairGridResult(Result):
     wrong: str
     clean_metric: float
     corrupt_metric: float
+
+    @property
+    def base_metric(self) -> float:
+        """The metric of the run that is patched: corrupt when denoising, clean when noising."""
+        return self.corrupt_metric if self.direction == "denoise" else self.clean_metric
+
+    @property
+    def source_metric(self) -> float:
+        """The metric of the run the patched values come from."""
+        return self.clean_metric if self.direction == "denoise" else self.corrupt_metric
+
+    def normalize(self, values: Tensor) -> Tensor:
+        """(v − base) / (source − base): 1 = the patch moves the metric all the way to the source run
+        (NaN where the two runs do not differ)."""
+        d = self.source_metric - self.base_metric
+        return (values - self.base_metric) / (d if abs(d) > 1e-12 else float("nan"))
+
+
+@dataclass
+class PairGridResult(PairResult):
+    """What activation patching and attribution patching share: a :class:`PairResult` with one grid
+    per site over ``layers × positions`` (× unit).
+
+    Subclasses name the field that holds the grids in :attr:`grid_field`; their own fields are
+    keyword-only.
+    """
+
+    grid_field: ClassVar[str] = "values"
+
     sites: list[str]
     layers: list[int]
     positions: list[int]
@@ -171,15 +194,11 @@ class PatchingResult(PairGridResult):
 
     def effect(self, site: str) -> Float[Tensor, "layer pos *unit"]:
         """Patched metric minus the base run's (corrupt for denoise, clean for noise)."""
-        base = self.corrupt_metric if self.direction == "denoise" else self.clean_metric
-        return self.grid(site) - base
+        return self.grid(site) - self.base_metric
 
     def normalized(self, site: str) -> Float[Tensor, "layer pos *unit"]:
         """(v − base) / (source − base): 1 = the patch moves the metric all the way to the source run."""
-        base, src = ((self.corrupt_metric, self.clean_metric) if self.direction == "denoise"
-                     else (self.clean_metric, self.corrupt_metric))
-        d = src - base
-        return (self.grid(site) - base) / (d if abs(d) > 1e-12 else float("nan"))
+        return self.normalize(self.grid(site))
 
     def figure(self):
         """Heatmaps of the normalised patching effect, one panel per site (:func:`patching_figure`)."""

@@ -45,8 +45,7 @@ from torch import Tensor
 
 from ..errors import InterventionError, LayerIndexError
 from ..interventions import InterventionPlan
-from ..results import Result
-from .patching import metric_fn, prepare_pair
+from .patching import PairResult, metric_fn, prepare_pair
 
 SENDER_KINDS = ("head", "mlp")
 
@@ -100,20 +99,11 @@ def _receiver_layer(model, receiver) -> int:
 
 
 @dataclass
-class PathPatchingResult(Result):
+class PathPatchingResult(PairResult):
     """Path-patched metric per sender, and the grids ``heads [layer, head]`` / ``mlps [layer]``."""
 
     stem = "path_patching"
 
-    clean: str
-    corrupt: str
-    tokens: list[str]
-    direction: str
-    metric: str
-    answer: str
-    wrong: str
-    clean_metric: float
-    corrupt_metric: float
     receiver: str
     senders: list[list]  # [kind, layer, head or None]
     values: list[float]
@@ -124,20 +114,13 @@ class PathPatchingResult(Result):
     settings: dict = field(default_factory=dict)
     model: str = ""
 
-    @property
-    def base_metric(self) -> float:
-        """The metric of the run the paths are patched into (clean when noising, corrupt when denoising)."""
-        return self.clean_metric if self.direction == "noise" else self.corrupt_metric
-
     def effect(self) -> Float[Tensor, "sender"]:
         """Per sender: path-patched metric minus the base run's."""
         return torch.tensor(self.values, dtype=torch.float64) - self.base_metric
 
     def normalized(self) -> Float[Tensor, "sender"]:
         """Per sender: the effect as a fraction of the whole clean–corrupt gap (NaN if there is none)."""
-        src = self.corrupt_metric if self.direction == "noise" else self.clean_metric
-        d = src - self.base_metric
-        return self.effect() / (d if abs(d) > 1e-12 else float("nan"))
+        return self.normalize(torch.tensor(self.values, dtype=torch.float64))
 
     def head_grid(self, normalized: bool = True, values: Tensor | None = None) -> Float[Tensor, "layer head"]:
         """Per-head values (NaN where a head was not a sender); ``values``: one per sender instead."""
