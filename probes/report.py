@@ -9,7 +9,14 @@ by their settings: a rerun only redraws.  The activation shards the computation 
 Settings: NQ-Swap from :func:`interp.datasets.data_dir`, 2 demonstrations (CPU budget; the paper
 uses 4), contexts cut to 160 characters (80 for demonstrations).  quick: 30 rows, 3 seeds,
 reliance on ≤ 6 examples per class; full: 130 rows, 5 seeds, ≤ 40 per class, plus the conflict
-task on 200 known_1000 fact conflicts (``facts:`` builder).  Captions are read from the results.
+task on **conflicts the model's memory contradicts** (issue 10): facts pooled from known_1000, the
+LRE factual relations of :data:`KNOWN_FACT_FILES` and Fakepedia, kept only when the model answers
+them closed-book (``first_token`` rule, at most :data:`PER_RELATION` per file and relation; see
+:mod:`probes.known`).  That run scans ~3,400 facts and probes every layer: hours on 2 shared CPU
+cores, so it is made with the ``interp probe`` command its entry prints (resumable) and its result
+committed; the figure job then only redraws it.  The full job also draws both conflict datasets
+side by side (Zhao et al.'s Fig. 2) with the comparison to their numbers
+(:func:`zhao_comparison`).  Captions are read from the results.
 """
 
 from __future__ import annotations
@@ -20,11 +27,21 @@ import shlex
 from pathlib import Path
 
 NQ_FILE = "nq_swap/nqswap_merged.jsonl.gz"
-FACTS_FILE = "known_1000/known_1000.json"
+#: the pooled fact sources of the known-facts conflicts (relative to the data directory).  LRE: the
+#: factual relations scanned so far; left out: landmark_on_continent (5 objects, guessable) and the
+#: person_* / product / star / superhero / pokemon / president relations (not yet scanned: ~7,600
+#: more facts; the scan resumes when they are added)
+KNOWN_FACT_FILES = ("known_1000/known_1000.json",
+                    *(f"lre_relations/data/factual/{r}.json" for r in (
+                        "city_in_country", "company_ceo", "company_hq", "country_capital_city", "country_currency",
+                        "country_language", "country_largest_city", "food_from_country", "landmark_in_country")),
+                    "fakepedia/base_fakepedia_subset_slim.jsonl")
+#: known rule and per-(file, relation) cap of the known-facts conflicts
+KNOWN_RULE, PER_RELATION = "first_token", 10
 TASK_CAPTIONS = {"conflict": "Task: original vs substituted NQ-Swap context.",
                  "source": "Task: the model answers with the context's object vs its memorised answer.",
-                 "conflict_known1000": "Task: a known_1000 fact stated vs a same-relation substitute stated "
-                                       "(cloze prompts)."}
+                 "conflict_known_facts": "Task: a fact the model answers closed-book stated vs a substitute "
+                                         "stated (same relation, or Fakepedia's counterfactual), cloze prompts."}
 
 
 #: what Zhao et al. (2024) report for 7-8B models (../shared/METHODS.md)
@@ -105,6 +122,41 @@ def _source_counts(res) -> dict:
     return {k: f"{a} / {b} / {c}" for k, (a, b, c) in pooled.items()}
 
 
+def _ci(v: float, ci) -> str:
+    return f"{v:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def _zhao_entry(out_dir: Path, facts, nq, rdirs: list) -> dict:
+    """Zhao et al.'s Fig. 2 on both conflict datasets, with the comparison computed from the results and
+    the known-facts accuracy of every layer × component (mean [95% CI]; the random-label control)."""
+    from interp.figures import save_figure
+
+    from .result import conflict_figure, peak_shape
+
+    fig = conflict_figure({"known facts (memory contradicted)": facts, "NQ-Swap (every example)": nq})
+    save_figure(fig, out_dir, "probe_conflict_zhao")
+    cmp = zhao_comparison(facts, nq)
+    nums = {"Zhao et al. (2024), 7–8B": f"~{ZHAO['accuracy']:.0%} in the {ZHAO['where']}; {ZHAO['components']}",
+            "known facts: examples / rows": f"{facts.class_counts['n_examples']} / {facts.class_counts['n_rows']}",
+            "NQ-Swap: examples / rows": f"{nq.class_counts['n_examples']} / {nq.class_counts['n_rows']}"}
+    for ds, r in (("known facts", facts), ("NQ-Swap", nq)):
+        for comp, v in peak_shape(r).items():
+            ctl = r.components[comp].get("control_accuracy")
+            k = r.layers.index(v["layer"])
+            nums[f"{ds}: {comp} peak (layer, acc [95% CI], control)"] = (
+                f"{v['layer']}, {_ci(v['accuracy'], v['ci'])}, {ctl[k]:.3f}" if ctl else f"{v['layer']}, "
+                f"{_ci(v['accuracy'], v['ci'])}")
+    nums.update({f"claim: {k}": v for k, v in cmp["claims"].items()})
+    for k, layer in enumerate(facts.layers):
+        nums[f"known facts, layer {layer}"] = " · ".join(
+            f"{c} {_ci(d['accuracy'][k], d['accuracy_ci'][k])}" for c, d in facts.components.items())
+    return {"stem": "probe_conflict_zhao", "title": "Conflict probes on two datasets, next to Zhao et al. (2024)",
+            "numbers": nums, "command": None, "results": rdirs,
+            "caption": (f"Conflict-detection probes per layer × component (mean and 95% CI over "
+                        f"{facts.n_seeds} grouped splits; dashed: chance) on the conflicts the model's memory "
+                        f"contradicts and on NQ-Swap. " + cmp["text"])}
+
+
 def report_sections(model, out_dir: Path, quick: bool) -> list[dict]:
     """NQ-Swap probe accuracy vs layer (Zhao et al. 2024) and PKS / ECS (ReDeEP) of context- vs memory-answers."""
     from interp.datasets import data_dir, display_path
@@ -123,18 +175,23 @@ def report_sections(model, out_dir: Path, quick: bool) -> list[dict]:
     dataset = f"nqswap:{display_path(data_dir() / NQ_FILE)}"
     redo = f"interp figures --only probes --out {display_path(out_dir)}" + (" --quick" if quick else "")
     entries = []
-    runs = [("conflict", "conflict", dataset, s["limit"], cache), ("source", "source", dataset, s["limit"], cache)]
-    if not quick:  # fact conflicts the model partly knows (known_1000): short prompts, more rows
-        runs.append(("conflict_known1000", "conflict", f"facts:{display_path(data_dir() / FACTS_FILE)}", 200,
-                     cache.parent / "known1000_full"))
-    for name, task, ds, limit, cdir in runs:
+    runs = [("conflict", "conflict", dataset, s["limit"], cache, {}),
+            ("source", "source", dataset, s["limit"], cache, {})]
+    if not quick:  # conflicts with the model's memory: facts it answers closed-book (module note)
+        facts = "facts:" + ",".join(display_path(data_dir() / f) for f in KNOWN_FACT_FILES)
+        runs.append(("conflict_known_facts", "conflict", facts, None, cache.parent / "known_facts_full",
+                     {"known": KNOWN_RULE, "per_relation": PER_RELATION}))
+    results = {}
+    for name, task, ds, limit, cdir, kn in runs:
         rdir = result_dir(out_dir, f"probes_{name}", quick)
         st = {"dataset": spec_label(ds), "task": task, "limit": limit,
-              **{k: s[k] for k in ("n_seeds", "n_demos", "max_chars", "demo_chars")}}
-        cmd = shlex.join(["interp", "probe", "--dataset", ds, "--task", task, "--limit", str(limit), "--seeds",
-                          str(s["n_seeds"]), "--demos", str(s["n_demos"]), "--max-chars", str(s["max_chars"]),
-                          "--demo-chars", str(s["demo_chars"]), "--cache", display_path(cdir), "--out",
-                          display_path(rdir)])
+              **{k: s[k] for k in ("n_seeds", "n_demos", "max_chars", "demo_chars")}, **kn}
+        cmd = shlex.join(["interp", "probe", "--dataset", ds, "--task", task,
+                          *(["--limit", str(limit)] if limit is not None else []),
+                          *(["--known", kn["known"], "--per-relation", str(kn["per_relation"])] if kn else []),
+                          "--seeds", str(s["n_seeds"]), "--demos", str(s["n_demos"]), "--max-chars",
+                          str(s["max_chars"]), "--demo-chars", str(s["demo_chars"]), "--cache", display_path(cdir),
+                          "--out", display_path(rdir)])
         res, err = None, None
         err_path = rdir / "error.json"
         if err_path.exists() and json.loads(err_path.read_text()).get("settings") == st:
@@ -142,9 +199,10 @@ def report_sections(model, out_dir: Path, quick: bool) -> list[dict]:
         else:
             try:
                 res = cached(ProbeResult, rdir, settings=st, model=model, command=cmd, compute=lambda ds=ds, task=task,
-                             limit=limit, cdir=cdir, rdir=rdir: probe_dataset(
+                             limit=limit, cdir=cdir, rdir=rdir, kn=kn: probe_dataset(
                                  model, ds, rdir, task=task, limit=limit, n_seeds=s["n_seeds"], n_demos=s["n_demos"],
-                                 max_chars=s["max_chars"], demo_chars=s["demo_chars"], cache_dir=cdir, progress=False))
+                                 max_chars=s["max_chars"], demo_chars=s["demo_chars"], cache_dir=cdir, progress=False,
+                                 **kn))
             except ProbeLabelError as e:  # e.g. no memory-answer example: report, do not crash the job
                 counts = json.loads((rdir / "labels.json").read_text())["labels"]["counts"]
                 err = {"error": str(e), "counts": counts, "settings": st}
@@ -154,6 +212,7 @@ def report_sections(model, out_dir: Path, quick: bool) -> list[dict]:
                             "numbers": {"behaviour counts": err["counts"]}, "command": cmd, "results": [rdir],
                             "caption": f"No figure: {err['error'][:300]}"})
             continue
+        results[name] = res
         stem = f"probe_accuracy_{name}"
         save_figure(res.figure(), out_dir, stem)
         b = res.best
@@ -168,6 +227,10 @@ def report_sections(model, out_dir: Path, quick: bool) -> list[dict]:
             nums[f"{comp}: best layer / acc"] = f"{res.layers[k]} / {d['accuracy'][k]:.3f}"
         if task == "source":
             nums["behaviour counts"] = res.class_counts["behaviour"]
+        if kn:
+            nums["examples (conflicts the model's memory contradicts)"] = res.class_counts["n_examples"]
+            for src, c in _source_counts(res).items():
+                nums[f"{src}: kept / known / scanned"] = c
         from interp.arch import COMPONENTS
         comps = ", ".join(COMPONENTS.get(c, c) for c in res.components)
         entries.append({
@@ -177,6 +240,10 @@ def report_sections(model, out_dir: Path, quick: bool) -> list[dict]:
                         f"{len(res.layers)} layers ({comps}), mean and 95% CI over {res.settings.get('n_seeds')} "
                         f"grouped splits, {res.class_counts['n_rows']} rows; dotted: random-label control; "
                         f"dashed: majority baseline. " + TASK_CAPTIONS[name])})
+    if "conflict_known_facts" in results and "conflict" in results:
+        entries.append(_zhao_entry(out_dir, results["conflict_known_facts"], results["conflict"],
+                                   [result_dir(out_dir, f"probes_{n}", quick) for n in ("conflict_known_facts",
+                                                                                         "conflict")]))
     # reliance scores
     rdir = result_dir(out_dir, "probes_reliance", quick)
     st = {"dataset": spec_label(dataset), "limit": s["limit"], "per_class": s["per_class"],

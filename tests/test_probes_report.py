@@ -56,3 +56,25 @@ def test_source_counts_pool_a_directory():
         "lre/factual/a.json": {"scanned": 10, "known": 5, "kept": 4},
         "lre/factual/b.json": {"scanned": 30, "known": 3, "kept": 3}}})
     assert _source_counts(r) == {"known_1000/known_1000.json": "20 / 20 / 100", "lre/factual/ (2 files)": "7 / 8 / 40"}
+
+
+def test_zhao_entry_reports_every_layer_x_component_with_intervals(tmp_path, monkeypatch):
+    from probes.report import _zhao_entry
+
+    monkeypatch.setenv("INTERP_FIGURE_FORMATS", "html")
+    facts = _result({"resid": (15, 0.80), "mlp": (14, 0.78), "attn": (22, 0.70)}, n=400)
+    for d in facts.components.values():
+        d["control_accuracy"] = [0.5] * 30
+    nq = _result({"resid": (1, 0.54), "mlp": (1, 0.53), "attn": (2, 0.52)}, half=0.08, n=242,
+                 behaviour={"known_closed_book": 12, "n": 121})
+    e = _zhao_entry(tmp_path, facts, nq, [tmp_path / "a", tmp_path / "b"])
+    assert (tmp_path / "probe_conflict_zhao.html").exists()
+    n = e["numbers"]
+    rows = [k for k in n if k.startswith("known facts, layer ")]
+    assert len(rows) == 30
+    a = facts.components["attn"]["accuracy"][7]
+    assert f"attn {a:.3f} [{a - 0.03:.3f}, {a + 0.03:.3f}]" in n["known facts, layer 7"]
+    assert n["known facts: resid peak (layer, acc [95% CI], control)"] == "15, 0.800 [0.770, 0.830], 0.500"
+    assert n["NQ-Swap: attn peak (layer, acc [95% CI], control)"] == "2, 0.520 [0.440, 0.600]"
+    assert n["claim: peak_middle_third"] is True and n["claim: nq_above_chance"] is False
+    assert zhao_comparison(facts, nq)["text"] in e["caption"]
