@@ -2,6 +2,7 @@
 #   make figures   – set up (first time) and run the main job on the embedded default model: it
 #                    computes every figure at quick settings into out/figures (≤10 min on 2 cores)
 #   make test      – set up (first time) and run the test suite
+#   make notebooks – execute every notebook and write its HTML rendering to out/notebooks/
 # and one for the paper-scale set that figures/ commits (hours on CPU; resumable, rerun after a kill):
 #   make paper     – ROME's settings over every known known_1000 fact, knockouts over every known
 #                    fact, the RAG comparison over 100 Fakepedia facts, … → figures/ + REPORT.md
@@ -17,7 +18,7 @@ PIP    := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup figures demo paper test test-fast bench chromium clean-venv
+.PHONY: setup figures demo paper test test-fast notebooks bench chromium clean-venv
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -50,6 +51,10 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q tests -m "not slow" $(PYTEST_ARGS)
+
+# Execute every notebook (fresh kernel, claims checked) → out/notebooks/NAME.ipynb + NAME.html
+notebooks: $(STAMP)
+	$(PY) notebooks/render.py --out out/notebooks $(NOTEBOOKS)
 
 bench: $(STAMP)
 	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done

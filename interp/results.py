@@ -16,9 +16,9 @@ result is reused only when it was made with the same settings, recorded next to 
 Paper-scale dataset sweeps, which run for hours through their own resumable CLI, are kept with
 :func:`cached_sweep`: reused when the settings the result records match, else resumed.
 
-In Jupyter a result renders itself (``_repr_html_``): a one-line :meth:`Result.summary_line`
-(overridden where a better line is known) followed by its figure, so ending a cell with
-``causal_trace(...)`` shows the heatmap.
+In Jupyter a result renders itself (``_ipython_display_``; ``_repr_html_`` elsewhere): a one-line
+:meth:`Result.summary_line` (overridden where a better line is known) followed by its figure, so
+ending a cell with ``causal_trace(...)`` shows the heatmap.
 """
 
 from __future__ import annotations
@@ -72,18 +72,39 @@ class Result:
                 break
         return f"{type(self).__name__}({', '.join(parts)})"
 
-    def _repr_html_(self) -> str:
-        """Jupyter: the summary line, then the figure (when the result has one)."""
+    def _figure_or_reason(self):
+        """``(figure, None)``, or ``(None, why)`` when the result has no figure or drawing it failed."""
+        if not callable(getattr(self, "figure", None)):
+            return None, None
+        try:
+            return self.figure(), None
+        except Exception as e:  # noqa: BLE001 - a summary is still worth showing
+            return None, f"{type(e).__name__}: {e}"
+
+    def _summary_html(self, why: str | None) -> str:
         import html
         head = f"<p><code>{html.escape(self.summary_line())}</code></p>"
-        if not callable(getattr(self, "figure", None)):
-            return head
-        try:
-            fig = self.figure()
-        except Exception as e:  # noqa: BLE001 - a summary is still worth showing
-            return head + f"<p><i>no figure: {html.escape(f'{type(e).__name__}: {e}')}</i></p>"
+        return head + (f"<p><i>no figure: {html.escape(why)}</i></p>" if why else "")
+
+    def _repr_html_(self) -> str:
+        """HTML frontends other than IPython: the summary line, then the figure."""
+        fig, why = self._figure_or_reason()
+        if fig is None:
+            return self._summary_html(why)
         body = fig._repr_html_() if hasattr(fig, "_repr_html_") else None
-        return head + (body or fig.to_html(full_html=False, include_plotlyjs="cdn"))
+        return self._summary_html(None) + (body or fig.to_html(full_html=False, include_plotlyjs="cdn"))
+
+    def _ipython_display_(self) -> None:
+        """Jupyter: the summary line, then the figure through plotly's own display.
+
+        plotly's display activates the notebook renderer once per kernel (plotly.js embedded once,
+        see :mod:`interp.notebook`); going through ``_repr_html_`` would embed it with every result.
+        """
+        from IPython.display import HTML, display
+        fig, why = self._figure_or_reason()
+        display(HTML(self._summary_html(why)))
+        if fig is not None:
+            display(fig)
 
     def to_dict(self) -> dict:
         """The JSON form: every field (tensors as nested lists when ``json_tensors``), plus ``kind``."""

@@ -5,7 +5,7 @@ exported to HTML later)::
 
     from browser import render_offline
     r = render_offline(path)
-    assert r.plots >= 1 and r.drawn >= 1, r.summary()
+    assert r.plots >= 1 and r.plots == r.graphs and r.drawn >= 1, r.summary()
 
 The network is cut two ways: Chromium runs in a fresh network namespace (``unshare -rn``: only a
 loopback that is down) when the kernel allows it, and it is always given a proxy that does not
@@ -43,12 +43,14 @@ def _can_unshare() -> bool:
 @dataclass
 class Rendered:
     plots: int       # plotly graph divs that got their <svg class="main-svg">
+    graphs: int      # plotly graph divs on the page, drawn or not
     drawn: int       # drawn traces: scatter/bar/... trace groups and heatmap images
     isolation: str   # how the network was cut
     dom: str
 
     def summary(self) -> str:
-        return f"{self.plots} plot(s), {self.drawn} drawn trace(s), network off by {self.isolation}"
+        return (f"{self.plots} of {self.graphs} plot(s) drawn, {self.drawn} drawn trace(s), "
+                f"network off by {self.isolation}")
 
 
 def render_offline(html: str | Path, *, budget_ms: int = 8000, timeout: float = 90) -> Rendered:
@@ -65,7 +67,8 @@ def render_offline(html: str | Path, *, budget_ms: int = 8000, timeout: float = 
             cmd, isolation = ["unshare", "-rn", *cmd], "a network namespace (unshare -rn) + proxy + resolver rules"
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     dom = r.stdout
-    plots = len(re.findall(r'<svg class="main-svg"', dom)) // 2  # plotly draws two main-svg layers per plot
+    graph_divs = re.split(r'<div [^>]*class="[^"]*plotly-graph-div', dom)[1:]   # each: its div up to the next
+    plots = sum('<svg class="main-svg"' in g for g in graph_divs)   # 2-3 main-svg layers per drawn plot
     drawn = len(re.findall(r'<g class="trace[ "]', dom)) \
         + len(re.findall(r'<g class="hm"><image [^>]*href="data:image/png;base64,', dom))  # heatmaps
-    return Rendered(plots, drawn, isolation, dom)
+    return Rendered(plots, len(graph_divs), drawn, isolation, dom)

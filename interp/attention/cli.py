@@ -60,9 +60,8 @@ def _cmd_knockout(args) -> dict:
     paths = save_result(res, "knockout", args, "knockout")
     if not args.json:
         print(f"p_clean({res.answer!r}) = {res.p_clean:.4f}, window {res.window}")
-        for s, rel in res.relative_change.items():
-            i = min(range(len(rel)), key=rel.__getitem__)
-            print(f"{s:12s} strongest drop {100 * rel[i]:+.1f}% at layer {res.layers[i]}")
+        for s, (layer, rel) in res.strongest_drops().items():
+            print(f"{s:12s} strongest drop {100 * rel:+.1f}% at layer {layer}")
     return {"prompt": res.prompt, "tokens": res.tokens, "subject_range": res.subject_range,
             "context_range": res.context_range, "target": res.target, "answer": res.answer,
             "p_clean": res.p_clean, "window": res.window, "layers": res.layers,

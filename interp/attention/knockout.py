@@ -285,9 +285,22 @@ class KnockoutResult(Result):
     position_zero: list[str] = field(default_factory=list)
     unknown_target: str | None = None
 
+    def strongest_drops(self) -> dict[str, tuple[int, float]]:
+        """``{set: (centre layer, relative change)}`` where each set's knockout lowers p(answer) most.
+
+        The relative change is a fraction of ``p_clean`` (−0.43: the answer's probability falls by
+        43 %); print it as ``100 * x`` with a ``%``.
+        """
+        out = {}
+        for s, rel in self.relative_change.items():
+            if rel:
+                i = min(range(len(rel)), key=rel.__getitem__)
+                out[s] = (self.layers[i], rel[i])
+        return out
+
     def summary_line(self) -> str:
         """One line: p_clean, window, the strongest drop per set and the position-0 flag."""
-        drops = ", ".join(f"{s} {100 * min(r):+.1f}%" for s, r in self.relative_change.items() if r)
+        drops = ", ".join(f"{s} {100 * r:+.1f}%" for s, (_, r) in self.strongest_drops().items())
         flag = f"; position 0 (sink) in {', '.join(self.position_zero)}" if self.position_zero else ""
         return (f"KnockoutResult({self.model}: p_clean({self.answer!r})={self.p_clean:.3f}, {self.window}-layer "
                 f"windows; strongest drops {drops}{flag})")
