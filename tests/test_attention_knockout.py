@@ -344,3 +344,17 @@ def test_sweep_counts_position_zero_and_unknown_targets(tmp_path):
         sb = knockout_sweep(m, facts, tmp_path / "b", n_facts=None, require_known=False, window=1, bos=True,
                             min_p_clean=None, progress=False)
     assert sb.n_position_zero == 0 and sb.n_unknown_target == 0 and sb.bos == m.tokenizer.bos_token
+
+
+def test_strongest_drops_are_fractions_printed_as_percentages():
+    """The relative change is a fraction of p_clean: the summary (and the CLI, the report, notebook 04)
+    print ``100 * x`` with a ``%`` sign (issue 17: "-0.4%" was a −0.43 fraction)."""
+    m = tiny("llama")
+    r = attention_knockout(m, PROMPT, subject=SUBJ, window=3, min_p_clean=None)
+    drops = r.strongest_drops()
+    assert set(drops) == set(r.relative_change)
+    for s, (layer, rel) in drops.items():
+        assert rel == min(r.relative_change[s]) and r.relative_change[s][r.layers.index(layer)] == rel
+        p = r.p_knockout[s][r.layers.index(layer)]
+        assert rel == pytest.approx(p / r.p_clean - 1, rel=1e-4, abs=1e-6)
+        assert f"{s} {100 * rel:+.1f}%" in r.summary_line()
