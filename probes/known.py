@@ -60,10 +60,12 @@ class KnownScan:
     errors: list = field(default_factory=list)
 
     def totals(self) -> dict:
+        """Facts scanned, known and kept, summed over every source."""
         keys = ("scanned", "known", "kept")
         return {k: sum(c[k] for c in self.counts.values()) for k in keys}
 
     def to_dict(self) -> dict:
+        """The scan's record for a result file: rule, cap, totals, per-source counts, kept ids, errors."""
         return {"rule": self.rule, "per_relation": self.per_relation, "totals": self.totals(),
                 "counts": self.counts, "kept_ids": [e.id for e in self.examples], "errors": self.errors}
 
