@@ -124,7 +124,127 @@ def _get(root: nn.Module, path: str) -> nn.Module:
     return mod
 
 
-class ModelAdapter:
+class Weights:
+    """The canonical weights of one model, computed from its modules (:class:`ModelAdapter` is one).
+
+    Every orientation is fixed here once (``W_U: [d_model, vocab]``, ``W_out: [d_mlp, d_model]``,
+    ``W_O: [head, d_head, d_model]`` …).  The class uses nothing but torch, so it also runs on an
+    NDIF server, shipped by value (:mod:`interp.shipped`): :meth:`over` gives the same weights read
+    through the server's handles to the same modules (nnsight envoys), so a computation on the
+    weights is written once and runs wherever the model is.
+    """
+
+    #: attributes holding a module or a list of modules (one per layer)
+    MODULES = ("embed_module", "pos_embed_module", "final_norm_module", "lm_head", "attn", "o_proj",
+               "ln1", "ln2", "mlp", "down", "up", "gate")
+    #: the plain facts the weights need
+    FACTS = ("model_type", "family", "n_layers", "n_heads", "n_kv_heads", "d_model", "d_head", "d_mlp",
+             "vocab_size", "n_ctx")
+
+    def _layer(self, layer: int) -> int:
+        return layer
+
+    def over(self, handle: Callable) -> "Weights":
+        """The same weights read through ``handle(module)`` (e.g. the envoy of a remote model)."""
+        w = Weights.__new__(Weights)
+        for k in self.FACTS:
+            setattr(w, k, getattr(self, k))
+        for k in self.MODULES:
+            v = getattr(self, k)
+            setattr(w, k, None if v is None else [handle(m) for m in v] if isinstance(v, list) else handle(v))
+        return w
+
+    def _linear_in_out(self, mod: nn.Module) -> Tensor:
+        """Weight as [in, out] whatever the module type (nn.Linear stores [out, in])."""
+        w = mod.weight
+        return w if self.family == "gpt2" else w.T
+
+    def W_out(self, layer: int) -> Float[Tensor, "d_mlp d_model"]:
+        """Down-projection: row i is neuron i's value vector (what it writes)."""
+        return self._linear_in_out(self.down[self._layer(layer)])
+
+    def W_in(self, layer: int) -> Float[Tensor, "d_model d_mlp"]:
+        """Up-projection (``c_fc`` for GPT-2): column i is what neuron i reads."""
+        return self._linear_in_out(self.up[self._layer(layer)])
+
+    def W_gate(self, layer: int) -> Float[Tensor, "d_model d_mlp"] | None:
+        """Gate projection of gated MLPs, else None."""
+        return None if self.gate is None else self._linear_in_out(self.gate[self._layer(layer)])
+
+    def W_O(self, layer: int) -> Float[Tensor, "head d_head d_model"]:
+        """Output projection per head: ``W_O[h]`` maps head ``h``'s ``d_head`` values into the residual."""
+        w = self._linear_in_out(self.o_proj[self._layer(layer)])
+        return w.reshape(self.n_heads, self.d_head, self.d_model)
+
+    def b_O(self, layer: int) -> Float[Tensor, "d_model"]:
+        """Output-projection bias (zeros when the model has none)."""
+        b = getattr(self.o_proj[self._layer(layer)], "bias", None)
+        return torch.zeros(self.d_model, dtype=self.W_U.dtype, device=self.W_U.device) if b is None else b
+
+    def W_V(self, layer: int) -> Float[Tensor, "head d_model d_head"]:
+        """Value weights per *query* head (GQA key/value heads repeated to match)."""
+        layer = self._layer(layer)
+        attn = self.attn[layer]
+        if self.family == "gpt2":
+            w = attn.c_attn.weight[:, 2 * self.d_model:]  # Conv1D: [in, 3*d]
+        else:
+            w = attn.v_proj.weight.T
+        w = w.reshape(self.d_model, self.n_kv_heads, self.d_head).permute(1, 0, 2)
+        return w.repeat_interleave(self.n_heads // self.n_kv_heads, dim=0)
+
+    def b_V(self, layer: int) -> Float[Tensor, "head d_head"]:
+        """Value bias per *query* head (zeros when the model has none; GQA heads repeated)."""
+        layer = self._layer(layer)
+        attn = self.attn[layer]
+        if self.family == "gpt2":
+            b = attn.c_attn.bias[2 * self.d_model:]
+        else:
+            b = getattr(attn.v_proj, "bias", None)
+            if b is None:
+                return torch.zeros(self.n_heads, self.d_head, dtype=self.W_U.dtype, device=self.W_U.device)
+        b = b.reshape(self.n_kv_heads, self.d_head)
+        return b.repeat_interleave(self.n_heads // self.n_kv_heads, dim=0)
+
+    @property
+    def W_U(self) -> Float[Tensor, "d_model vocab"]:
+        """Unembedding ``[d_model, vocab]`` (the LM head, transposed)."""
+        return self.lm_head.weight.T
+
+    @property
+    def b_U(self) -> Float[Tensor, "vocab"] | None:
+        """LM-head bias, or None."""
+        return getattr(self.lm_head, "bias", None)
+
+    @property
+    def W_E(self) -> Float[Tensor, "vocab d_model"]:
+        """Token embedding matrix ``[vocab, d_model]``."""
+        return self.embed_module.weight
+
+    # ------------------------------------------------------------------ functions
+    def final_norm(self, h: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
+        """The model's real final norm (RMSNorm / LayerNorm with its learned gain)."""
+        return self.final_norm_module(h)
+
+    def embed_input(self, input_ids: Tensor, position_ids: Tensor) -> Float[Tensor, "batch pos d_model"]:
+        """The residual stream entering layer 0: token embedding (the ``embed`` site), plus the
+        learned position embedding for GPT-2 (rotary families add positions inside attention)."""
+        x = self.embed_module(input_ids)
+        if self.pos_embed_module is not None:
+            x = x + self.pos_embed_module(position_ids).to(x.dtype)
+        return x
+
+    def unembed(self, h: Float[Tensor, "... d_model"], *, norm: bool = True) -> Float[Tensor, "... vocab"]:
+        """Logits of a residual-stream vector: final norm (optional) then the LM head."""
+        x = self.final_norm(h) if norm else h
+        out = x @ self.W_U
+        return out if self.b_U is None else out + self.b_U
+
+    def ln1_fn(self, layer: int) -> Callable[[Tensor], Tensor]:
+        """The attention input norm of ``layer`` as a callable (RMSNorm / LayerNorm module)."""
+        return self.ln1[self._layer(layer)]
+
+
+class ModelAdapter(Weights):
     """Architecture facts and canonical weights of one loaded Hugging Face causal LM."""
 
     def __init__(self, hf_model: nn.Module):
@@ -178,28 +298,13 @@ class ModelAdapter:
                 f"(valid: 0..{self.n_layers - 1}, or negative from the end)")
         return layer % self.n_layers
 
+    def _layer(self, layer: int) -> int:
+        return self.check_layer(layer)
+
     def site_shape(self, site: str) -> str:
         """The shape names of a site's tensor, e.g. ``"batch pos d_model"``."""
         check_site(site)
         return SITES[site][1]
-
-    # ------------------------------------------------------------------ weights
-    def _linear_in_out(self, mod: nn.Module) -> Tensor:
-        """Weight as [in, out] whatever the module type (nn.Linear stores [out, in])."""
-        w = mod.weight
-        return w if self.family == "gpt2" else w.T
-
-    def W_out(self, layer: int) -> Float[Tensor, "d_mlp d_model"]:
-        """Down-projection: row i is neuron i's value vector (what it writes)."""
-        return self._linear_in_out(self.down[self.check_layer(layer)])
-
-    def W_in(self, layer: int) -> Float[Tensor, "d_model d_mlp"]:
-        """Up-projection (``c_fc`` for GPT-2): column i is what neuron i reads."""
-        return self._linear_in_out(self.up[self.check_layer(layer)])
-
-    def W_gate(self, layer: int) -> Float[Tensor, "d_model d_mlp"] | None:
-        """Gate projection of gated MLPs, else None."""
-        return None if self.gate is None else self._linear_in_out(self.gate[self.check_layer(layer)])
 
     def mlp_gate_up(self, layer: int, resid_mid: Float[Tensor, "... d_model"]
                     ) -> tuple[Float[Tensor, "... d_mlp"], Float[Tensor, "... d_mlp"]]:
@@ -214,78 +319,6 @@ class ModelAdapter:
         layer = self.check_layer(layer)
         h = self.ln2[layer](resid_mid)
         return self.act[layer](self.gate[layer](h)), self.up[layer](h)
-
-    def W_O(self, layer: int) -> Float[Tensor, "head d_head d_model"]:
-        """Output projection per head: ``W_O[h]`` maps head ``h``'s ``d_head`` values into the residual."""
-        w = self._linear_in_out(self.o_proj[self.check_layer(layer)])
-        return w.reshape(self.n_heads, self.d_head, self.d_model)
-
-    def b_O(self, layer: int) -> Float[Tensor, "d_model"]:
-        """Output-projection bias (zeros when the model has none)."""
-        b = getattr(self.o_proj[self.check_layer(layer)], "bias", None)
-        return torch.zeros(self.d_model, dtype=self.W_U.dtype, device=self.W_U.device) if b is None else b
-
-    def W_V(self, layer: int) -> Float[Tensor, "head d_model d_head"]:
-        """Value weights per *query* head (GQA key/value heads repeated to match)."""
-        layer = self.check_layer(layer)
-        attn = self.attn[layer]
-        if self.family == "gpt2":
-            w = attn.c_attn.weight[:, 2 * self.d_model:]  # Conv1D: [in, 3*d]
-        else:
-            w = attn.v_proj.weight.T
-        w = w.reshape(self.d_model, self.n_kv_heads, self.d_head).permute(1, 0, 2)
-        return w.repeat_interleave(self.n_heads // self.n_kv_heads, dim=0)
-
-    def b_V(self, layer: int) -> Float[Tensor, "head d_head"]:
-        """Value bias per *query* head (zeros when the model has none; GQA heads repeated)."""
-        layer = self.check_layer(layer)
-        attn = self.attn[layer]
-        if self.family == "gpt2":
-            b = attn.c_attn.bias[2 * self.d_model:]
-        else:
-            b = getattr(attn.v_proj, "bias", None)
-            if b is None:
-                return torch.zeros(self.n_heads, self.d_head, dtype=self.W_U.dtype, device=self.W_U.device)
-        b = b.reshape(self.n_kv_heads, self.d_head)
-        return b.repeat_interleave(self.n_heads // self.n_kv_heads, dim=0)
-
-    @property
-    def W_U(self) -> Float[Tensor, "d_model vocab"]:
-        """Unembedding ``[d_model, vocab]`` (the LM head, transposed)."""
-        return self.lm_head.weight.T
-
-    @property
-    def b_U(self) -> Float[Tensor, "vocab"] | None:
-        """LM-head bias, or None."""
-        return getattr(self.lm_head, "bias", None)
-
-    @property
-    def W_E(self) -> Float[Tensor, "vocab d_model"]:
-        """Token embedding matrix ``[vocab, d_model]``."""
-        return self.embed_module.weight
-
-    # ------------------------------------------------------------------ functions
-    def final_norm(self, h: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
-        """The model's real final norm (RMSNorm / LayerNorm with its learned gain)."""
-        return self.final_norm_module(h)
-
-    def embed_input(self, input_ids: Tensor, position_ids: Tensor) -> Float[Tensor, "batch pos d_model"]:
-        """The residual stream entering layer 0: token embedding (the ``embed`` site), plus the
-        learned position embedding for GPT-2 (rotary families add positions inside attention)."""
-        x = self.embed_module(input_ids)
-        if self.pos_embed_module is not None:
-            x = x + self.pos_embed_module(position_ids).to(x.dtype)
-        return x
-
-    def unembed(self, h: Float[Tensor, "... d_model"], *, norm: bool = True) -> Float[Tensor, "... vocab"]:
-        """Logits of a residual-stream vector: final norm (optional) then the LM head."""
-        x = self.final_norm(h) if norm else h
-        out = x @ self.W_U
-        return out if self.b_U is None else out + self.b_U
-
-    def ln1_fn(self, layer: int) -> Callable[[Tensor], Tensor]:
-        """The attention input norm of ``layer`` as a callable (RMSNorm / LayerNorm module)."""
-        return self.ln1[self.check_layer(layer)]
 
     def mlp_sublayer(self, layer: int, resid_mid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
         """The MLP's contribution to the residual, ``mlp(ln2(resid_mid))``, from the model's own modules.

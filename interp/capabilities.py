@@ -8,7 +8,11 @@
   loading (an engine that built its own graph from the model cannot);
 * :data:`GRADIENTS` — ``Model.run(keep_grad=True)`` works (attribution patching);
 * :data:`SKIP_WORK` — derived rows of a plan run from their first edit on
-  (:mod:`interp.skipping`), through the primitives of :class:`interp.engines.base.Engine`.
+  (:mod:`interp.skipping`), through the primitives of :class:`interp.engines.base.Engine`;
+* :data:`REMOTE` — the model runs elsewhere (NDIF, or its local simulation; :mod:`interp.remote`):
+  no weights are local and no Python hook can run there, so ``Model.run`` hands the engine the
+  compiled plan as data (``engine.run_plan``) and computations on the weights go to the server
+  (``Model.run(reduce=...)``, ``Model.compute``).
 """
 
 EDIT_SCORES = "edit_scores"
@@ -16,4 +20,5 @@ LAST_LOGITS = "last_logits"
 SWITCH_ATTENTION = "switch_attention"
 GRADIENTS = "gradients"
 SKIP_WORK = "skip_work"
-CAPABILITIES = (EDIT_SCORES, LAST_LOGITS, SWITCH_ATTENTION, GRADIENTS, SKIP_WORK)
+REMOTE = "remote"
+CAPABILITIES = (EDIT_SCORES, LAST_LOGITS, SWITCH_ATTENTION, GRADIENTS, SKIP_WORK, REMOTE)

@@ -77,6 +77,18 @@ class CheckpointMismatchError(InterpError, ValueError):
     """Two checkpoints (or their neuron maps) do not have the same shapes, so neurons do not correspond."""
 
 
+class RemoteConfigError(InterpError, ValueError):
+    """A remote run (NDIF) is asked for without what it needs: an API key, a hosted model id."""
+
+
+class RemoteUnavailableError(InterpError, ConnectionError):
+    """The NDIF host cannot be reached, or does not serve the model."""
+
+
+class RemoteRequestError(InterpError, RuntimeError):
+    """A remote request still failed after its retries."""
+
+
 class InterpWarning(UserWarning):
     """Base class of the warnings interp issues about a result a user may misread."""
 

@@ -39,6 +39,7 @@ from torch import Tensor
 
 from .arch import SITES, UNIT_AXES, check_site
 from .errors import InterventionError, LayerIndexError, SiteError
+from .shipped import apply_edits
 from .tokens import Batch
 
 OPS = ("set", "add", "scale", "block")
@@ -91,6 +92,10 @@ class _Group:
             self._moved[device] = _Group(self.op, mv(self.rows), mv(self.pos), mv(self.unit), self.values,
                                          mv(self.src_rows), mv(self.keys))
         return self._moved[device]
+
+    def astuple(self) -> tuple:
+        """``(op, rows, pos, unit, values, src_rows, keys)``: the form :mod:`interp.shipped` takes."""
+        return (self.op, self.rows, self.pos, self.unit, self.values, self.src_rows, self.keys)
 
 
 class CompiledPlan:
@@ -151,32 +156,11 @@ class CompiledPlan:
         return CompiledPlan(groups, self.n_heads)
 
     def apply(self, point: tuple[str, int | None], x: Tensor) -> Tensor:
+        """``x`` with this plan's edits at ``point`` applied (:func:`interp.shipped.apply_edits`)."""
         groups = self.groups.get(point)
         if not groups:
             return x
-        site = point[0]
-        groups = [g.on(x.device) for g in groups]
-        if site == "attn_scores":
-            return _apply_block(x, groups, self.n_heads)
-        x = x.clone()
-        # read every row-sourced value before anything at this point is written
-        sourced = [None if g.src_rows is None else
-                   x[(g.src_rows, g.pos) + (() if g.unit is None else (g.unit,))].clone()
-                   for g in groups]
-        for g, src in zip(groups, sourced):
-            idx = (g.rows, g.pos) + (() if g.unit is None else (g.unit,))
-            val = src if src is not None else g.values.to(device=x.device, dtype=x.dtype)
-            target = x[idx]
-            if val.dim() < target.dim():   # one value per entry (e.g. a scalar): broadcast over the rest
-                val = val.reshape(*val.shape, *([1] * (target.dim() - val.dim())))
-            val = val.expand_as(target)
-            if g.op == "set":
-                x[idx] = val
-            elif g.op == "add":
-                x = x.index_put(idx, val, accumulate=True)
-            elif g.op == "scale":
-                x[idx] = target * val
-        return x
+        return apply_edits(point[0], x, [g.on(x.device).astuple() for g in groups], self.n_heads)
 
 
 def point_boundary(site: str, layer: int | None) -> int:
@@ -192,27 +176,6 @@ def point_boundary(site: str, layer: int | None) -> int:
     if site == "resid_post":
         return layer + 1
     return layer
-
-
-def _apply_block(scores: Tensor, groups: list[_Group], n_heads: int | None = None) -> Tensor:
-    """``scores``: [batch, head or 1, query, key] additive mask or pre-softmax scores.
-
-    A per-head block on a head-less additive mask (hf / nnsight engines) expands the mask to
-    ``n_heads``: the attention adds it to the scores by broadcasting either way.
-    """
-    need_heads = any(g.unit is not None for g in groups)
-    if need_heads and scores.shape[1] == 1:
-        if n_heads is None:
-            raise InterventionError("per-head blocking needs the head axis of the scores")
-        scores = scores.expand(scores.shape[0], n_heads, *scores.shape[2:])
-    scores = scores.clone()
-    low = torch.finfo(scores.dtype).min
-    for g in groups:
-        if g.unit is None:
-            scores[g.rows, :, g.pos, g.keys] = low
-        else:
-            scores[g.rows, g.unit, g.pos, g.keys] = low
-    return scores
 
 
 @dataclass

@@ -170,8 +170,9 @@ def load_hf(name: str | None = None, *, device: str | torch.device | None = None
     return model, tok
 
 
-def load(name: str | None = None, *, engine: str = "hf", device: str | torch.device | None = None,
-         dtype: torch.dtype | str = torch.float32, device_map: str | dict | None = None) -> Model:
+def load(name: str | None = None, *, engine: str | None = None, device: str | torch.device | None = None,
+         dtype: torch.dtype | str = torch.float32, device_map: str | dict | None = None,
+         remote: bool | str = False) -> Model:
     """Load a model for interpretability work.
 
     Args:
@@ -185,10 +186,23 @@ def load(name: str | None = None, *, engine: str = "hf", device: str | torch.dev
         device_map: spread a large model over several devices (``"auto"``; needs ``accelerate``),
             instead of ``device``.  Inputs go to the embedding's device; row chunks are sized
             from the free memory of the model's device.
+        remote: ``True`` (or ``"ndif"``) runs the model on NDIF through nnsight — ``name`` is the
+            Hugging Face id of a model NDIF hosts, ``NDIF_API_KEY`` must be set, no weights are
+            downloaded; ``"local"`` runs the same remote path here (requests serialised and run
+            with interp hidden, as on the server).  Engine ``"nnsight"`` (the default then); see
+            :mod:`interp.remote`.
 
     Example: ``interp.load("meta-llama/Llama-3.1-8B", device="cuda", dtype="bfloat16")``.
     """
-    check_engine(engine)
+    from .remote import check_remote
+    remote = check_remote(remote)
+    engine = check_engine(engine or ("nnsight" if remote else "hf"))
+    if remote:
+        if engine != "nnsight":
+            raise EngineError(f"remote execution runs through nnsight: use engine='nnsight' (or leave "
+                              f"engine unset), not {engine!r}")
+        from .remote import load_remote
+        return load_remote(name, remote, dtype=dtype, device=device, device_map=device_map)
     model, tok = load_hf(name, device=device, dtype=dtype, device_map=device_map)
     try:
         return Model(model, tok, engine, name=name or DEFAULT_MODEL)

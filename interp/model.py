@@ -16,16 +16,17 @@ thousands of rows stays in fixed memory.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from .arch import PRIMITIVE_SITES, SITES, ModelAdapter, check_site
-from .capabilities import LAST_LOGITS, SKIP_WORK
+from .capabilities import LAST_LOGITS, REMOTE, SKIP_WORK
 from .errors import EngineError, SiteError
 from .interventions import InterventionPlan
+from .shipped import edit_point, gather, head_out, hook_points, to_cpu
 from .tokens import Batch, find_span, tokenize
 
 ReadSpec = str | tuple[str, "int | None"]
@@ -68,20 +69,47 @@ class RunOutput:
     logits: Tensor | None
     cache: ActivationCache
     extra: dict = field(default_factory=dict)
+    #: what ``Model.run(reduce=fn)`` returned, chunks concatenated along the rows
+    reduced: Any = None
+
+
+def take_rows(x, n: int):
+    """The first ``n`` rows of every tensor in ``x`` (a tensor, or nested dicts / lists / tuples)."""
+    if torch.is_tensor(x):
+        return x[:n]
+    if isinstance(x, dict):
+        return {k: take_rows(v, n) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(take_rows(v, n) for v in x)
+    return x
+
+
+def cat_rows(parts: list):
+    """Chunks of one structure (see :func:`take_rows`) concatenated along the rows."""
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    if torch.is_tensor(first):
+        return torch.cat(parts)
+    if isinstance(first, dict):
+        return {k: cat_rows([p[k] for p in parts]) for k in first}
+    if isinstance(first, (list, tuple)):
+        return type(first)(cat_rows([p[i] for p in parts]) for i in range(len(first)))
+    return first
 
 
 class Model:
     """A loaded causal LM with an adapter and an engine.  Create with :func:`interp.load`."""
 
     def __init__(self, hf_model, tokenizer, engine_name: str = "hf", *, name: str = "",
-                 adapter: ModelAdapter | None = None):
+                 adapter: ModelAdapter | None = None, engine_options: dict | None = None):
         from .engines import make_engine
 
         self.hf = hf_model
         self.tokenizer = tokenizer
         self.name = name or getattr(hf_model.config, "_name_or_path", "") or hf_model.config.model_type
         self.adapter = adapter or ModelAdapter(hf_model)
-        self.engine = make_engine(engine_name, hf_model, tokenizer, self.adapter)
+        self.engine = make_engine(engine_name, hf_model, tokenizer, self.adapter, **(engine_options or {}))
         self.engine_name = engine_name
         #: rows per forward when a call gives no ``max_rows``: None sizes chunks to memory_budget
         self.max_rows: int | None = None
@@ -90,8 +118,10 @@ class Model:
     # ------------------------------------------------------------------ basics
     @property
     def device(self) -> torch.device:
-        """Where inputs go: the embedding's device (the first of a model spread over several)."""
-        return self.adapter.W_E.device
+        """Where inputs go: the embedding's device (the first of a model spread over several);
+        the CPU for a remote model, whose weights here are placeholders on the meta device."""
+        dev = self.adapter.W_E.device
+        return torch.device("cpu") if dev.type == "meta" else dev
 
     @property
     def memory_budget(self) -> int:
@@ -188,7 +218,7 @@ class Model:
             layers: Iterable[int] | None = None, positions: Sequence[int] | None = None,
             plan: InterventionPlan | None = None, logits: str | Callable = "last",
             max_rows: int | None = None, keep_grad: bool = False, cache_device="cpu",
-            skip: bool = True, progress: bool = False) -> RunOutput:
+            skip: bool = True, progress: bool = False, reduce: Callable | None = None) -> RunOutput:
         """Run prompts (or the plan's batch) once, with edits, keeping what was asked for.
 
         Args:
@@ -210,6 +240,14 @@ class Model:
                 (capability ``skip_work``), start each derived row at its first edit
                 (:mod:`interp.skipping`; the same numbers as running every row in full).
                 ``out.extra["path"]`` says which path ran.
+            reduce: ``fn(weights, reads, logits)`` applied to every chunk *where the model runs* —
+                on the server for a remote model — with the chunk's reads (``{(site, layer):
+                tensor}``, at ``positions``), its logits (as ``logits=`` asks) and the model's
+                :class:`~interp.arch.Weights` (the adapter here; the server's copy remotely).  It
+                must return per-row tensors (a tensor, or dicts / lists / tuples of them, rows
+                first); ``out.reduced`` holds them for the batch and the reads are not kept.
+                Whatever a method computes from activations and weights (logit lens, attention
+                contributions) goes here, so only its result travels.
         """
         if plan is not None:
             batch = plan.batch  # a plan carries its own rows
@@ -222,7 +260,10 @@ class Model:
         pts = self.points(reads, layers) if reads else []
         if isinstance(logits, str) and logits not in ("last", "all", "none"):
             raise ValueError(f"logits must be 'last', 'all', 'none' or a function, not {logits!r}")
-        if (skip and plan.parents and not pts and not keep_grad and logits not in ("all", "none")
+        if self.supports(REMOTE):
+            return self.engine.run_plan(self, plan, pts, positions=positions, logits=logits, max_rows=max_rows,
+                                        keep_grad=keep_grad, reduce=reduce, progress=progress)
+        if (skip and reduce is None and plan.parents and not pts and not keep_grad and logits not in ("all", "none")
                 and batch.padding_side == "left" and self.supports(SKIP_WORK)):
             from .skipping import run_derived
             with torch.no_grad():
@@ -233,7 +274,7 @@ class Model:
         rows = max_rows or self.max_rows or self.rows_for(
             batch.width, logits == "all" or not self.supports(LAST_LOGITS))
         chunks = plan.chunks(rows) if batch.size > rows else [(list(range(batch.size)), plan.flat())]
-        parts_logits, parts_cache = [], {p: [] for p in pts}
+        parts_logits, parts_cache, parts_reduced = [], {p: [] for p in pts}, []
         it = chunks
         if progress and len(chunks) > 1:
             from tqdm.auto import tqdm
@@ -245,13 +286,20 @@ class Model:
         ctx = torch.enable_grad() if keep_grad else torch.no_grad()
         with ctx:
             for own, sub in it:
-                lg, cache = self._run_one(sub, pts, positions, logits, keep_grad, cache_device)
+                # a reduction reads on the model's device and returns its result on the CPU
+                lg, cache = self._run_one(sub, pts, positions, logits, keep_grad,
+                                          cache_device if reduce is None else None)
                 n = len(own)
                 full = n == sub.batch.size
+                if reduce is not None:
+                    parts_reduced.append(take_rows(to_cpu(reduce(self.adapter, cache, lg)), n))
+                    continue
                 if lg is not None:
                     parts_logits.append(lg if full else lg[:n])
                 for p in pts:
                     parts_cache[p].append(cache[p] if full else cache[p][:n])
+        if reduce is not None:
+            return RunOutput(batch, None, ActivationCache({}, None), {"path": "plan"}, cat_rows(parts_reduced))
         if len(chunks) == 1:  # no copies: with keep_grad these are the model's own tensors
             out_logits = parts_logits[0] if parts_logits else None
             data = {p: v[0] for p, v in parts_cache.items()}
@@ -289,38 +337,19 @@ class Model:
                     x.requires_grad_(True)
                 store[point] = x
                 return
-            if point[0] == "attn_pattern":
-                y = x if cols is None else x[torch.arange(n_rows, device=x.device)[:, None], :, cols]  # b n h k
-            else:
-                y = x if cols is None else x[torch.arange(n_rows, device=x.device)[:, None], cols]
+            y = gather(point[0], x, cols)  # attn_pattern: [b, n, head, key]
             store[point] = y.detach().to(cache_device) if cache_device else y.detach()
 
         kept = {(s if s != "head_out" else "attn_z", l) for s, l in pts}  # head_out is read as z
-        mid_writes = {p for p in edit_points if p[0] == "resid_mid"}
-        # a resid_mid write needs the full resid_pre of its layer (see the attn_out hook below)
-        read_points = kept | {("resid_pre", layer) for _, layer in mid_writes}
-        pre_full: dict = {}
-        for point in read_points | (edit_points - mid_writes) | set(taps):
+        points, mid = hook_points(kept, edit_points)
+        state: dict = {}
+        for point in points | set(taps):
             def fn(x, point=point, tap=taps.get(point)):
                 if tap is not None:
                     tap(x)
-                x = compiled.apply(point, x)
-                if point[0] == "resid_pre" and ("resid_mid", point[1]) in mid_writes:
-                    pre_full[point[1]] = x
-                if point in kept:
-                    keep(point, x)
-                return x
+                return edit_point(point[0], point[1], x, compiled.apply, mid, state,
+                                  (lambda v: keep(point, v)) if point in kept else None)
             hooks[point] = fn
-        for _, layer in mid_writes:
-            prev = hooks.get(("attn_out", layer))
-
-            def mid_fn(x, layer=layer, prev=prev):
-                if prev is not None:
-                    x = prev(x)
-                old = pre_full[layer] + x
-                new = compiled.apply(("resid_mid", layer), old)
-                return x + (new - old)
-            hooks[("attn_out", layer)] = mid_fn
         for p in hooks:
             if p[0] not in PRIMITIVE_SITES:
                 raise SiteError(f"internal: derived site {p} reached the engine")
@@ -344,9 +373,7 @@ class Model:
         # derived reads
         for site, layer in pts:
             if site == "head_out":
-                z = store[("attn_z", layer)]
-                W_O = a.W_O(layer).to(z.device)
-                store[(site, layer)] = torch.einsum("...hd,hdm->...hm", z, W_O)
+                store[(site, layer)] = head_out(store[("attn_z", layer)], a.W_O(layer))
                 if ("attn_z", layer) not in pts:
                     del store[("attn_z", layer)]
         if logits == "none":
@@ -376,6 +403,16 @@ class Model:
         per_row = item * (width * per_pos + (width if all_logits else 1) * a.vocab_size * 2)
         cap = 512 if self.device.type == "cpu" else 8192   # bigger CPU chunks gain nothing
         return int(max(1, min(cap, self.memory_budget // max(per_row, 1))))
+
+    def compute(self, fn: Callable, *args):
+        """``fn(weights, *args)`` where the weights are: the adapter here, the server's copy for a
+        remote model (one request; tensors come back on the CPU).  For computations on the weights
+        alone — decoding neurons through the unembedding, searching value vectors — so that only
+        their result travels, never the weights.  ``fn`` must use only torch and ``weights``."""
+        if self.supports(REMOTE):
+            return self.engine.compute(fn, *args)
+        with torch.no_grad():
+            return fn(self.adapter, *args)
 
     # ------------------------------------------------------------------ helpers
     def next_token_probs(self, prompts: str | Sequence[str]) -> Float[Tensor, "batch vocab"]:

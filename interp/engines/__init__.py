@@ -9,7 +9,8 @@ returns.  Everything else — caching, batched edits, derived sites, chunking �
 * ``hf`` — the plain Hugging Face model with PyTorch module hooks.  The reference and the
   fastest path (no wrapper), and the default.
 * ``transformer_lens`` — TransformerLens 4.x ``TransformerBridge`` hook points.
-* ``nnsight`` — nnsight 0.8 ``TransformersModel`` traces.
+* ``nnsight`` — nnsight 0.8 ``TransformersModel`` traces; with ``remote="local"`` / ``True`` the
+  same traces as requests to NDIF (:mod:`interp.remote`).
 
 Each engine is tested against the others for logits and every site (``tests/test_engines.py``).
 """
@@ -19,8 +20,14 @@ from .base import ENGINES, Engine, HookFn, Point
 __all__ = ["ENGINES", "Engine", "HookFn", "Point", "make_engine"]
 
 
-def make_engine(name: str, hf_model, tokenizer, adapter) -> Engine:
+def make_engine(name: str, hf_model, tokenizer, adapter, **options) -> Engine:
+    """The engine ``name`` on this model; ``options`` go to its constructor (the nnsight engine's
+    ``remote=``)."""
     from ..errors import EngineError
+
+    if options and name != "nnsight":
+        raise EngineError(f"engine {name!r} takes no options ({', '.join(options)}); remote execution "
+                          f"runs through engine 'nnsight'")
 
     if name == "hf":
         from .hf import HFEngine
@@ -30,5 +37,5 @@ def make_engine(name: str, hf_model, tokenizer, adapter) -> Engine:
         return TLEngine(hf_model, tokenizer, adapter)
     if name == "nnsight":
         from .nns import NNsightEngine
-        return NNsightEngine(hf_model, tokenizer, adapter)
+        return NNsightEngine(hf_model, tokenizer, adapter, **options)
     raise EngineError(f"unknown engine {name!r}; choose one of: {', '.join(ENGINES)}")

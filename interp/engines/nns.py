@@ -1,14 +1,24 @@
-"""nnsight 0.8 engine: ``TransformersModel`` traces.
+"""nnsight 0.8 engine: ``TransformersModel`` traces, here or on NDIF (``remote=``).
 
 nnsight executes the body of a ``trace`` against the real forward pass, and each module's
 ``.input`` / ``.output`` can only be touched in the order the model computes them.  So the
 hook points are sorted into execution order first (embedding, then per block: input, attention
 inputs, output projection input, attention output, second norm input, down-projection input, MLP
-output, block output) and each module is touched once.  All rows of a batch go through one
-trace — one forward, never a trace per row.
+output, block output) and each module is touched once (:func:`interp.shipped.walk`).  All rows of
+a batch go through one trace — one forward, never a trace per row.
 
 Site mapping is the same as the ``hf`` engine's (see :mod:`interp.engines.hf`); ``attn_scores``
 edits the ``attention_mask`` keyword the attention module receives.
+
+**Remote execution** (``remote="local"`` or ``True``; see :mod:`interp.remote`).  A trace body
+that runs on an NDIF server cannot call interp's hook closures: the server has no interp.  So a
+remote engine does not take hooks; :meth:`NNsightEngine.run_plan` sends the *compiled plan as
+data* (edit index tensors and values, the points to read, the columns to keep, the reduction to
+apply) and the torch-only program :func:`interp.shipped.run_chunk`, shipped by value, applies it
+inside the trace.  The chunks of rows of one ``Model.run`` go out in as few requests as possible:
+one nnsight ``session`` per group of chunks (``request_rows`` rows), each chunk one trace in it.
+Only what was asked for comes back: the reduced logits (``logits=fn``), the kept columns of the
+reads, or a method's reduction (``reduce=``) computed on the server from the server's weights.
 """
 
 from __future__ import annotations
@@ -16,7 +26,8 @@ from __future__ import annotations
 from typing import Mapping
 
 from ..arch import SITE_ORDER
-from ..capabilities import EDIT_SCORES, GRADIENTS, LAST_LOGITS, SWITCH_ATTENTION
+from ..capabilities import EDIT_SCORES, GRADIENTS, LAST_LOGITS, REMOTE, SWITCH_ATTENTION
+from ..shipped import walk
 from .base import Engine, HookFn, Point
 
 
@@ -24,69 +35,77 @@ class NNsightEngine(Engine):
     name = "nnsight"
     capabilities = frozenset({EDIT_SCORES, LAST_LOGITS, SWITCH_ATTENTION, GRADIENTS})
 
-    def __init__(self, hf_model, tokenizer, adapter):
+    def __init__(self, hf_model, tokenizer, adapter, *, remote=False, server_model=None, nnsight_model=None):
+        """``hf_model``: the model interp sees.  Remote: ``nnsight_model`` (NDIF; its weights are on
+        the meta device) or ``server_model`` (``remote="local"``: the local stand-in for the server's
+        copy, while ``hf_model`` is a weightless meta copy, as a remote client has)."""
         from nnsight import TransformersModel
 
         self.a = adapter
         self.hf = hf_model
-        self.nm = TransformersModel(hf_model, tokenizer=tokenizer)
+        self.remote = remote
+        if nnsight_model is not None:
+            self.nm = nnsight_model
+        else:
+            self.nm = TransformersModel(server_model if server_model is not None else hf_model, tokenizer=tokenizer)
+        if remote:
+            from ..remote import RemoteSession
+            self.capabilities = frozenset({EDIT_SCORES, LAST_LOGITS, REMOTE})
+            self.session = RemoteSession(self, remote)
 
-    def _envoy(self, path: str):
+    # ------------------------------------------------------------------ where sites are
+    def envoy(self, path: str):
         env = self.nm
         for part in path.split("."):
-            env = env[int(part)] if part.isdigit() else getattr(env, part)
+            if part:
+                env = env[int(part)] if part.isdigit() else getattr(env, part)
         return env
 
+    def locate(self, site: str, layer: int | None) -> tuple[str, str]:
+        """``(module path, slot)`` of a primitive site: how :func:`interp.shipped.walk` reaches it."""
+        lay = self.a.layout
+        blk = f"{lay.layers}.{layer}"
+        return {
+            "embed": (lay.embed, "output"), "resid_pre": (blk, "input"), "resid_post": (blk, "post"),
+            "attn_scores": (f"{blk}.{lay.attn}", "mask"), "attn_z": (f"{blk}.{lay.o_proj}", "heads"),
+            "attn_out": (f"{blk}.{lay.attn}", "output0"), "attn_pattern": (f"{blk}.{lay.attn}", "output1"),
+            "resid_mid": (f"{blk}.{lay.ln2}", "input"), "mlp_post": (f"{blk}.{lay.down}", "input"),
+            "mlp_out": (f"{blk}.{lay.mlp}", "post"),
+        }[site]
+
+    def steps(self, points) -> list[tuple]:
+        """``[(site, layer, envoy, slot)]`` of ``points`` in the order the model computes them."""
+        order = sorted(points, key=lambda p: (-1, 0) if p[1] is None else (p[1], SITE_ORDER[p[0]]))
+        out = []
+        for site, layer in order:
+            path, slot = self.locate(site, layer)
+            out.append((site, layer, self.envoy(path), slot))
+        return out
+
+    def _extra(self, last_only: bool) -> dict:
+        from .hf import _keeps_logits
+        return {"logits_to_keep": 1} if last_only and _keeps_logits(self.nm._module) else {}
+
+    # ------------------------------------------------------------------ local forward
     def forward(self, input_ids, attention_mask, position_ids, hooks: Mapping[Point, HookFn],
                 last_only: bool = False):
-        from .hf import _keeps_logits
-        lay = self.a.layout
-        points = sorted(hooks, key=lambda p: (-1, 0) if p[1] is None else (p[1], SITE_ORDER[p[0]]))
-        steps = []
-        for site, layer in points:
-            blk = f"{lay.layers}.{layer}"
-            path = {
-                "embed": lay.embed, "resid_pre": blk, "resid_post": blk,
-                "attn_scores": f"{blk}.{lay.attn}", "attn_z": f"{blk}.{lay.o_proj}",
-                "attn_out": f"{blk}.{lay.attn}", "attn_pattern": f"{blk}.{lay.attn}",
-                "resid_mid": f"{blk}.{lay.ln2}", "mlp_post": f"{blk}.{lay.down}",
-                "mlp_out": f"{blk}.{lay.mlp}",
-            }[site]
-            steps.append((site, self._envoy(path), hooks[(site, layer)]))
+        if self.remote:
+            from ..errors import EngineError
+            raise EngineError("a remote model runs plans as data (Model.run), not Python hooks")
+        steps = self.steps(hooks)
         a = self.a
-        extra = {"logits_to_keep": 1} if last_only and _keeps_logits(self.hf) else {}
         with self.nm.trace(input_ids=input_ids, attention_mask=attention_mask,
-                           position_ids=position_ids, use_cache=False, **extra):
-            i = 0
-            while i < len(steps):
-                site, env, fn = steps[i]
-                if site in ("attn_out", "attn_pattern"):
-                    # both live in the attention module's output tuple: touch it once
-                    out = env.output
-                    o0, o1 = out[0], out[1]
-                    while i < len(steps) and steps[i][1] is env and steps[i][0] in ("attn_out", "attn_pattern"):
-                        if steps[i][0] == "attn_out":
-                            o0 = steps[i][2](o0)
-                        else:
-                            o1 = steps[i][2](o1)
-                        i += 1
-                    env.output = (o0, o1) + tuple(out[2:])
-                    continue
-                if site == "embed" or site == "mlp_out":
-                    env.output = fn(env.output)
-                elif site == "resid_post":
-                    out = env.output
-                    env.output = (fn(out[0]),) + tuple(out[1:]) if isinstance(out, tuple) else fn(out)
-                elif site in ("resid_pre", "resid_mid", "mlp_post"):
-                    env.input = fn(env.input)
-                elif site == "attn_z":
-                    x = env.input
-                    env.input = fn(x.reshape(*x.shape[:-1], a.n_heads, a.d_head)).reshape(x.shape)
-                elif site == "attn_scores":
-                    args, kwargs = env.inputs
-                    kwargs = dict(kwargs)
-                    kwargs["attention_mask"] = fn(kwargs["attention_mask"])
-                    env.inputs = (args, kwargs)
-                i += 1
+                           position_ids=position_ids, use_cache=False, **self._extra(last_only)):
+            walk(steps, lambda site, layer, x: hooks[(site, layer)](x), a.n_heads, a.d_head)
             logits = self.nm.lm_head.output.save()
         return logits
+
+    # ------------------------------------------------------------------ remote
+    def run_plan(self, model, plan, pts, **kwargs):
+        """Run a plan remotely (capability ``remote``): see :meth:`interp.remote.RemoteSession.run_plan`."""
+        return self.session.run_plan(model, plan, pts, **kwargs)
+
+    def compute(self, fn, *args):
+        """``fn(weights, *args)`` on the server (see :meth:`interp.remote.RemoteSession.compute`)."""
+        return self.session.compute(fn, *args)
+

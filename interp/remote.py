@@ -1,0 +1,559 @@
+"""Remote execution: the same analysis on NDIF, through nnsight's ``remote=``.
+
+Design note
+-----------
+``interp.load(name, engine="nnsight", remote=...)`` picks where the model runs:
+
+* ``False`` — here (the ordinary nnsight engine: Python hooks inside each trace);
+* ``True`` — on the NDIF servers (https://ndif.us): the weights are never downloaded (nnsight
+  builds the model on the meta device), every forward is a request carrying its trace;
+* ``"local"`` — the remote path without a server: each request is serialised exactly as for
+  NDIF, deserialised with interp hidden (as on the server) and run on a local copy of the model,
+  while the model interp sees is a weightless meta copy — a method that touched a weight locally
+  would fail here as it would against NDIF.  This is how the remote path is tested offline.
+
+What a request carries.  The server has torch, transformers, nnsight and einops, not interp.  So
+no interp hook closure can run there: ``Model.run`` hands the engine the *compiled plan as data*
+(edit index tensors and values, points to read, columns to keep) and the engine sends it with
+:func:`interp.shipped.run_chunk`, the torch-only program that applies it inside the trace.  The
+modules in :data:`SHIPPED_MODULES` are registered for pickling by value (``nnsight.register``)
+and nothing else of interp is: a trace body that needed any other interp module would fail to
+deserialise on the server — and fails the same way under ``remote="local"``, which also blocks
+every import of ``interp`` / ``probes`` during deserialisation (an editable or site-packages
+install would otherwise let the simulated server import them; ``tests/test_remote.py`` checks
+this).
+
+As few requests as possible.  The chunks of rows of one ``Model.run`` (sized to memory, as
+locally) go out as one nnsight ``session`` per ``request_rows`` rows, each chunk one trace in it.
+Only what was asked for comes back: a reduced metric per row (``logits=fn``), the kept columns
+of the reads, or a method's own reduction (``Model.run(reduce=...)``), and computations on the
+weights alone run as a session without a forward (``Model.compute``).  :class:`RequestStats`
+counts requests, rows, bytes sent and bytes returned (the result as the server serialises it,
+before compression).
+
+Failures.  A request that fails in transport (connection, time-out, a server error) is retried
+with exponential backoff (``retries``, ``backoff``); a sweep killed between requests resumes
+from its last finished request when the session has a request log (:meth:`RemoteSession.log_to`,
+a :class:`interp.sweep.Checkpoint`: finished requests are read back, the rest are sent).
+``remote=True`` checks for an API key (``NDIF_API_KEY``), the host (``NDIF_HOST``, default
+``https://api.ndif.us``) and that the host serves the model before anything is loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .errors import RemoteConfigError, RemoteRequestError, RemoteUnavailableError, SettingError
+from .shipped import compute_on, run_chunk, to_device
+
+#: the interp modules whose code runs on the server, shipped by value with every request
+SHIPPED_MODULES = ("interp.shipped", "interp.arch")
+#: packages that exist on the client only (blocked while ``remote="local"`` deserialises)
+CLIENT_PACKAGES = ("interp", "probes")
+
+
+def check_remote(remote) -> bool | str:
+    """``False`` / ``"local"`` / ``True`` (also written ``"ndif"``), or a :class:`SettingError`."""
+    if remote is None or remote is False or (isinstance(remote, str) and remote.lower() in ("", "false", "no")):
+        return False
+    if remote is True or (isinstance(remote, str) and remote.lower() in ("ndif", "true", "remote")):
+        return True
+    if isinstance(remote, str) and remote.lower() == "local":
+        return "local"
+    raise SettingError(f"remote must be False (run here), 'local' (the remote path simulated here) or True / "
+                       f"'ndif' (run on NDIF), not {remote!r}")
+
+
+# ----------------------------------------------------------------------------- shipping
+def prepare_shipping() -> None:
+    """Register :data:`SHIPPED_MODULES` (and no other interp module) for pickling by value.
+
+    nnsight's ``pull_env`` registers every package importable from outside site-packages (an
+    interp checkout on ``PYTHONPATH`` would be shipped whole); interp is taken back out, so what a
+    request needs from interp is the same however interp was installed.
+    """
+    import nnsight
+    from cloudpickle.cloudpickle import _PICKLE_BY_VALUE_MODULES
+    from nnsight.ndif import pull_env
+
+    pull_env()
+    for name in list(_PICKLE_BY_VALUE_MODULES):
+        if name.split(".")[0] in CLIENT_PACKAGES and name not in SHIPPED_MODULES:
+            _PICKLE_BY_VALUE_MODULES.discard(name)
+    for name in SHIPPED_MODULES:
+        nnsight.register(sys.modules[name] if name in sys.modules else __import__(name, fromlist=["_"]))
+
+
+class _ClientOnly:
+    """A meta-path finder that refuses interp's packages, as an NDIF server would."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in CLIENT_PACKAGES:
+            raise ModuleNotFoundError(f"No module named {name!r} (not installed on the server)", name=name)
+        return None
+
+
+def _local_backend_class():
+    from nnsight.intervention.backends.local import LocalSimulationBackend
+
+    class LocalBackend(LocalSimulationBackend):
+        """nnsight's serverless dry run, strict about interp: its modules are hidden *and* cannot be
+        re-imported while the request is deserialised.  Records the payload size."""
+
+        def __init__(self, model, stats: "RequestStats"):
+            super().__init__(model)
+            self.stats = stats
+
+        def __call__(self, tracer):
+            from nnsight.schema import request as request_module
+
+            serialize = request_module.RequestModel.serialize
+            stats = self.stats
+
+            def measured(tracer, compress=False):
+                blob = serialize(tracer, compress=compress)
+                stats.bytes_sent += len(blob)
+                return blob
+            request_module.RequestModel.serialize = measured
+            try:
+                return super().__call__(tracer)
+            finally:
+                request_module.RequestModel.serialize = serialize
+
+        def _hide_local_modules(self):
+            hidden = super()._hide_local_modules()
+            for name in list(sys.modules):  # an interp module outside sys.path (editable install)
+                if name.split(".")[0] in CLIENT_PACKAGES:
+                    hidden["modules"][name] = sys.modules.pop(name)
+            self._finder = _ClientOnly()
+            sys.meta_path.insert(0, self._finder)
+            return hidden
+
+        def _restore(self, hidden):
+            sys.meta_path.remove(self._finder)
+            super()._restore(hidden)
+
+    return LocalBackend
+
+
+def _ndif_backend_class():
+    from nnsight.intervention.backends.remote import RemoteBackend
+
+    class NdifBackend(RemoteBackend):
+        """nnsight's NDIF backend, non-blocking (submit, then poll until a deadline), recording
+        the payload and result sizes."""
+
+        def __init__(self, model_key, stats: "RequestStats"):
+            super().__init__(model_key, blocking=False)
+            self.stats = stats
+
+        def _serialize(self, tracer):
+            blob = super()._serialize(tracer)
+            self.stats.bytes_sent += len(blob)
+            return blob
+
+        def finalize(self, content: bytes):
+            self.stats.bytes_on_wire += len(content)
+            return super().finalize(content)
+
+        def wait(self, timeout: float | None, interval: float = 1.0) -> dict:
+            start = time.monotonic()
+            while True:
+                result = self.poll()
+                if result is not None:
+                    return result
+                if timeout is not None and time.monotonic() - start > timeout:
+                    raise TimeoutError(f"NDIF request {self.job_id} did not finish within {timeout:.0f} s")
+                time.sleep(interval)
+
+    return NdifBackend
+
+
+def _transient(e: BaseException) -> bool:
+    """Whether a failed request is worth sending again (transport, time-out, server side)."""
+    if isinstance(e, (ConnectionError, TimeoutError)):
+        return True
+    mod = type(e).__module__ or ""
+    return (type(e).__name__ == "RemoteError" or mod.startswith(("httpx", "httpcore", "websocket"))
+            or isinstance(e, OSError) and not isinstance(e, (ModuleNotFoundError, FileNotFoundError)))
+
+
+def serialized_size(obj) -> int:
+    """Bytes of ``obj`` as the server returns results (``torch.save``, before compression)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.tell()
+
+
+# ----------------------------------------------------------------------------- requests
+@dataclass
+class RequestStats:
+    """What the remote path sent and got back (``model.engine.session.stats``)."""
+
+    requests: int = 0       # requests that completed (one nnsight session each)
+    retries: int = 0        # requests sent again after a transient failure
+    resumed: int = 0        # requests read back from the request log instead of sent
+    traces: int = 0         # forwards (chunks of rows), all requests together
+    rows: int = 0           # rows of those forwards
+    bytes_sent: int = 0     # serialised request payloads
+    bytes_returned: int = 0  # results as the server serialises them (torch.save, uncompressed)
+    bytes_on_wire: int = 0  # NDIF only: result bytes downloaded (compressed)
+    seconds: float = 0.0    # wall time of the requests
+
+    def reset(self) -> None:
+        for k, v in RequestStats().__dict__.items():
+            setattr(self, k, v)
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class RequestLog:
+    """Finished requests of a sweep, so a killed client resumes from the last finished one.
+
+    A :class:`interp.sweep.Checkpoint` whose items are request digests (the request's data and
+    code, see :func:`digest`); each result is a ``torch.save`` file written atomically before its
+    log line.
+    """
+
+    directory: Path
+    model: str
+    checkpoint: Any = field(init=False)
+
+    def __post_init__(self):
+        from .sweep import Checkpoint
+        self.directory = Path(self.directory)
+        self.checkpoint = Checkpoint(self.directory, {"kind": "remote requests", "model": self.model})
+
+    def get(self, key: str):
+        rec = self.checkpoint.get(key)
+        if rec is None:
+            return None
+        path = self.directory / rec["file"]
+        if not path.exists():
+            return None
+        return torch.load(path, map_location="cpu", weights_only=False)
+
+    def add(self, key: str, result) -> None:
+        from .sweep import write_atomic
+        buf = io.BytesIO()
+        torch.save(result, buf)
+        name = f"request-{key[:24]}.pt"
+        write_atomic(self.directory / name, buf.getvalue())
+        self.checkpoint.add(key, {"file": name})
+
+
+def digest(obj) -> str:
+    """A stable digest of a request's data and code (tensors by value, functions by their code
+    and closure), so a resumed sweep recognises the requests it already finished."""
+    h = hashlib.sha256()
+
+    def feed(x):
+        if torch.is_tensor(x):
+            t = x.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(x, dict):
+            h.update(b"D")
+            for k in sorted(x, key=repr):
+                feed(k)
+                feed(x[k])
+        elif isinstance(x, (list, tuple, set, frozenset)):
+            h.update(b"L" if not isinstance(x, (set, frozenset)) else b"S")
+            for v in (sorted(x, key=repr) if isinstance(x, (set, frozenset)) else x):
+                feed(v)
+        elif callable(x) and hasattr(x, "__code__"):
+            code = x.__code__
+            h.update(code.co_code)
+            feed([c for c in code.co_consts if not hasattr(c, "co_code")])
+            feed([c.co_code for c in code.co_consts if hasattr(c, "co_code")])
+            feed(list(code.co_names))
+            feed([c.cell_contents for c in (x.__closure__ or ())])
+            feed(list(x.__defaults__ or ()))
+        elif hasattr(x, "path") and hasattr(x, "_module"):  # an nnsight envoy
+            h.update(f"E{x.path}".encode())
+        else:
+            h.update(repr(x).encode())
+    feed(obj)
+    return h.hexdigest()
+
+
+# The two request bodies below are shipped as their source, unparsed from the syntax tree: a
+# statement spread over several lines (or a comment, a blank line) inside the ``with`` would move
+# the line numbers the inner trace is found by on the server.  Keep them one line per statement.
+def _run_session(nm, backend, jobs, w, lm_head):
+    """One request: every job (a chunk of rows) one trace of one session, its program shipped."""
+    import nnsight
+
+    outs = None
+    with nm.session(backend=backend):
+        dev = w.W_E.device
+        outs = []
+        for job in jobs:
+            with nm.trace(**to_device(job["inputs"], dev)):
+                out = run_chunk(job["steps"], job, w, lm_head)
+            outs.append(out)
+        nnsight.save(outs)
+    return outs
+
+
+def _compute_session(nm, backend, fn, args, w):
+    """One request without a forward: ``fn(w, *args)`` on the server's weights."""
+    import nnsight
+
+    result = None
+    with nm.session(backend=backend):
+        result = compute_on(fn, w, args)
+        nnsight.save(result)
+    return result
+
+
+class RemoteSession:
+    """The remote side of an nnsight engine: requests, retries, statistics, the request log.
+
+    Settings (attributes): ``retries`` (3) and ``backoff`` (1 s, doubling) for failed requests,
+    ``timeout`` (None: wait as long as NDIF takes) for one NDIF request, ``request_rows`` (4096)
+    rows per request — the chunks of one run are grouped up to this many rows.
+    """
+
+    def __init__(self, engine, mode, *, retries: int = 3, backoff: float = 1.0, timeout: float | None = None,
+                 request_rows: int = 4096):
+        self.engine = engine
+        self.mode = mode
+        self.retries = retries
+        self.backoff = backoff
+        self.timeout = timeout
+        self.request_rows = request_rows
+        self.stats = RequestStats()
+        self.log: RequestLog | None = None
+        self.sleep = time.sleep
+        self._weights = None
+
+    # -------------------------------------------------------------- setup
+    def log_to(self, directory: str | Path | None) -> None:
+        """Keep finished requests in ``directory`` (None: stop), so a killed sweep resumes."""
+        self.log = None if directory is None else RequestLog(Path(directory), getattr(self.engine, "model_name", ""))
+
+    @property
+    def weights(self):
+        """The server's :class:`interp.arch.Weights`: the adapter's modules, as the server's envoys."""
+        if self._weights is None:
+            paths = {id(m): name for name, m in self.engine.hf.named_modules()}
+            self._weights = self.engine.a.over(lambda m: self.engine.envoy(paths[id(m)]))
+        return self._weights
+
+    def backend(self):
+        if self.mode == "local":
+            return _local_backend_class()(self.engine.nm, self.stats)
+        return _ndif_backend_class()(self.engine.nm.to_model_key(), self.stats)
+
+    # -------------------------------------------------------------- sending
+    def send(self, body: Callable, *args, key_data=None):
+        """Run ``body(nm, backend, *args)`` as one request: from the log if it finished before,
+        else sent, retried after a transient failure with exponential backoff."""
+        key = None
+        if self.log is not None:
+            key = digest(key_data if key_data is not None else args)
+            done = self.log.get(key)
+            if done is not None:
+                self.stats.resumed += 1
+                return done
+        prepare_shipping()
+        start = time.monotonic()
+        for attempt in range(self.retries + 1):
+            backend = self.backend()
+            try:
+                result = body(self.engine.nm, backend, *args)
+                if result is None and hasattr(backend, "wait"):  # NDIF: submitted, not waited for
+                    result = next(iter(backend.wait(self.timeout).values()))
+                break
+            except Exception as e:  # noqa: BLE001 - sorted into transient (retry) and not
+                if not _transient(e):
+                    raise
+                if attempt == self.retries:
+                    raise RemoteRequestError(
+                        f"the remote request failed {attempt + 1} times ({type(e).__name__}: {e}); "
+                        f"check the host ({self._host()}) and try again — a sweep with a request "
+                        f"log resumes from its last finished request") from e
+                self.stats.retries += 1
+                self.sleep(self.backoff * 2 ** attempt)
+        self.stats.requests += 1
+        self.stats.seconds += time.monotonic() - start
+        self.stats.bytes_returned += serialized_size(result)
+        if key is not None:
+            self.log.add(key, result)
+        return result
+
+    def _host(self) -> str:
+        if self.mode == "local":
+            return "local simulation"
+        from nnsight import CONFIG
+        return CONFIG.API.HOST
+
+    # -------------------------------------------------------------- runs
+    def run_plan(self, model, plan, pts, *, positions, logits, max_rows, keep_grad, reduce, progress):
+        """``Model.run`` on the remote path: the plan's chunks, grouped into requests."""
+        from .errors import EngineError
+        from .model import ActivationCache, RunOutput, cat_rows, take_rows
+
+        if keep_grad:
+            raise EngineError("keep_grad=True keeps the autograd graph here; a remote model's graph stays "
+                              "on the server — compute what the gradients are for there (Model.run(reduce=...))")
+        b = plan.batch
+        rows = max_rows or model.max_rows or model.rows_for(b.width, logits == "all")
+        chunks = plan.chunks(rows) if b.size > rows else [(list(range(b.size)), plan.flat())]
+        jobs = [self._job(model, sub, pts, positions, logits, reduce) for _, sub in chunks]
+        groups, cur, n = [], [], 0
+        for job in jobs:
+            if cur and n + job["rows"] > self.request_rows:
+                groups.append(cur)
+                cur, n = [], 0
+            cur.append(job)
+            n += job["rows"]
+        groups.append(cur)
+        it = groups
+        if progress and len(groups) > 1:
+            from tqdm.auto import tqdm
+            it = tqdm(groups, desc="requests", unit="request")
+        w, lm_head = self.weights, self._lm_head()
+        outs = []
+        for g in it:
+            outs += self.send(_run_session, g, w, lm_head, key_data=[_job_key(j) for j in g])
+            self.stats.traces += len(g)
+            self.stats.rows += sum(j["rows"] for j in g)
+        parts_logits, parts_cache, parts_reduced = [], {p: [] for p in pts}, []
+        for (own, _), out in zip(chunks, outs):
+            k = len(own)
+            if reduce is not None:
+                parts_reduced.append(take_rows(out["reduced"], k))
+                continue
+            if out["logits"] is not None:
+                parts_logits.append(out["logits"][:k])
+            for p in pts:
+                parts_cache[p].append(out["reads"][p][:k])
+        extra = {"path": "remote", "requests": len(groups)}
+        if reduce is not None:
+            return RunOutput(b, None, ActivationCache({}, None), extra, cat_rows(parts_reduced))
+        data = {p: torch.cat(v) for p, v in parts_cache.items()}
+        return RunOutput(b, torch.cat(parts_logits) if parts_logits else None,
+                         ActivationCache(data, list(positions) if positions is not None else None), extra)
+
+    def _lm_head(self):
+        paths = {id(m): name for name, m in self.engine.hf.named_modules()}
+        return self.engine.envoy(paths[id(self.engine.a.lm_head)])
+
+    def _job(self, model, sub, pts, positions, logits, reduce) -> dict:
+        """One chunk of rows as data: tokens, compiled edits, points to touch and keep."""
+        from .shipped import hook_points
+
+        bb = sub.batch
+        compiled = model.compile(sub)
+        kept = {("attn_z" if s == "head_out" else s, l) for s, l in pts}
+        points, mid = hook_points(kept, set(compiled.points))
+        cols = None if positions is None else torch.tensor(
+            [[bb.abs_pos(r, p) for p in positions] for r in range(bb.size)])
+        last_only = logits != "all" and bb.padding_side == "left"
+        a = self.engine.a
+        inputs = {"input_ids": bb.input_ids, "attention_mask": bb.attention_mask,
+                  "position_ids": bb.position_ids, "use_cache": False, **self.engine._extra(last_only)}
+        return {"inputs": inputs, "rows": bb.size, "steps": self.engine.steps(points),
+                "edits": {p: [g.astuple() for g in gs] for p, gs in compiled.groups.items()},
+                "n_heads": a.n_heads, "d_head": a.d_head, "mid": mid, "keep": kept, "cols": cols,
+                "head_out": sorted({l for s, l in pts if s == "head_out"}), "logits": logits,
+                "last": bb.last_positions(), "reduce": reduce}
+
+    def compute(self, fn, *args):
+        """``fn(weights, *args)`` as one request without a forward."""
+        return self.send(_compute_session, fn, args, self.weights, key_data=[fn, args])
+
+
+def _job_key(job: dict) -> dict:
+    return {k: v for k, v in job.items() if k != "steps"} | {"steps": [s[:2] + (s[3],) for s in job["steps"]]}
+
+
+def stats(model) -> RequestStats:
+    """The request statistics of a remote model (``remote="local"`` or ``True``)."""
+    session = getattr(model.engine, "session", None)
+    if session is None:
+        raise SettingError("this model runs here (remote=False): it sends no requests")
+    return session.stats
+
+
+# ----------------------------------------------------------------------------- loading
+def preflight(name: str | None) -> None:
+    """Before anything is loaded for ``remote=True``: an API key, a reachable host that serves
+    ``name``.  One clear error each."""
+    from nnsight import CONFIG
+
+    if not name or Path(str(name)).exists():
+        raise RemoteConfigError(
+            f"remote=True runs a model hosted by NDIF, named by its Hugging Face id (e.g. "
+            f"'meta-llama/Llama-3.1-8B'), not {name or 'the embedded default model'!r}; list the hosted "
+            f"models with: python -c 'import nnsight; print(nnsight.status())'")
+    if not CONFIG.API.APIKEY:
+        raise RemoteConfigError(
+            "remote=True needs an NDIF API key: set NDIF_API_KEY (get a key at https://login.ndif.us), "
+            "or save one with nnsight.CONFIG.set_default_api_key(KEY); remote='local' runs the same path "
+            "here without a key")
+    host = CONFIG.API.HOST
+    try:
+        import httpx
+        r = httpx.get(f"{host}/status", timeout=httpx.Timeout(5.0, read=20.0))
+        r.raise_for_status()
+        status = r.json()
+    except Exception as e:  # noqa: BLE001 - any failure means: unreachable
+        raise RemoteUnavailableError(
+            f"the NDIF host {host} cannot be reached ({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}); "
+            f"check the network and NDIF_HOST, or see https://ndif.us for the service status") from None
+    hosted = sorted({v.get("repo_id", k) for k, v in (status.get("deployments") or {}).items()})
+    if hosted and name not in hosted:
+        raise RemoteUnavailableError(f"NDIF at {host} does not serve {name!r}; it serves: {', '.join(hosted)}")
+
+
+def load_remote(name: str | None, remote, *, dtype, device=None, device_map=None):
+    """The :class:`~interp.model.Model` behind ``interp.load(..., remote="local" | True)``."""
+    from .loading import DEFAULT_MODEL, load_hf, resolve_dtype
+    from .model import Model
+
+    if remote is True:
+        if device is not None or device_map is not None:
+            raise SettingError("a model on NDIF runs on NDIF's GPUs: leave device and device_map unset")
+        preflight(name)
+        from nnsight import TransformersModel
+        try:
+            nm = TransformersModel(name, dtype=resolve_dtype(dtype), attn_implementation="eager")
+        except Exception as e:  # noqa: BLE001
+            from .errors import ModelNotFoundError
+            raise ModelNotFoundError(f"could not build {name!r} on the meta device ({type(e).__name__}: "
+                                     f"{str(e).splitlines()[0][:200]})") from None
+        hf = nm._module
+        model = Model(hf, nm.tokenizer, "nnsight", name=name,
+                      engine_options={"remote": True, "nnsight_model": nm})
+    else:
+        server, tok = load_hf(name, device=device, dtype=dtype, device_map=device_map)
+        model = Model(meta_copy(server), tok, "nnsight", name=name or DEFAULT_MODEL,
+                      engine_options={"remote": "local", "server_model": server})
+    model.engine.model_name = model.name
+    return model
+
+
+def meta_copy(hf_model):
+    """The same architecture with no weights (every tensor on the meta device): what a remote
+    client holds."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        m = AutoModelForCausalLM.from_config(hf_model.config, dtype=hf_model.dtype)
+    m.eval()
+    for p in m.parameters():
+        p.requires_grad_(False)
+    return m
