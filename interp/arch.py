@@ -139,10 +139,15 @@ class Weights:
                "ln1", "ln2", "mlp", "down", "up", "gate")
     #: the plain facts the weights need
     FACTS = ("model_type", "family", "n_layers", "n_heads", "n_kv_heads", "d_model", "d_head", "d_mlp",
-             "vocab_size", "n_ctx")
+             "vocab_size", "n_ctx", "final_norm_centres")
 
-    def _layer(self, layer: int) -> int:
-        return layer
+    def check_layer(self, layer: int) -> int:
+        """Return ``layer`` as a non-negative index, or raise a clear error."""
+        if not isinstance(layer, int) or not -self.n_layers <= layer < self.n_layers:
+            raise LayerIndexError(
+                f"layer {layer!r} out of range: the model has {self.n_layers} layers "
+                f"(valid: 0..{self.n_layers - 1}, or negative from the end)")
+        return layer % self.n_layers
 
     def over(self, handle: Callable) -> "Weights":
         """The same weights read through ``handle(module)`` (e.g. the envoy of a remote model)."""
@@ -161,29 +166,29 @@ class Weights:
 
     def W_out(self, layer: int) -> Float[Tensor, "d_mlp d_model"]:
         """Down-projection: row i is neuron i's value vector (what it writes)."""
-        return self._linear_in_out(self.down[self._layer(layer)])
+        return self._linear_in_out(self.down[self.check_layer(layer)])
 
     def W_in(self, layer: int) -> Float[Tensor, "d_model d_mlp"]:
         """Up-projection (``c_fc`` for GPT-2): column i is what neuron i reads."""
-        return self._linear_in_out(self.up[self._layer(layer)])
+        return self._linear_in_out(self.up[self.check_layer(layer)])
 
     def W_gate(self, layer: int) -> Float[Tensor, "d_model d_mlp"] | None:
         """Gate projection of gated MLPs, else None."""
-        return None if self.gate is None else self._linear_in_out(self.gate[self._layer(layer)])
+        return None if self.gate is None else self._linear_in_out(self.gate[self.check_layer(layer)])
 
     def W_O(self, layer: int) -> Float[Tensor, "head d_head d_model"]:
         """Output projection per head: ``W_O[h]`` maps head ``h``'s ``d_head`` values into the residual."""
-        w = self._linear_in_out(self.o_proj[self._layer(layer)])
+        w = self._linear_in_out(self.o_proj[self.check_layer(layer)])
         return w.reshape(self.n_heads, self.d_head, self.d_model)
 
     def b_O(self, layer: int) -> Float[Tensor, "d_model"]:
         """Output-projection bias (zeros when the model has none)."""
-        b = getattr(self.o_proj[self._layer(layer)], "bias", None)
+        b = getattr(self.o_proj[self.check_layer(layer)], "bias", None)
         return torch.zeros(self.d_model, dtype=self.W_U.dtype, device=self.W_U.device) if b is None else b
 
     def W_V(self, layer: int) -> Float[Tensor, "head d_model d_head"]:
         """Value weights per *query* head (GQA key/value heads repeated to match)."""
-        layer = self._layer(layer)
+        layer = self.check_layer(layer)
         attn = self.attn[layer]
         if self.family == "gpt2":
             w = attn.c_attn.weight[:, 2 * self.d_model:]  # Conv1D: [in, 3*d]
@@ -194,7 +199,7 @@ class Weights:
 
     def b_V(self, layer: int) -> Float[Tensor, "head d_head"]:
         """Value bias per *query* head (zeros when the model has none; GQA heads repeated)."""
-        layer = self._layer(layer)
+        layer = self.check_layer(layer)
         attn = self.attn[layer]
         if self.family == "gpt2":
             b = attn.c_attn.bias[2 * self.d_model:]
@@ -239,9 +244,30 @@ class Weights:
         out = x @ self.W_U
         return out if self.b_U is None else out + self.b_U
 
+    def final_norm_linear(self, x_final: Float[Tensor, "d_model"]
+                          ) -> tuple[Callable[[Tensor], Tensor], Float[Tensor, "d_model"]]:
+        """The final norm as a linear map frozen at ``x_final``'s scale: ``c ↦ γ ⊙ center(c) / σ``.
+
+        Returns ``(fn, bias)`` with ``bias`` the norm's additive term (LayerNorm β, else 0), so
+        ``final_norm(x_final) == fn(x_final) + bias`` — the usual direct-logit-attribution
+        convention (TransformerLens ``apply_ln_to_stack`` with the final residual's scale).  Torch only,
+        so it also runs where a remote model runs.
+        """
+        mod = self.final_norm_module
+        x = x_final.float()
+        gain = getattr(mod, "weight", None)
+        gain = torch.ones_like(x) if gain is None else gain.detach().float().to(x.device)
+        if self.final_norm_centres:
+            sigma = torch.sqrt(x.var(-1, unbiased=False) + mod.eps)
+            bias = mod.bias.detach().float().to(x.device) if mod.bias is not None else torch.zeros_like(x)
+            return (lambda c: gain * (c.float() - c.float().mean(-1, keepdim=True)) / sigma), bias
+        eps = getattr(mod, "variance_epsilon", None) or getattr(mod, "eps", 1e-6)
+        sigma = torch.sqrt(x.pow(2).mean(-1) + eps)
+        return (lambda c: gain * c.float() / sigma), torch.zeros_like(x)
+
     def ln1_fn(self, layer: int) -> Callable[[Tensor], Tensor]:
         """The attention input norm of ``layer`` as a callable (RMSNorm / LayerNorm module)."""
-        return self.ln1[self._layer(layer)]
+        return self.ln1[self.check_layer(layer)]
 
 
 class ModelAdapter(Weights):
@@ -274,6 +300,8 @@ class ModelAdapter(Weights):
         self.embed_module = _get(hf_model, lay.embed)
         self.pos_embed_module = _get(hf_model, lay.pos_embed) if lay.pos_embed else None
         self.final_norm_module = _get(hf_model, lay.final_norm)
+        #: whether the final norm subtracts the mean before scaling (LayerNorm) or only rescales (RMSNorm)
+        self.final_norm_centres: bool = isinstance(self.final_norm_module, nn.LayerNorm)
         self.lm_head = hf_model.get_output_embeddings()
         self.vocab_size = self.lm_head.weight.shape[0]
         # references to the original modules, kept before any engine wraps them
@@ -290,17 +318,6 @@ class ModelAdapter(Weights):
         self.d_mlp = self.W_out(0).shape[0]
 
     # ------------------------------------------------------------------ checks
-    def check_layer(self, layer: int) -> int:
-        """Return ``layer`` as a non-negative index, or raise a clear error."""
-        if not isinstance(layer, int) or not -self.n_layers <= layer < self.n_layers:
-            raise LayerIndexError(
-                f"layer {layer!r} out of range: the model has {self.n_layers} layers "
-                f"(valid: 0..{self.n_layers - 1}, or negative from the end)")
-        return layer % self.n_layers
-
-    def _layer(self, layer: int) -> int:
-        return self.check_layer(layer)
-
     def site_shape(self, site: str) -> str:
         """The shape names of a site's tensor, e.g. ``"batch pos d_model"``."""
         check_site(site)
@@ -375,31 +392,6 @@ class ModelAdapter(Weights):
         }
 
     # ------------------------------------------------------------------ norm and weight facts methods ask for
-    @property
-    def final_norm_centres(self) -> bool:
-        """Whether the final norm subtracts the mean before scaling (LayerNorm) or only rescales (RMSNorm)."""
-        return isinstance(self.final_norm_module, nn.LayerNorm)
-
-    def final_norm_linear(self, x_final: Float[Tensor, "d_model"]
-                          ) -> tuple[Callable[[Tensor], Tensor], Float[Tensor, "d_model"]]:
-        """The final norm as a linear map frozen at ``x_final``'s scale: ``c ↦ γ ⊙ center(c) / σ``.
-
-        Returns ``(fn, bias)`` with ``bias`` the norm's additive term (LayerNorm β, else 0), so
-        ``final_norm(x_final) == fn(x_final) + bias`` — the usual direct-logit-attribution
-        convention (TransformerLens ``apply_ln_to_stack`` with the final residual's scale).
-        """
-        mod = self.final_norm_module
-        x = x_final.float()
-        gain = getattr(mod, "weight", None)
-        gain = torch.ones_like(x) if gain is None else gain.detach().float().to(x.device)
-        if self.final_norm_centres:
-            sigma = torch.sqrt(x.var(-1, unbiased=False) + mod.eps)
-            bias = mod.bias.detach().float().to(x.device) if mod.bias is not None else torch.zeros_like(x)
-            return (lambda c: gain * (c.float() - c.float().mean(-1, keepdim=True)) / sigma), bias
-        eps = getattr(mod, "variance_epsilon", getattr(mod, "eps", 1e-6))
-        sigma = torch.sqrt(x.pow(2).mean(-1) + eps)
-        return (lambda c: gain * c.float() / sigma), torch.zeros_like(x)
-
     def value_vector_mask(self, layer: int, index: int) -> Float[Tensor, "rows cols"]:
         """A 0/1 mask, shaped like the down-projection weight *as stored*, selecting neuron ``index``'s
         value vector (row ``index`` of :meth:`W_out`): a gradient multiplied by it moves that vector only."""

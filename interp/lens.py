@@ -56,40 +56,57 @@ class LensResult(Result):
                      height=max(500, 18 * len(self.layers) + 200))
 
 
+def lens_distribution(w, reads: dict, layers: Sequence[int]) -> Float[Tensor, "batch layer pos vocab"]:
+    """Next-token probabilities of every read ``resid_post`` of ``layers`` through the model's real
+    final norm and unembedding (``w.unembed``).  Runs where the model runs (``Model.run(reduce=)``)."""
+    h = torch.stack([reads[("resid_post", l)] for l in layers], 1)  # batch layer pos d
+    return w.unembed(h.to(w.W_U.device)).float().softmax(-1)
+
+
+def lens_stats(w, reads: dict, layers: Sequence[int], target: int | None = None) -> dict:
+    """Top-1 token, its probability and the target's probability (each ``[batch, layer, pos]``)
+    of :func:`lens_distribution`: what a logit lens keeps of the whole vocabulary."""
+    probs = lens_distribution(w, reads, layers)
+    top_p, top_i = probs.max(-1)
+    out = {"top_ids": top_i, "top_probs": top_p}
+    if target is not None:
+        out["target_probs"] = probs[..., target]
+    return out
+
+
 def lens_probs(model, prompts: str | Sequence[str], positions: Sequence[int] | None = None,
                layers: Sequence[int] | None = None) -> Float[Tensor, "batch layer pos vocab"]:
-    """Per-layer next-token probabilities for a batch, at prompt-relative ``positions``."""
-    a = model.adapter
+    """Per-layer next-token probabilities for a batch, at prompt-relative ``positions`` (the whole
+    vocabulary: for a remote model prefer :func:`logit_lens`, whose statistics travel instead)."""
     batch = model.tokenize(prompts)
+    layers = list(range(model.n_layers)) if layers is None else [model.adapter.check_layer(l) for l in layers]
     if positions is None:
         if batch.size > 1 and len(set(batch.lengths)) > 1:
             positions = [-1]
         else:
             positions = list(range(batch.lengths[0]))
     out = model.run(batch, reads="resid_post", layers=layers, positions=positions, logits="none",
-                    cache_device=None)
-    h = out.cache.stack("resid_post")  # layer batch pos d
-    with torch.no_grad():
-        probs = a.unembed(h.to(model.device)).float().softmax(-1)
-    return probs.permute(1, 0, 2, 3).cpu()
+                    reduce=lambda w, reads, _: lens_distribution(w, reads, layers))
+    return out.reduced
 
 
 def logit_lens(model, prompt: str, *, target: str | None = None,
                layers: Sequence[int] | None = None) -> LensResult:
     """Logit lens (nostalgebraist 2020) over every layer × position of ``prompt``.
 
+    The final norm and unembedding run where the model runs; only the top token, its
+    probability and the target's probability per (layer, position) come back.
+
     Args:
         target: a token string (e.g. ``" Paris"``) whose probability is also recorded.
     """
     layers = list(range(model.n_layers)) if layers is None else [model.adapter.check_layer(l) for l in layers]
     n = model.tokenize(prompt).lengths[0]
-    probs = lens_probs(model, prompt, list(range(n)), layers)[0]  # layer pos vocab
-    top_p, top_i = probs.max(-1)
+    tid = None if target is None else model.encode_target(target)[0]
+    out = model.run(prompt, reads="resid_post", layers=layers, positions=list(range(n)), logits="none",
+                    reduce=lambda w, reads, _: lens_stats(w, reads, layers, tid))
+    st = {k: v[0] for k, v in out.reduced.items()}  # layer pos
     tok = model.tokenizer
-    top_tokens = [[tok.decode([int(i)]) for i in row] for row in top_i]
-    tp = None
-    if target is not None:
-        tid, _ = model.encode_target(target)
-        tp = probs[..., tid]
-    return LensResult(prompt, model.to_str_tokens(prompt), layers, top_i, top_p, top_tokens, target, tp,
-                      model.name)
+    top_tokens = [[tok.decode([int(i)]) for i in row] for row in st["top_ids"]]
+    return LensResult(prompt, model.to_str_tokens(prompt), layers, st["top_ids"], st["top_probs"], top_tokens,
+                      target, st.get("target_probs"), model.name)

@@ -55,7 +55,8 @@ from .errors import RemoteConfigError, RemoteRequestError, RemoteUnavailableErro
 from .shipped import compute_on, run_chunk, to_device
 
 #: the interp modules whose code runs on the server, shipped by value with every request
-SHIPPED_MODULES = ("interp.shipped", "interp.arch")
+SHIPPED_MODULES = ("interp.shipped", "interp.arch", "interp.errors", "interp.lens", "interp.mediation.causal_trace",
+                   "interp.attention.knockout", "interp.attention.contributions")
 #: packages that exist on the client only (blocked while ``remote="local"`` deserialises)
 CLIENT_PACKAGES = ("interp", "probes")
 

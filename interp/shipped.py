@@ -238,9 +238,15 @@ def compute_on(fn, w, args):
 
 
 def to_cpu(x):
-    """Tensors in nested dicts / lists / tuples detached and moved to the CPU (what travels back)."""
+    """Tensors in nested dicts / lists / tuples detached and moved to the CPU (what travels back).
+
+    A view is copied out of its storage first: serialising a view (``probs[:, target]``) would
+    carry the whole storage it looks into."""
     if torch.is_tensor(x):
-        return x.detach().cpu()
+        x = x.detach()
+        if x.untyped_storage().nbytes() > x.numel() * x.element_size():
+            x = x.clone()
+        return x.cpu()
     if isinstance(x, dict):
         return {k: to_cpu(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):

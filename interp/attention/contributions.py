@@ -37,14 +37,47 @@ from ..results import Result
 from .knockout import _span, check_target, ensure_eager
 
 
-def contribution_vectors(model, prompt: str, target: int = -1, layers: Sequence[int] | None = None) -> dict:
-    """Per-(layer, head, source) vectors written to the target, from one cached forward.
+def head_source_vectors(w, reads: dict, logits, layers: Sequence[int], col: int, pad: int) -> dict:
+    """Per-(layer, head, source) vectors written to the target column ``col`` of a one-prompt run
+    (``reads``: ``resid_pre``, ``attn_pattern``, ``attn_out`` of ``layers``, the last
+    ``resid_post``).  Runs where the model runs (``Model.run(reduce=...)``); every tensor has a
+    leading batch axis of 1.  See :func:`contribution_vectors` for the fields."""
+    src = slice(pad, col + 1)
+    vecs, attn, bo, pats = [], [], [], []
+    for l in layers:
+        x = reads["resid_pre", l][0, src]                       # s d
+        v = torch.einsum("sd,hde->hse", w.ln1[l](x), w.W_V(l)) + w.b_V(l)[:, None]
+        A = reads["attn_pattern", l][0, :, col, src]            # h s
+        vecs.append(torch.einsum("hs,hse,hem->hsm", A, v, w.W_O(l)).float())
+        attn.append(reads["attn_out", l][0, col].float())
+        bo.append(w.b_O(l).float())
+        pats.append(A.float())
+    out = {"vectors": torch.stack(vecs), "attn_out": torch.stack(attn), "b_O": torch.stack(bo),
+           "pattern": torch.stack(pats), "resid_final": reads["resid_post", w.n_layers - 1][0, col].float(),
+           "logits": logits[0].float()}
+    return {k: v[None] for k, v in out.items()}
 
-    Returns a dict with ``vectors`` ``[layer, head, src, d_model]`` (sources ``0..target``),
-    ``attn_out`` ``[layer, d_model]`` (the model's own output at the target), ``b_O``
-    ``[layer, d_model]``, ``pattern`` ``[layer, head, src]``, ``resid_final`` ``[d_model]``
-    (last layer's ``resid_post`` at the target), ``logits`` ``[vocab]`` at the target, ``target``.
-    """
+
+def contribution_stats(w, reads: dict, logits, layers: Sequence[int], col: int, pad: int,
+                       groups: dict[str, list[int]], answer_id: int | None) -> dict:
+    """What :class:`ContributionResult` keeps of :func:`head_source_vectors` — norms per head,
+    source and group, and each head's DLA of the answer (default: the top-1) — computed where the
+    model runs, so the ``[layer, head, source, d_model]`` vectors never travel."""
+    d = {k: v[0] for k, v in head_source_vectors(w, reads, logits, layers, col, pad).items()}
+    V = d["vectors"]                                  # L H S d
+    gv = torch.stack([V[:, :, g].sum(2) for g in groups.values()], dim=2)   # L H G d
+    aid = d["logits"].argmax() if answer_id is None else torch.tensor(answer_id)
+    fn, _ = w.final_norm_linear(d["resid_final"])
+    dla = fn(V.sum(2)) @ w.W_U[:, aid].float().to(V.device)       # L H
+    out = {"head_src": V.norm(dim=-1), "layer_src": V.sum(1).norm(dim=-1), "head_group": gv.norm(dim=-1),
+           "group_norm": gv.sum(1).norm(dim=-1), "dla": dla, "pattern": d["pattern"], "answer_id": aid}
+    return {k: v[None] for k, v in out.items()}
+
+
+def _run(model, prompt: str, target: int, layers: Sequence[int] | None, reduce) -> tuple:
+    """One forward of ``prompt`` up to the target with the reads the contributions need, reduced by
+    ``reduce(w, reads, logits, layers, col, pad)`` where the model runs.  Returns ``(t, layers,
+    reduced)``."""
     ensure_eager(model)
     a = model.adapter
     n = model.tokenize(prompt).lengths[0]
@@ -54,24 +87,25 @@ def contribution_vectors(model, prompt: str, target: int = -1, layers: Sequence[
     reads.append(("resid_post", a.n_layers - 1))
     # positions after the target change nothing at the target (causal attention): never computed
     # and the target is then the last token, whose logits alone are unembedded
-    out = model.run(model.tokenize(prompt).head(t + 1), reads=reads, logits="last", cache_device=None)
-    col = out.batch.abs_pos(0, t)
-    pad = out.batch.pad[0]
-    src = slice(pad, col + 1)
-    vecs, attn, bo, pats = [], [], [], []
-    with torch.no_grad():
-        for l in layers:
-            x = out.cache["resid_pre", l][0, src]                      # s d
-            v = torch.einsum("sd,hde->hse", a.ln1[l](x), a.W_V(l)) + a.b_V(l)[:, None]
-            A = out.cache["attn_pattern", l][0, :, col, src]          # h s
-            vecs.append(torch.einsum("hs,hse,hem->hsm", A, v, a.W_O(l)).float().cpu())
-            attn.append(out.cache["attn_out", l][0, col].float().cpu())
-            bo.append(a.b_O(l).float().cpu())
-            pats.append(A.float().cpu())
-    return {"vectors": torch.stack(vecs), "attn_out": torch.stack(attn), "b_O": torch.stack(bo),
-            "pattern": torch.stack(pats), "layers": layers, "target": t,
-            "resid_final": out.cache["resid_post", a.n_layers - 1][0, col].float().cpu(),
-            "logits": out.logits[0].float().cpu()}
+    batch = model.tokenize(prompt).head(t + 1)
+    col, pad = batch.abs_pos(0, t), batch.pad[0]
+    out = model.run(batch, reads=reads, logits="last",
+                    reduce=lambda w, r, lg: reduce(w, r, lg, layers, col, pad))
+    return t, layers, {k: v[0] for k, v in out.reduced.items()}
+
+
+def contribution_vectors(model, prompt: str, target: int = -1, layers: Sequence[int] | None = None) -> dict:
+    """Per-(layer, head, source) vectors written to the target, from one cached forward.
+
+    Returns a dict with ``vectors`` ``[layer, head, src, d_model]`` (sources ``0..target``),
+    ``attn_out`` ``[layer, d_model]`` (the model's own output at the target), ``b_O``
+    ``[layer, d_model]``, ``pattern`` ``[layer, head, src]``, ``resid_final`` ``[d_model]``
+    (last layer's ``resid_post`` at the target), ``logits`` ``[vocab]`` at the target, ``target``.
+    (For a remote model all of it travels; :func:`attention_contributions` sends back only its
+    statistics.)
+    """
+    t, layers, d = _run(model, prompt, target, layers, head_source_vectors)
+    return {**d, "layers": layers, "target": t}
 
 
 @dataclass
@@ -159,8 +193,8 @@ def attention_contributions(model, prompt: str, *, target: int = -1, subject: st
         answer: token for the DLA (default: the model's top-1 prediction at the target).
         subject_occurrence: which occurrence of the subject text (``-1``: the last).
     """
-    d = contribution_vectors(model, prompt, target, layers)
-    t = d["target"]
+    n = model.tokenize(prompt).lengths[0]
+    t = check_target(target, n)
     subj = _span(model, prompt, subject, "subject", subject_occurrence)
     ctx = _span(model, prompt, context, "context")
     groups: dict[str, list[int]] = {}
@@ -174,20 +208,15 @@ def attention_contributions(model, prompt: str, *, target: int = -1, subject: st
             raise SpanNotFoundError(f"context lies after the target position {t}")
     taken = {p for v in groups.values() for p in v}
     groups["rest"] = [p for p in range(t + 1) if p not in taken]
-    V = d["vectors"]                                  # L H S d
-    head_src = V.norm(dim=-1)
-    layer_src = V.sum(1).norm(dim=-1)
     names = list(groups)
-    gv = torch.stack([V[:, :, groups[g]].sum(2) for g in names], dim=2)   # L H G d
-    head_group = gv.norm(dim=-1)
-    group_norm = gv.sum(1).norm(dim=-1)
-    aid = int(d["logits"].argmax()) if answer is None else model.encode_target(answer)[0]
-    fn, _ = model.adapter.final_norm_linear(d["resid_final"])
-    w = model.adapter.W_U[:, aid].detach().float().cpu()
-    dla = fn(V.sum(2)) @ w                            # L H
+    wanted = None if answer is None else model.encode_target(answer)[0]
+    t, layers, st = _run(model, prompt, t, layers,
+                         lambda w, r, lg, ls, col, pad: contribution_stats(w, r, lg, ls, col, pad, groups, wanted))
+    aid = int(st["answer_id"])
     return ContributionResult(
-        prompt=prompt, tokens=model.to_str_tokens(prompt), target=t, layers=d["layers"],
+        prompt=prompt, tokens=model.to_str_tokens(prompt), target=t, layers=layers,
         groups=groups, group_names=names, answer=model.tokenizer.decode([aid]), answer_id=aid,
-        head_src=head_src, layer_src=layer_src, group_norm=group_norm, head_group=head_group,
-        dla=dla, pattern=d["pattern"], subject_range=list(subj) if subj else None,
+        head_src=st["head_src"], layer_src=st["layer_src"], group_norm=st["group_norm"],
+        head_group=st["head_group"], dla=st["dla"], pattern=st["pattern"],
+        subject_range=list(subj) if subj else None,
         context_range=list(ctx) if ctx else None, model=model.name, engine=model.engine_name)

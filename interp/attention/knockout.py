@@ -40,7 +40,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 from jaxtyping import Float
@@ -203,8 +203,12 @@ def source_positions(model, prompt: str, sources: Iterable, *, target: int = -1,
 def build_plan(model, prompt: str, target: int, row_keys: Sequence[Sequence[int]],
                row_layers: Sequence[Sequence[int]], heads: Sequence[int] | None = None
                ) -> InterventionPlan:
-    """A plan of ``len(row_keys)`` copies of ``prompt``; row r blocks target → row_keys[r] in row_layers[r]."""
-    base = model.tokenize(prompt)
+    """A plan of ``len(row_keys)`` copies of ``prompt``; row r blocks target → row_keys[r] in row_layers[r].
+
+    The prompt ends at the target: the positions after it change nothing at the target (causal
+    attention), so they are never computed and the target's logits are the last ones.
+    """
+    base = model.tokenize(prompt).head(target + 1)
     plan = InterventionPlan(base.select([0] * len(row_keys)))
     clean = next((r for r, keys in enumerate(row_keys) if not keys), None)
     for r, (keys, layers) in enumerate(zip(row_keys, row_layers)):
@@ -223,13 +227,14 @@ def build_plan(model, prompt: str, target: int, row_keys: Sequence[Sequence[int]
 
 def knockout_logits(model, prompt: str, row_keys: Sequence[Sequence[int]],
                     row_layers: Sequence[Sequence[int]], *, target: int = -1,
-                    heads: Sequence[int] | None = None, max_rows: int | None = None
-                    ) -> Float[Tensor, "row vocab"]:
+                    heads: Sequence[int] | None = None, max_rows: int | None = None,
+                    reduce: Callable | None = None) -> Float[Tensor, "row vocab"]:
     """Logits at ``target`` for each row's knockout, all rows in one chunked forward.
 
     Row ``r`` blocks the edges ``target → row_keys[r]`` (all heads, or ``heads``) in the layers
-    ``row_layers[r]``; a row with no keys is the clean run.  Reads the logits at the target
-    position (``logits="all"`` only when the target is not the last token).
+    ``row_layers[r]``; a row with no keys is the clean run.  ``reduce``: a function of the
+    target's logits ``[rows, vocab]`` applied per chunk where the model runs (``logits=fn`` of
+    :meth:`~interp.model.Model.run`); its result is returned instead of the logits.
     """
     ensure_eager(model)
     n = model.tokenize(prompt).lengths[0]
@@ -243,10 +248,8 @@ def knockout_logits(model, prompt: str, row_keys: Sequence[Sequence[int]],
         for l in layers:
             model.adapter.check_layer(l)
     plan = build_plan(model, prompt, t, row_keys, row_layers, heads)
-    if t == n - 1:
-        return model.run(plan=plan, max_rows=max_rows).logits.float()
-    col = plan.batch.abs_pos(0, t)
-    return model.run(plan=plan, logits="all", max_rows=max_rows).logits[:, col].float()
+    out = model.run(plan=plan, logits=reduce or "last", max_rows=max_rows).logits
+    return out if reduce is not None else out.float()
 
 
 @dataclass
@@ -381,13 +384,14 @@ def attention_knockout(model, prompt: str, sources: Iterable = DEFAULT_SETS, *, 
         for w in wins:
             row_keys.append(pos)
             row_layers.append(w)
-    logits = knockout_logits(model, text, row_keys, row_layers, target=t, heads=heads, max_rows=max_rows)
-    if answer is None:
-        aid = int(logits[0].argmax())
+    if answer is None:  # the clean top-1 at the target
+        aid = int(model.run(model.tokenize(text).head(t + 1), logits=lambda lg: lg.argmax(-1)).logits[0])
     else:
         aid, _ = model.encode_target(answer)
-    probs = logits.softmax(-1)[:, aid]
-    ranks = (logits > logits[:, aid:aid + 1]).sum(-1)
+    # only p(answer) and its rank per row come back from the forward
+    stats = knockout_logits(model, text, row_keys, row_layers, target=t, heads=heads, max_rows=max_rows,
+                            reduce=lambda lg: answer_stats(lg, aid))
+    probs, ranks = stats[:, 0], stats[:, 1].long()
     p0 = float(probs[0])
     pk, rel, rk = {}, {}, {}
     for i, name in enumerate(sets):
@@ -414,6 +418,14 @@ def attention_knockout(model, prompt: str, sources: Iterable = DEFAULT_SETS, *, 
         sources=sets, p_knockout=pk, relative_change=rel, rank_knockout=rk, model=model.name,
         engine=model.engine_name, window_convention=window_convention, bos=prefix,
         position_zero=zero, unknown_target=why)
+
+
+def answer_stats(logits: Float[Tensor, "row vocab"], answer_id: int) -> Float[Tensor, "row 2"]:
+    """Per row: the probability of ``answer_id`` and its rank (0 = top-1), as float64 columns."""
+    lg = logits.float()
+    p = lg.softmax(-1)[:, answer_id]
+    rank = (lg > lg[:, answer_id:answer_id + 1]).sum(-1)
+    return torch.stack([p.double(), rank.double()], -1)
 
 
 # ----------------------------------------------------------------------------- dataset sweep

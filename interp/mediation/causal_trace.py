@@ -86,20 +86,24 @@ def check_settings(kinds, window: int, samples: int) -> tuple[str, ...]:
 def noise_level(model, subjects: Sequence[str] | None = None, factor: float = 3.0) -> float:
     """ROME's "3sd": ``factor`` × the std of all entries of the subjects' token embeddings.
 
-    With no subjects, the std over the whole embedding matrix is used instead.
+    With no subjects, the std over the whole embedding matrix is used instead.  Computed where the
+    model runs (:func:`embedding_std`): a remote model's embeddings never travel.
     """
-    W_E = model.adapter.W_E
-    with torch.no_grad():
-        if subjects:
-            ids = []
-            for s in subjects:
-                ids.extend(model.tokenizer(s, add_special_tokens=False)["input_ids"])
-            if not ids:
-                raise PromptError("the noise subjects tokenise to nothing")
-            emb = W_E[torch.tensor(ids, device=W_E.device)]
-        else:
-            emb = W_E
-        return float(factor * emb.float().std())
+    ids = None
+    if subjects:
+        ids = []
+        for s in subjects:
+            ids.extend(model.tokenizer(s, add_special_tokens=False)["input_ids"])
+        if not ids:
+            raise PromptError("the noise subjects tokenise to nothing")
+        ids = torch.tensor(ids)
+    return float(factor * model.compute(embedding_std, ids))
+
+
+def embedding_std(w, ids: Tensor | None) -> Tensor:
+    """Std of all entries of the token embeddings of ``ids`` (None: of every token)."""
+    emb = w.W_E if ids is None else w.W_E[ids.to(w.W_E.device)]
+    return emb.float().std()
 
 
 def resolve_noise(model, noise, subjects=None) -> float:
@@ -186,7 +190,7 @@ def prepare_trace(model, prompt: str, subject: str, target: str | None = None, *
         b = model.tokenize(text)
         q_start = next(i for i, (a, e) in enumerate(b.offsets[0]) if e > q_char)
     multi = False
-    top = int(model.run(text).logits[0].argmax())
+    top = int(model.run(text, logits=lambda lg: lg.argmax(-1)).logits[0])
     if target is None:
         tid = top
         target = model.tokenizer.decode([tid])

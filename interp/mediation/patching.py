@@ -65,10 +65,10 @@ def metric_fn(model, metric, answer_id: int | None, wrong_id: int | None) -> tup
                             f"last-token logits, not {metric!r}")
 
 
-def _token_or_top(model, text: str | None, logits: Tensor, what: str) -> int:
-    """First token of ``text``, or the top-1 of ``logits`` when no text is given."""
+def _token_or_top(model, text: str | None, top: Tensor, what: str) -> int:
+    """First token of ``text``, or the top-1 token ``top`` when no text is given."""
     if text is None:
-        return int(logits.argmax())
+        return int(top)
     tid, multi = model.encode_target(text)
     if multi:
         warnings.warn(f"{what} {text!r} has several tokens; using its first", stacklevel=4)
@@ -110,9 +110,9 @@ def prepare_pair(model, clean: str, corrupt: str, *, answer: str | None = None, 
             f"position: clean has {n0} ({model.to_str_tokens(clean)}), corrupt has {n1} "
             f"({model.to_str_tokens(corrupt)}); choose a corruption of equal token length (e.g. "
             f"swap the subject for one with the same token count)")
-    lg = model.run(b).logits
-    aid = _token_or_top(model, answer, lg[0], "answer")
-    wid = _token_or_top(model, wrong, lg[1], "wrong answer")
+    top = model.run(b, logits=lambda lg: lg.argmax(-1)).logits
+    aid = _token_or_top(model, answer, top[0], "answer")
+    wid = _token_or_top(model, wrong, top[1], "wrong answer")
     dec = model.tokenizer.decode
     return PairSetup(clean, corrupt, model.to_str_tokens(clean), model.to_str_tokens(corrupt), n0,
                      dec([aid]), aid, dec([wid]), wid, ctx_range)

@@ -322,29 +322,59 @@ def decode_neurons(model, *, layers: Sequence[int] | None = None, directions: Se
         raise LayerIndexError("no layers to decode: give at least one layer")
     if not isinstance(k, int) or k < 1:
         raise InterpError(f"k must be a positive integer, not {k!r}")
-    fn = norm_transform(a, final_norm)
-    W_U = a.W_U
+    norm_transform(a, final_norm)  # checks the choice before anything runs
     shape = (len(dirs), len(lay), a.d_mlp, min(k, a.vocab_size))
     top_i = torch.empty(shape, dtype=torch.int32)
     top_s = torch.empty(shape, dtype=torch.float32)
     bot_i = torch.empty(shape, dtype=torch.int32) if bottom else None
     bot_s = torch.empty(shape, dtype=torch.float32) if bottom else None
-    jobs = [(di, li) for di in range(len(dirs)) for li in range(len(lay))]
-    it = jobs
+    it = range(len(lay))
     if progress:
         from tqdm.auto import tqdm
-        it = tqdm(jobs, desc="decode neurons", unit="matrix")
+        it = tqdm(it, desc="decode neurons", unit="layer")
     t0 = time.perf_counter()
-    with torch.no_grad():
-        for di, li in it:
-            D = fn(neuron_directions(a, lay[li], dirs[di])).contiguous()
-            tv, ti, bv, bi = decode_directions(D, W_U, k, bottom=bottom, vocab_chunk=vocab_chunk, group=group)
-            top_s[di, li], top_i[di, li] = tv.float().cpu(), ti.int().cpu()
-            if bottom:
-                bot_s[di, li], bot_i[di, li] = bv.float().cpu(), bi.int().cpu()
+    for li in it:
+        tv, ti, bv, bi = _compute(model, decode_layer, lay[li], dirs, final_norm, k, bottom, vocab_chunk, group)
+        top_s[:, li], top_i[:, li] = tv, ti
+        if bottom:
+            bot_s[:, li], bot_i[:, li] = bv, bi
     secs = time.perf_counter() - t0
+    dev = a.W_U.device
     return NeuronMap(name, dirs, lay, shape[-1], final_norm, a.d_mlp, a.vocab_size, top_i, top_s,
-                     bot_i, bot_s, secs, str(W_U.device))
+                     bot_i, bot_s, secs, "remote" if dev.type == "meta" else str(dev))
+
+
+def _compute(model, fn, *args):
+    """``fn(weights, *args)`` where the weights are (``Model.compute``; an adapter: here)."""
+    if hasattr(model, "compute"):
+        return model.compute(fn, *args)
+    with torch.no_grad():
+        return fn(model, *args)
+
+
+def decode_layer(w, layer: int, directions: Sequence[str], final_norm: str, k: int, bottom: bool,
+                 vocab_chunk: int, group: int) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """Top-k / bottom-k tokens of every neuron of one layer, ``[direction, neuron, k]`` each.
+
+    Runs where the model runs (``Model.compute``): for a remote model the weights stay on the server
+    and only the tokens and scores travel."""
+    fn = norm_transform(w, final_norm)
+    parts = [decode_directions(fn(neuron_directions(w, layer, d)).contiguous(), w.W_U, k, bottom=bottom,
+                               vocab_chunk=vocab_chunk, group=group) for d in directions]
+    tv = torch.stack([p[0] for p in parts]).float()
+    ti = torch.stack([p[1] for p in parts]).int()
+    if not bottom:
+        return tv, ti, None, None
+    return tv, ti, torch.stack([p[2] for p in parts]).float(), torch.stack([p[3] for p in parts]).int()
+
+
+def decode_vector(w, layer: int, neuron: int, direction: str, final_norm: str, k: int) -> tuple:
+    """Top-k and bottom-k ``(scores, ids)`` of one neuron direction over the whole vocabulary."""
+    v = norm_transform(w, final_norm)(neuron_directions(w, layer, direction)[neuron])
+    s = v @ w.W_U
+    tv, ti = s.topk(k)
+    bv, bi = s.topk(k, largest=False)
+    return tv, ti, bv, bi
 
 
 def decode_neuron(model, layer: int, neuron: int, direction: str = "out", *, k: int = 10,
@@ -353,11 +383,8 @@ def decode_neuron(model, layer: int, neuron: int, direction: str = "out", *, k: 
     a = model.adapter
     layer, neuron = check_neuron(a, layer, neuron)
     check_directions(a, [direction])
-    v = norm_transform(a, final_norm)(neuron_directions(a, layer, direction)[neuron])
-    with torch.no_grad():
-        s = v @ a.W_U
-    tv, ti = s.topk(k)
-    bv, bi = s.topk(k, largest=False)
+    norm_transform(a, final_norm)
+    tv, ti, bv, bi = model.compute(decode_vector, layer, neuron, direction, final_norm, k)
     vocab = vocab_strings(model.tokenizer, a.vocab_size)
     return {"layer": layer, "neuron": neuron, "direction": direction, "final_norm": final_norm,
             "top_ids": ti.tolist(), "top_tokens": [vocab[i] for i in ti.tolist()],
