@@ -72,7 +72,13 @@ def common_parser() -> argparse.ArgumentParser:
     """The flags every subcommand takes: model, engine, device, dtype, --out, --json, --debug."""
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--model", default=None, help="HF id or local dir (default: embedded SmolLM2-135M-Instruct)")
-    p.add_argument("--engine", default="hf", choices=["hf", "transformer_lens", "nnsight"])
+    p.add_argument("--engine", default=None, choices=["hf", "transformer_lens", "nnsight"],
+                   help="default: hf (nnsight with --remote)")
+    p.add_argument("--remote", default=None, choices=["local", "ndif"],
+                   help="run the model through nnsight's remote execution: 'ndif' on NDIF (--model a hosted "
+                        "Hugging Face id, NDIF_API_KEY set; no weights downloaded), 'local' the same requests "
+                        "run here with interp hidden as on the server; with --out, finished requests are "
+                        "logged in OUT/remote-requests so a killed run resumes")
     p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--device-map", default=None, help="spread a large model over devices, e.g. 'auto' "
@@ -124,8 +130,12 @@ def layer_index_pairs(items, what: str = "layer:index") -> list[tuple[int, int]]
 def load_model(args):
     """Load the model the common flags name (:func:`interp.load`)."""
     from .loading import load
-    return load(args.model, engine=args.engine, device=args.device, dtype=args.dtype,
-                device_map=getattr(args, "device_map", None))
+    remote = getattr(args, "remote", None) or False
+    model = load(args.model, engine=args.engine, device=args.device, dtype=args.dtype,
+                 device_map=getattr(args, "device_map", None), remote=remote)
+    if remote and getattr(args, "out", None):
+        model.engine.session.log_to(Path(args.out) / "remote-requests")
+    return model
 
 
 def out_dir(args, default: str) -> Path:

@@ -26,7 +26,7 @@ from .arch import PRIMITIVE_SITES, SITES, ModelAdapter, check_site
 from .capabilities import LAST_LOGITS, REMOTE, SKIP_WORK
 from .errors import EngineError, SiteError
 from .interventions import InterventionPlan
-from .shipped import edit_point, gather, head_out, hook_points, to_cpu
+from .shipped import edit_point, gather, head_out, hook_points, keep_for_grad, to_cpu
 from .tokens import Batch, find_span, tokenize
 
 ReadSpec = str | tuple[str, "int | None"]
@@ -218,7 +218,8 @@ class Model:
             layers: Iterable[int] | None = None, positions: Sequence[int] | None = None,
             plan: InterventionPlan | None = None, logits: str | Callable = "last",
             max_rows: int | None = None, keep_grad: bool = False, cache_device="cpu",
-            skip: bool = True, progress: bool = False, reduce: Callable | None = None) -> RunOutput:
+            skip: bool = True, progress: bool = False, reduce: Callable | None = None,
+            grad: Callable | None = None) -> RunOutput:
         """Run prompts (or the plan's batch) once, with edits, keeping what was asked for.
 
         Args:
@@ -247,7 +248,11 @@ class Model:
                 must return per-row tensors (a tensor, or dicts / lists / tuples of them, rows
                 first); ``out.reduced`` holds them for the batch and the reads are not kept.
                 Whatever a method computes from activations and weights (logit lens, attention
-                contributions) goes here, so only its result travels.
+                contributions) goes here, so only its result travels.  A reduction of a one-chunk
+                run may return one row for the whole batch.
+            grad: with ``reduce``: a metric of the logits; its sum is backpropagated (``keep_grad``)
+                before the reduction, which finds each read's gradient in ``reads[p].grad``
+                (attribution patching: the gradients never leave the model's side).
         """
         if plan is not None:
             batch = plan.batch  # a plan carries its own rows
@@ -260,9 +265,13 @@ class Model:
         pts = self.points(reads, layers) if reads else []
         if isinstance(logits, str) and logits not in ("last", "all", "none"):
             raise ValueError(f"logits must be 'last', 'all', 'none' or a function, not {logits!r}")
+        if grad is not None:
+            if reduce is None:
+                raise ValueError("grad= needs reduce=: the gradients are read by the reduction")
+            keep_grad = True
         if self.supports(REMOTE):
             return self.engine.run_plan(self, plan, pts, positions=positions, logits=logits, max_rows=max_rows,
-                                        keep_grad=keep_grad, reduce=reduce, progress=progress)
+                                        keep_grad=keep_grad, reduce=reduce, grad=grad, progress=progress)
         if (skip and reduce is None and plan.parents and not pts and not keep_grad and logits not in ("all", "none")
                 and batch.padding_side == "left" and self.supports(SKIP_WORK)):
             from .skipping import run_derived
@@ -292,6 +301,8 @@ class Model:
                 n = len(own)
                 full = n == sub.batch.size
                 if reduce is not None:
+                    if grad is not None:
+                        grad(lg).sum().backward()
                     parts_reduced.append(take_rows(to_cpu(reduce(self.adapter, cache, lg)), n))
                     continue
                 if lg is not None:
@@ -329,13 +340,7 @@ class Model:
             if x.shape[0] != n_rows:
                 raise RuntimeError("engine returned a tensor without the batch axis")
             if keep_grad:
-                # the stored tensor must be the one the model goes on with, so its .grad is the
-                # gradient of anything computed from the logits: full tensor, no gather
-                if x.requires_grad:
-                    x.retain_grad()
-                else:
-                    x.requires_grad_(True)
-                store[point] = x
+                store[point] = keep_for_grad(x)
                 return
             y = gather(point[0], x, cols)  # attn_pattern: [b, n, head, key]
             store[point] = y.detach().to(cache_device) if cache_device else y.detach()
@@ -413,6 +418,19 @@ class Model:
             return self.engine.compute(fn, *args)
         with torch.no_grad():
             return fn(self.adapter, *args)
+
+    def generate(self, prompts: str | Sequence[str], *, max_new_tokens: int = 20) -> Tensor:
+        """Greedy continuations of the (left-padded) prompts: ``[batch, new]`` token ids, the
+        prompts left out.  Runs where the model runs (one request for a remote model)."""
+        b = self.tokenize(prompts)
+        tok = self.tokenizer
+        pad = tok.pad_token_id or tok.eos_token_id
+        if self.supports(REMOTE):
+            return self.engine.generate(b, max_new_tokens, pad)
+        with torch.no_grad():
+            out = self.hf.generate(input_ids=b.input_ids.to(self.device), attention_mask=b.attention_mask.to(self.device),
+                                   max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
+        return out[:, b.width:].cpu()
 
     # ------------------------------------------------------------------ helpers
     def next_token_probs(self, prompts: str | Sequence[str]) -> Float[Tensor, "batch vocab"]:

@@ -45,6 +45,7 @@ import hashlib
 import io
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -52,11 +53,12 @@ from typing import Any, Callable
 import torch
 
 from .errors import RemoteConfigError, RemoteRequestError, RemoteUnavailableError, SettingError
-from .shipped import compute_on, run_chunk, to_device
+from .shipped import compute_on, generation_edits, run_chunk, to_device
 
 #: the interp modules whose code runs on the server, shipped by value with every request
 SHIPPED_MODULES = ("interp.shipped", "interp.arch", "interp.errors", "interp.lens", "interp.mediation.causal_trace",
-                   "interp.attention.knockout", "interp.attention.contributions")
+                   "interp.mediation.attribution", "interp.attention.knockout", "interp.attention.contributions",
+                   "interp.neurons.decode", "interp.concepts.vectors", "probes.features", "probes.reliance")
 #: packages that exist on the client only (blocked while ``remote="local"`` deserialises)
 CLIENT_PACKAGES = ("interp", "probes")
 
@@ -300,11 +302,26 @@ def _run_session(nm, backend, jobs, w, lm_head):
         dev = w.W_E.device
         outs = []
         for job in jobs:
-            with nm.trace(**to_device(job["inputs"], dev)):
-                out = run_chunk(job["steps"], job, w, lm_head)
+            with torch.set_grad_enabled(job["grad"] is not None):
+                with nm.trace(**to_device(job["inputs"], dev)):
+                    out = run_chunk(job["steps"], job, w, lm_head)
             outs.append(out)
         nnsight.save(outs)
     return outs
+
+
+def _generate_session(nm, backend, inputs, kwargs, steps, vedits, shape, w):
+    """One request: greedy generation, the value-vector edits applied at every step."""
+    import nnsight
+
+    ids = None
+    with nm.session(backend=backend):
+        dev = w.W_E.device
+        with nm.generate(**to_device(inputs, dev), **kwargs) as tracer:
+            generation_edits(tracer, steps, w, vedits, shape, kwargs["max_new_tokens"])
+            ids = tracer.result
+        nnsight.save(ids)
+    return ids
 
 
 def _compute_session(nm, backend, fn, args, w):
@@ -338,11 +355,33 @@ class RemoteSession:
         self.log: RequestLog | None = None
         self.sleep = time.sleep
         self._weights = None
+        #: value-vector edits every request carries (see :meth:`editing`)
+        self.vedits: dict = {}
 
     # -------------------------------------------------------------- setup
     def log_to(self, directory: str | Path | None) -> None:
         """Keep finished requests in ``directory`` (None: stop), so a killed sweep resumes."""
         self.log = None if directory is None else RequestLog(Path(directory), getattr(self.engine, "model_name", ""))
+
+    @contextmanager
+    def editing(self, edits):
+        """Within the block, every request runs as if value vectors had been edited:
+        ``edits`` = ``[(layer, neuron, "add" | "set", value [d_model])]``.  The server's weights are
+        shared and never written; the edit travels with each request and is applied to the MLP
+        output (:func:`interp.shipped.edited_weights`)."""
+        by_layer: dict = {}
+        for layer, neuron, kind, value in edits:
+            by_layer.setdefault(int(layer), []).append((int(neuron), kind == "set", torch.as_tensor(value).float()))
+        old = self.vedits
+        self.vedits = {l: (torch.tensor([e[0] for e in es]), torch.tensor([e[1] for e in es]),
+                           torch.stack([e[2] for e in es])) for l, es in by_layer.items()}
+        try:
+            yield
+        finally:
+            self.vedits = old
+
+    def _vedit_points(self) -> set:
+        return {(s, l) for l in self.vedits for s in ("mlp_post", "mlp_out")}
 
     @property
     def weights(self):
@@ -401,18 +440,21 @@ class RemoteSession:
         return CONFIG.API.HOST
 
     # -------------------------------------------------------------- runs
-    def run_plan(self, model, plan, pts, *, positions, logits, max_rows, keep_grad, reduce, progress):
+    def run_plan(self, model, plan, pts, *, positions, logits, max_rows, keep_grad, reduce, grad, progress):
         """``Model.run`` on the remote path: the plan's chunks, grouped into requests."""
         from .errors import EngineError
         from .model import ActivationCache, RunOutput, cat_rows, take_rows
 
-        if keep_grad:
+        if keep_grad and grad is None:
             raise EngineError("keep_grad=True keeps the autograd graph here; a remote model's graph stays "
-                              "on the server — compute what the gradients are for there (Model.run(reduce=...))")
+                              "on the server — pass grad=metric and reduce=fn (Model.run), which run there")
         b = plan.batch
         rows = max_rows or model.max_rows or model.rows_for(b.width, logits == "all")
         chunks = plan.chunks(rows) if b.size > rows else [(list(range(b.size)), plan.flat())]
-        jobs = [self._job(model, sub, pts, positions, logits, reduce) for _, sub in chunks]
+        if grad is not None and len(chunks) > 1:
+            from .errors import InterventionError
+            raise InterventionError(f"grad= needs one forward: {b.size} rows exceed max_rows={rows}")
+        jobs = [self._job(model, sub, pts, positions, logits, reduce, grad) for _, sub in chunks]
         groups, cur, n = [], [], 0
         for job in jobs:
             if cur and n + job["rows"] > self.request_rows:
@@ -452,7 +494,7 @@ class RemoteSession:
         paths = {id(m): name for name, m in self.engine.hf.named_modules()}
         return self.engine.envoy(paths[id(self.engine.a.lm_head)])
 
-    def _job(self, model, sub, pts, positions, logits, reduce) -> dict:
+    def _job(self, model, sub, pts, positions, logits, reduce, grad=None) -> dict:
         """One chunk of rows as data: tokens, compiled edits, points to touch and keep."""
         from .shipped import hook_points
 
@@ -460,6 +502,7 @@ class RemoteSession:
         compiled = model.compile(sub)
         kept = {("attn_z" if s == "head_out" else s, l) for s, l in pts}
         points, mid = hook_points(kept, set(compiled.points))
+        points |= self._vedit_points()
         cols = None if positions is None else torch.tensor(
             [[bb.abs_pos(r, p) for p in positions] for r in range(bb.size)])
         last_only = logits != "all" and bb.padding_side == "left"
@@ -470,7 +513,17 @@ class RemoteSession:
                 "edits": {p: [g.astuple() for g in gs] for p, gs in compiled.groups.items()},
                 "n_heads": a.n_heads, "d_head": a.d_head, "mid": mid, "keep": kept, "cols": cols,
                 "head_out": sorted({l for s, l in pts if s == "head_out"}), "logits": logits,
-                "last": bb.last_positions(), "reduce": reduce}
+                "last": bb.last_positions(), "reduce": reduce, "grad": grad, "vedits": self.vedits}
+
+    def generate(self, batch, max_new_tokens: int, pad_token_id: int):
+        """Greedy continuations of a left-padded batch (``[rows, new]`` token ids), one request."""
+        inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+        kwargs = {"max_new_tokens": int(max_new_tokens), "do_sample": False, "pad_token_id": int(pad_token_id)}
+        a = self.engine.a
+        steps = self.engine.steps(self._vedit_points())
+        ids = self.send(_generate_session, inputs, kwargs, steps, self.vedits, (a.n_heads, a.d_head), self.weights,
+                        key_data=[inputs, kwargs, self.vedits, "generate"])
+        return ids[:, batch.width:]
 
     def compute(self, fn, *args):
         """``fn(weights, *args)`` as one request without a forward."""
@@ -523,26 +576,36 @@ def preflight(name: str | None) -> None:
 def load_remote(name: str | None, remote, *, dtype, device=None, device_map=None):
     """The :class:`~interp.model.Model` behind ``interp.load(..., remote="local" | True)``."""
     from .loading import DEFAULT_MODEL, load_hf, resolve_dtype
-    from .model import Model
 
     if remote is True:
         if device is not None or device_map is not None:
             raise SettingError("a model on NDIF runs on NDIF's GPUs: leave device and device_map unset")
         preflight(name)
         from nnsight import TransformersModel
+
+        from .model import Model
         try:
             nm = TransformersModel(name, dtype=resolve_dtype(dtype), attn_implementation="eager")
         except Exception as e:  # noqa: BLE001
             from .errors import ModelNotFoundError
             raise ModelNotFoundError(f"could not build {name!r} on the meta device ({type(e).__name__}: "
                                      f"{str(e).splitlines()[0][:200]})") from None
-        hf = nm._module
-        model = Model(hf, nm.tokenizer, "nnsight", name=name,
+        model = Model(nm._module, nm.tokenizer, "nnsight", name=name,
                       engine_options={"remote": True, "nnsight_model": nm})
-    else:
-        server, tok = load_hf(name, device=device, dtype=dtype, device_map=device_map)
-        model = Model(meta_copy(server), tok, "nnsight", name=name or DEFAULT_MODEL,
-                      engine_options={"remote": "local", "server_model": server})
+        model.engine.model_name = model.name
+        return model
+    server, tok = load_hf(name, device=device, dtype=dtype, device_map=device_map)
+    return simulate_remote(server, tok, name or DEFAULT_MODEL)
+
+
+def simulate_remote(hf_model, tokenizer, name: str = ""):
+    """A :class:`~interp.model.Model` that runs ``hf_model`` through the remote path
+    (``remote="local"``): interp holds a weightless meta copy, every run is a request run against
+    ``hf_model`` with interp hidden."""
+    from .model import Model
+
+    model = Model(meta_copy(hf_model), tokenizer, "nnsight", name=name,
+                  engine_options={"remote": "local", "server_model": hf_model})
     model.engine.model_name = model.name
     return model
 

@@ -132,6 +132,16 @@ def gather(site: str, x, cols):
     return x[rows, cols]
 
 
+def keep_for_grad(x):
+    """``x`` marked to keep its gradient: the tensor the model goes on with (so its ``.grad`` is the
+    gradient of anything computed from the logits), whole (no gather)."""
+    if x.requires_grad:
+        x.retain_grad()
+    else:
+        x.requires_grad_(True)
+    return x
+
+
 def head_out(z, W_O):
     """Per-head outputs ``z_h W_O^h``: ``[..., head, d_head] × [head, d_head, d_model]``."""
     return torch.einsum("...hd,hdm->...hm", z, W_O.to(z.device))
@@ -187,12 +197,14 @@ def run_chunk(steps, job: dict, w, lm_head) -> dict:
     ``d_head``, ``mid`` (layers with resid_mid writes), ``keep`` (points to read), ``cols``,
     ``head_out`` (layers whose ``attn_z`` read becomes ``head_out``), ``logits`` (``"last"``,
     ``"all"``, ``"none"`` or a function of the last-token logits), ``last`` (each row's last
-    column), ``reduce`` (None or ``fn(w, reads, logits)``); ``w``: the server's
-    :class:`interp.arch.Weights`.
+    column), ``reduce`` (None or ``fn(w, reads, logits)``), ``grad`` (None or a metric of the
+    logits backpropagated first, the reads then kept whole with their gradients), ``vedits`` (value-vector edits, see
+    :func:`value_deltas`); ``w``: the server's :class:`interp.arch.Weights`.
 
     Returns ``{"logits", "reads", "reduced"}`` with only what was asked for, on the CPU.
     """
-    reads, state = {}, {}
+    reads, state, acts = {}, {}, {}
+    deltas = value_deltas(w, job["vedits"])
 
     def apply(point, x):
         return apply_edits(point[0], x, job["edits"].get(point), job["n_heads"])
@@ -201,8 +213,10 @@ def run_chunk(steps, job: dict, w, lm_head) -> dict:
         point = (site, layer)
 
         def keep(v):
-            reads[point] = gather(site, v, job["cols"])
-        return edit_point(site, layer, x, apply, job["mid"], state, keep if point in job["keep"] else None)
+            reads[point] = keep_for_grad(v) if job["grad"] is not None else gather(site, v, job["cols"])
+        x = edited_weights(site, layer, x, deltas, acts, before=True)
+        x = edit_point(site, layer, x, apply, job["mid"], state, keep if point in job["keep"] else None)
+        return edited_weights(site, layer, x, deltas, acts, before=False)
 
     walk(steps, visit, job["n_heads"], job["d_head"])
     for layer in job["head_out"]:
@@ -221,9 +235,55 @@ def run_chunk(steps, job: dict, w, lm_head) -> dict:
             logits = out[rows, last]
             if callable(mode):
                 logits = mode(logits)
+    if job["grad"] is not None:
+        job["grad"](logits).sum().backward()
     if job["reduce"] is not None:
         return to_cpu({"logits": None, "reads": {}, "reduced": job["reduce"](w, reads, logits)})
     return to_cpu({"logits": logits, "reads": reads, "reduced": None})
+
+
+def value_deltas(w, vedits: dict) -> dict:
+    """``{layer: (neurons [m], delta [m, d_model])}``: how much each edited value vector changes.
+
+    ``vedits``: ``{layer: (neurons, is_set [m] bool, values [m, d_model])}`` — a value is added to
+    the vector, or (``is_set``) replaces it, so the change is ``value − W_out[neuron]``."""
+    out = {}
+    for layer, (idx, is_set, values) in vedits.items():
+        rows = w.W_out(layer)[idx.to(w.W_U.device)]
+        vals = values.to(rows.device, rows.dtype)
+        out[layer] = (idx, torch.where(is_set.to(rows.device)[:, None], vals - rows, vals))
+    return out
+
+
+def edited_weights(site: str, layer, x, deltas: dict, acts: dict, before: bool):
+    """A forward as if value vectors ``W_out[neuron]`` had changed by ``deltas`` (:func:`value_deltas`):
+    the MLP output gains ``Σ_neuron activation · delta`` — exactly the edited weight's effect —
+    without touching the weights (a remote model's weights are shared and read-only).  Called
+    ``before`` a point's plan edits (the MLP output as the edited module writes it) and after
+    them (``mlp_post``: the activations the down-projection reads)."""
+    if layer not in deltas:
+        return x
+    if before and site == "mlp_out":
+        idx, d = deltas[layer]
+        return x + acts[layer][..., idx.to(x.device)] @ d.to(x.device, x.dtype)
+    if not before and site == "mlp_post":
+        acts[layer] = x
+    return x
+
+
+def generation_edits(tracer, steps, w, vedits: dict, shape, n_steps: int) -> None:
+    """Inside ``model.generate``: the value-vector edits (:func:`edited_weights`) at every step;
+    ``shape``: ``(n_heads, d_head)``."""
+    if not steps:
+        return
+    deltas = value_deltas(w, vedits)
+    acts = {}
+
+    def visit(site, layer, x):
+        x = edited_weights(site, layer, x, deltas, acts, before=True)
+        return edited_weights(site, layer, x, deltas, acts, before=False)
+    for _ in tracer.iter[:n_steps]:
+        walk(steps, visit, shape[0], shape[1])
 
 
 def to_device(x, device):

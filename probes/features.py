@@ -93,15 +93,18 @@ def extract_features(model, prompts: Sequence[str], out_dir: str | Path, *,
     return Features(acts, order, comps, lay, L)
 
 
-@torch.no_grad()
 def greedy_from_resid(model, final_resid: Float[Tensor, "n d_model"], k: int = 1
                       ) -> Int[Tensor, "n k"]:
-    """Top-``k`` next-token ids from the last layer's ``resid_post`` (final norm + unembed)."""
-    a = model.adapter
+    """Top-``k`` next-token ids from the last layer's ``resid_post`` (final norm + unembed), computed
+    where the model runs (for a remote model the residuals travel up, the ids back)."""
+    return model.compute(unembed_topk, final_resid, k)
+
+
+def unembed_topk(w, h: Float[Tensor, "n d_model"], k: int) -> Int[Tensor, "n k"]:
+    """Top-``k`` token ids of ``w.unembed(h)``, 256 rows at a time."""
     out = []
-    for i in range(0, final_resid.shape[0], 256):
-        h = final_resid[i:i + 256].to(model.device, model.dtype)
-        out.append(a.unembed(h).float().topk(k, -1).indices.cpu())
+    for i in range(0, h.shape[0], 256):
+        out.append(w.unembed(h[i:i + 256].to(w.W_U.device, w.W_U.dtype)).float().topk(k, -1).indices)
     return torch.cat(out)
 
 
@@ -127,7 +130,7 @@ def greedy_keys(model, prompts: Sequence[str], first: Sequence[int], *, batch_si
         ext = Batch(b.prompts, torch.cat([b.input_ids, tok], 1),
                     torch.cat([b.attention_mask, torch.ones_like(tok)], 1), [n + 1 for n in b.lengths],
                     [o + [(len(p), len(p))] for o, p in zip(b.offsets, b.prompts)], "left")
-        second = model.run(ext, max_rows=batch_size).logits.argmax(-1)
+        second = model.run(ext, max_rows=batch_size, logits=lambda lg: lg.argmax(-1)).logits
         for i, s2 in zip(rows, second.tolist()):
             keys[i] = (int(first[i]), int(s2))
     return keys

@@ -41,14 +41,18 @@ from interp.results import Result
 VARIANTS = ("jsd", "redeep")
 
 
+def check_variant(variant: str) -> None:
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown JSD variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+
+
 def js_divergence(logits_p: Float[Tensor, "... vocab"], logits_q: Float[Tensor, "... vocab"], *,
                   variant: str = "jsd") -> Float[Tensor, "..."]:
     """Jensen–Shannon divergence between ``softmax(logits_p)`` and ``softmax(logits_q)`` (nats).
 
     ``variant="redeep"``: the ReDeEP code's scale (mean over the vocabulary × 1e6).
     """
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown JSD variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    check_variant(variant)
     lp = logits_p.float().log_softmax(-1)
     lq = logits_q.float().log_softmax(-1)
     lm = torch.logaddexp(lp, lq) - math.log(2)
@@ -66,16 +70,21 @@ def parametric_knowledge_score(model, prompts: str | Sequence[str], *, layers: S
     a = model.adapter
     lay = list(range(model.n_layers)) if layers is None else [a.check_layer(l) for l in layers]
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    check_variant(variant)
     out = []
     for i in range(0, len(prompts), batch_size):
         r = model.run(prompts[i:i + batch_size], reads=["resid_mid", "resid_post"], layers=lay, positions=[-1],
-                      logits="none", max_rows=batch_size)
-        mid = r.cache.stack("resid_mid")[:, :, 0]  # L b d
-        post = r.cache.stack("resid_post")[:, :, 0]
-        lm = a.unembed(mid.to(model.device))
-        lp = a.unembed(post.to(model.device))
-        out.append(js_divergence(lm, lp, variant=variant).T.cpu())
+                      logits="none", max_rows=batch_size, reduce=lambda w, reads, _: pks_reduce(w, reads, lay, variant))
+        out.append(r.reduced)
     return torch.cat(out)
+
+
+def pks_reduce(w, reads: dict, layers: Sequence[int], variant: str) -> Float[Tensor, "b layer"]:
+    """PKS of one chunk from its last-token ``resid_mid`` / ``resid_post`` reads, through the final
+    norm and unembedding where the model runs (``Model.run(reduce=...)``)."""
+    mid = torch.stack([reads["resid_mid", l][:, 0] for l in layers])  # L b d
+    post = torch.stack([reads["resid_post", l][:, 0] for l in layers])
+    return js_divergence(w.unembed(mid), w.unembed(post), variant=variant).T
 
 
 def context_span(model, prompt: str, context: str) -> tuple[int, int]:
@@ -92,7 +101,6 @@ def external_context_score(model, prompts: str | Sequence[str], spans: Sequence[
     Args:
         spans: per prompt, the prompt-relative token span ``[start, end)`` of the context.
     """
-    a = model.adapter
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if len(spans) != len(prompts):
         from interp.errors import PromptError
@@ -100,23 +108,30 @@ def external_context_score(model, prompts: str | Sequence[str], spans: Sequence[
     L = model.n_layers
     out = []
     for i in range(0, len(prompts), batch_size):
-        chunk = prompts[i:i + batch_size]
-        batch = model.tokenize(chunk)
+        batch = model.tokenize(prompts[i:i + batch_size])
+        rows = [(batch.abs_pos(j, -1), batch.pad[j] + spans[i + j][0], batch.pad[j] + spans[i + j][1])
+                for j in range(batch.size)]
+        # one chunk per batch, so the reduction's rows are the batch's
         r = model.run(batch, reads=["attn_pattern", ("resid_post", L - 1)], positions=None, logits="none",
-                      max_rows=batch_size)
-        pat = r.cache.stack("attn_pattern")  # L b H q k  (all query columns)
-        hid = a.final_norm(r.cache["resid_post", L - 1].to(model.device)).float().cpu()  # b w d
-        for j in range(batch.size):
-            s, e = spans[i + j]
-            pad = batch.pad[j]
-            last = batch.abs_pos(j, -1)
-            cols = torch.arange(pad + s, pad + e)
-            att = pat[:, j, :, last, :][..., cols].float()  # L H c
-            k = max(1, int(math.ceil(top_frac * len(cols))))
-            top = att.topk(k, -1).indices  # L H k
-            hc = hid[j, cols]  # c d
-            mean = hc[top].mean(-2)  # L H d
-            out.append(torch.nn.functional.cosine_similarity(mean, hid[j, last].expand_as(mean), dim=-1))
+                      max_rows=batch.size, reduce=lambda w, reads, _: ecs_reduce(w, reads, rows, top_frac))
+        out.append(r.reduced)
+    return torch.cat(out)
+
+
+def ecs_reduce(w, reads: dict, rows: Sequence[tuple[int, int, int]], top_frac: float) -> Float[Tensor, "b layer head"]:
+    """ECS of one chunk where the model runs (``Model.run(reduce=...)``): ``rows`` gives, per row,
+    the last column and the context's columns ``[start, end)`` in the padded batch."""
+    L = w.n_layers
+    pat = torch.stack([reads["attn_pattern", l] for l in range(L)])  # L b H q k
+    hid = w.final_norm(reads["resid_post", L - 1]).float()  # b w d
+    out = []
+    for j, (last, start, end) in enumerate(rows):
+        cols = torch.arange(start, end, device=pat.device)
+        att = pat[:, j, :, last, :][..., cols].float()  # L H c
+        k = max(1, int(math.ceil(top_frac * len(cols))))
+        top = att.topk(k, -1).indices  # L H k
+        mean = hid[j, cols][top].mean(-2)  # L H d
+        out.append(torch.nn.functional.cosine_similarity(mean, hid[j, last].expand_as(mean), dim=-1))
     return torch.stack(out)
 
 

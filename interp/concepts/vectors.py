@@ -41,9 +41,10 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from ..capabilities import REMOTE
 from ..errors import DatasetError, InterpError
 from ..known import check_known
-from ..neurons.decode import NeuronMap, check_neuron, decode_neuron, decode_neurons, vocab_strings
+from ..neurons.decode import NeuronMap, check_neuron, decode_directions, decode_neuron, decode_neurons, vocab_strings
 from ..results import Result
 
 STOPWORDS = {"the", "of", "and", "for", "in", "on", "a", "an", "to", "with", "by", "at", "from"}
@@ -133,49 +134,54 @@ def find_concept_vectors(model, concept: str, *, terms: Sequence[str] | None = N
         raise InterpError(f"concept {concept!r} gives no search terms (all words are shorter than 3 letters "
                           f"or stop words); pass terms=[...]")
     a = model.adapter
-    if nmap is None:
-        nmap = decode_neurons(model, layers=layers, directions=["out"], k=k, final_norm="none",
-                              bottom=False, progress=progress)
+    vocab = vocab_strings(model.tokenizer, a.vocab_size)
+    match = (torch.tensor([(token_match or default_token_match)(s, terms) for s in vocab], dtype=torch.float32)
+             if score_fn is None else None)
+    found = []  # (score, layer, index, top ids, norm)
+    if nmap is None and score_fn is None:
+        # scored where the model runs, one request per layer: only each layer's best vectors travel
+        lay = list(range(a.n_layers)) if layers is None else [a.check_layer(l) for l in layers]
+        it = lay
+        if progress:
+            from tqdm.auto import tqdm
+            it = tqdm(lay, desc="score value vectors", unit="layer")
+        for l in it:
+            sc, idx, ids, norms = model.compute(best_value_vectors, l, match, k, max(limit, 0))
+            found += [(float(x), l, int(n), t, float(v)) for x, n, t, v in zip(sc, idx, ids, norms)]
     else:
-        if "out" not in nmap.directions or nmap.final_norm != "none" or nmap.k < k:
+        if nmap is None:
+            nmap = decode_neurons(model, layers=layers, directions=["out"], k=k, final_norm="none",
+                                  bottom=False, progress=progress)
+        elif "out" not in nmap.directions or nmap.final_norm != "none" or nmap.k < k:
             raise InterpError(f"the given map cannot be used: it needs direction 'out', final_norm 'none' "
                               f"and k ≥ {k} (has {nmap.directions}, {nmap.final_norm!r}, k={nmap.k})")
-        if layers is not None:
+        elif layers is not None:
             missing = [l for l in (a.check_layer(x) for x in layers) if l not in nmap.layers]
             if missing:
                 raise InterpError(f"layers {missing} are not in the given map")
-    lay = nmap.layers if layers is None else [a.check_layer(l) for l in layers]
-    d = nmap.directions.index("out")
-    vocab = vocab_strings(model.tokenizer, nmap.vocab_size)
-    li = [nmap.layers.index(l) for l in lay]
-    ids = nmap.top_ids[d, li, :, :k].long()  # L N k
-    if score_fn is None:
-        fn = token_match or default_token_match
-        match = torch.tensor([fn(s, terms) for s in vocab], dtype=torch.float32)
-        w = 1.0 / torch.log2(torch.arange(k, dtype=torch.float32) + 2)
-        m = match[ids]
-        scores = (m * w).sum(-1)  # L N
-    else:
-        scores = torch.tensor([[float(score_fn([vocab[t] for t in ids[i, n].tolist()], terms))
-                                for n in range(ids.shape[1])] for i in range(ids.shape[0])])
-        m = None
-    flat = scores.flatten()
-    order = flat.argsort(descending=True)
-    cands = []
-    for j in order[:max(limit, 0)].tolist():
-        s = float(flat[j])
-        if s <= 0:
-            break
-        i, n = divmod(j, ids.shape[1])
-        toks = [vocab[t] for t in ids[i, n].tolist()]
-        if m is not None:
-            matched = [toks[r] for r in m[i, n].nonzero().flatten().tolist()]
-            ranks = m[i, n].nonzero().flatten().tolist()
+        lay = nmap.layers if layers is None else [a.check_layer(l) for l in layers]
+        d = nmap.directions.index("out")
+        li = [nmap.layers.index(l) for l in lay]
+        ids = nmap.top_ids[d, li, :, :k].long()  # L N k
+        if score_fn is None:
+            scores = (match[ids] * rank_weight(k)).sum(-1)  # L N
         else:
-            matched, ranks = [], []
-        cands.append({"layer": lay[i], "index": n, "score": round(s, 4), "matched": matched,
-                      "matched_ranks": ranks, "top_tokens": toks[:20],
-                      "norm": float(a.W_out(lay[i])[n].norm())})
+            scores = torch.tensor([[float(score_fn([vocab[t] for t in ids[i, n].tolist()], terms))
+                                    for n in range(ids.shape[1])] for i in range(ids.shape[0])])
+        flat = scores.flatten()
+        best = [j for j in flat.argsort(descending=True, stable=True)[:max(limit, 0)].tolist() if flat[j] > 0]
+        pairs = [(lay[j // ids.shape[1]], j % ids.shape[1]) for j in best]
+        norms = [float(v.norm()) for v in model.compute(value_vectors, pairs)] if pairs else []
+        found = [(float(flat[j]), l, n, ids[j // ids.shape[1], n], v) for j, (l, n), v in zip(best, pairs, norms)]
+    found.sort(key=lambda f: (-f[0], lay.index(f[1]), f[2]))
+    cands = []
+    for s_, l, n, ids_, norm in found[:max(limit, 0)]:
+        if s_ <= 0:
+            break
+        toks = [vocab[t] for t in ids_.tolist()]
+        ranks = [] if match is None else match[ids_].nonzero().flatten().tolist()
+        cands.append({"layer": l, "index": n, "score": round(s_, 4), "matched": [toks[r] for r in ranks],
+                      "matched_ranks": ranks, "top_tokens": toks[:20], "norm": norm})
     msg = (f"{len(cands)} candidate value vectors for {concept!r}" if cands else
            f"no value vector's top-{k} tokens match the terms {terms} of concept {concept!r} "
            f"(layers {lay[0]}..{lay[-1]}); try other terms or a larger k")
@@ -189,7 +195,7 @@ def concept_vector(model, layer: int, index: int, *, k: int = 20) -> dict:
     """
     layer, index = check_neuron(model.adapter, layer, index)
     info = decode_neuron(model, layer, index, "out", k=k, final_norm="none")
-    info["norm"] = float(model.adapter.W_out(layer)[index].norm())
+    info["norm"] = float(model.compute(value_vectors, [(layer, index)])[0].norm())
     return info
 
 
@@ -210,6 +216,15 @@ def edited_value_vectors(model, vectors: Sequence[Vector], *, mode: str = "noise
     if not vecs:
         raise InterpError("no vectors to edit: give (layer, index) pairs")
     g = torch.Generator().manual_seed(seed)
+    if model.supports(REMOTE):
+        # a remote model's weights are shared: the edit travels with every request instead
+        edits = [(l, i, "add", torch.randn(a.d_model, generator=g) * sigma) if mode == "noise" else
+                 (l, i, "set", torch.zeros(a.d_model) if mode == "zero" else torch.as_tensor(values[j]).float())
+                 for j, (l, i) in enumerate(vecs)]
+        with model.engine.session.editing(edits):
+            old = model.compute(value_vectors, vecs)
+            yield [o + e[3] if e[2] == "add" else e[3] for o, e in zip(old, edits)]
+        return
     saved, new = [], []
     try:
         with torch.no_grad():
@@ -281,21 +296,11 @@ def facts_for_concept(model, facts, terms: Sequence[str], *, n_unrelated: int = 
 
 def greedy_answers(model, questions: Sequence[str], *, max_new_tokens: int = 20,
                    template: str = "Question: {q}\n Answer:") -> list[str]:
-    """Greedy answers (``model.hf.generate``: weight edits apply, engine-independent)."""
+    """Greedy answers (``Model.generate``: value-vector edits apply, engine-independent)."""
     if not questions:
         return []
-    tok = model.tokenizer
-    prompts = [template.format(q=q.strip()) for q in questions]
-    old = tok.padding_side
-    tok.padding_side = "left"
-    try:
-        enc = tok(prompts, return_tensors="pt", padding=True).to(model.device)
-        with torch.no_grad():
-            out = model.hf.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                    pad_token_id=tok.pad_token_id or tok.eos_token_id)
-    finally:
-        tok.padding_side = old
-    return [tok.decode(o[enc["input_ids"].shape[1]:], skip_special_tokens=True).strip() for o in out]
+    out = model.generate([template.format(q=q.strip()) for q in questions], max_new_tokens=max_new_tokens)
+    return [model.tokenizer.decode(o, skip_special_tokens=True).strip() for o in out]
 
 
 def rouge_l(a: str, b: str) -> float:
@@ -393,8 +398,26 @@ def causal_check(model, vectors: Sequence[Vector], *, concept: str = "", related
         qa[g] = {"n": len(qs), "rouge_l": sum(r) / len(r)}
         examples += [{"group": g, "question": q.strip(), "before": b, "after": a}
                      for q, b, a in list(zip(qs, ans_before[g], ans_after[g]))[:3]]
-    norms = [float(model.adapter.W_out(l)[i].norm()) for l, i in vecs]
+    norms = [float(v.norm()) for v in model.compute(value_vectors, vecs)]
     return CausalCheckResult(model.name, concept, vecs, mode, sigma, facts, qa, examples, norms)
+
+
+def best_value_vectors(w, layer: int, match: Tensor, k: int, limit: int) -> tuple:
+    """The ``limit`` value vectors of ``layer`` whose top-``k`` tokens (``W_out[i] @ W_U``, no final
+    norm) score highest under ``match`` (a weight per vocabulary token), rank-weighted as
+    :func:`rank_weight`: ``(scores, indices, top ids [limit, k], norms)``.  Runs where the model
+    runs (``Model.compute``)."""
+    D = w.W_out(layer)
+    _, ids, _, _ = decode_directions(D.contiguous(), w.W_U, k, bottom=False)
+    ids = ids.long()
+    scores = (match.to(ids.device)[ids] * rank_weight(k).to(ids.device)).sum(-1)
+    n = scores.sort(descending=True, stable=True).indices[:limit]
+    return scores[n], n, ids[n], D[n].float().norm(dim=-1)
+
+
+def value_vectors(w, vecs: Sequence[Vector]) -> list[Tensor]:
+    """The value vectors ``W_out(layer)[index]`` (float32), read where the model runs."""
+    return [w.W_out(l)[i].float() for l, i in vecs]
 
 
 def rank_weight(k: int) -> Float[Tensor, "k"]:
