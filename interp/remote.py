@@ -41,6 +41,7 @@ a :class:`interp.sweep.Checkpoint`: finished requests are read back, the rest ar
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import sys
@@ -104,6 +105,7 @@ class _ClientOnly:
         return None
 
 
+@functools.lru_cache(maxsize=None)
 def _local_backend_class():
     from nnsight.intervention.backends.local import LocalSimulationBackend
 
@@ -147,6 +149,7 @@ def _local_backend_class():
     return LocalBackend
 
 
+@functools.lru_cache(maxsize=None)
 def _ndif_backend_class():
     from nnsight.intervention.backends.remote import RemoteBackend
 
