@@ -16,7 +16,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from .remote import ships_with_requests
 from .results import Result
+
+ships_with_requests(__name__)  # its reductions run where the model runs (interp.remote)
 
 
 @dataclass

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import DefaultModelMissingError, DeviceError, EngineError, ModelNotFoundError
+from .errors import (DefaultModelMissingError, DeviceError, EngineError, ModelNotFoundError, RemoteConfigError,
+                     RemoteUnavailableError, SettingError)
 from .model import Model, check_engine
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -201,10 +202,84 @@ def load(name: str | None = None, *, engine: str | None = None, device: str | to
         if engine != "nnsight":
             raise EngineError(f"remote execution runs through nnsight: use engine='nnsight' (or leave "
                               f"engine unset), not {engine!r}")
-        from .remote import load_remote
         return load_remote(name, remote, dtype=dtype, device=device, device_map=device_map)
     model, tok = load_hf(name, device=device, dtype=dtype, device_map=device_map)
     try:
         return Model(model, tok, engine, name=name or DEFAULT_MODEL)
     except ImportError as e:
         raise EngineError(f"engine {engine!r} needs a package that is missing: {e}") from None
+
+
+# ----------------------------------------------------------------------------- the remote path
+def ndif_preflight(name: str | None) -> None:
+    """Before anything is loaded for ``remote=True``: an API key, a reachable host that serves
+    ``name``.  One clear error each."""
+    from nnsight import CONFIG
+
+    if not name or Path(str(name)).exists():
+        raise RemoteConfigError(
+            f"remote=True runs a model hosted by NDIF, named by its Hugging Face id (e.g. "
+            f"'meta-llama/Llama-3.1-8B'), not {name or 'the embedded default model'!r}; list the hosted "
+            f"models with: python -c 'import nnsight; print(nnsight.status())'")
+    if not CONFIG.API.APIKEY:
+        raise RemoteConfigError(
+            "remote=True needs an NDIF API key: set NDIF_API_KEY (get a key at https://login.ndif.us), "
+            "or save one with nnsight.CONFIG.set_default_api_key(KEY); remote='local' runs the same path "
+            "here without a key")
+    host = CONFIG.API.HOST
+    try:
+        import httpx
+        r = httpx.get(f"{host}/status", timeout=httpx.Timeout(5.0, read=20.0))
+        r.raise_for_status()
+        status = r.json()
+    except Exception as e:  # noqa: BLE001 - any failure means: unreachable
+        raise RemoteUnavailableError(
+            f"the NDIF host {host} cannot be reached ({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}); "
+            f"check the network and NDIF_HOST, or see https://ndif.us for the service status") from None
+    hosted = sorted({v.get("repo_id", k) for k, v in (status.get("deployments") or {}).items()})
+    if hosted and name not in hosted:
+        raise RemoteUnavailableError(f"NDIF at {host} does not serve {name!r}; it serves: {', '.join(hosted)}")
+
+
+def load_remote(name: str | None, remote, *, dtype, device=None, device_map=None):
+    """The :class:`~interp.model.Model` behind ``interp.load(..., remote="local" | True)``."""
+    if remote is True:
+        if device is not None or device_map is not None:
+            raise SettingError("a model on NDIF runs on NDIF's GPUs: leave device and device_map unset")
+        ndif_preflight(name)
+        from nnsight import TransformersModel
+
+        try:
+            nm = TransformersModel(name, dtype=resolve_dtype(dtype), attn_implementation="eager")
+        except Exception as e:  # noqa: BLE001
+            raise ModelNotFoundError(f"could not build {name!r} on the meta device ({type(e).__name__}: "
+                                     f"{str(e).splitlines()[0][:200]})") from None
+        model = Model(nm._module, nm.tokenizer, "nnsight", name=name,
+                      engine_options={"remote": True, "nnsight_model": nm})
+        model.engine.model_name = model.name
+        return model
+    server, tok = load_hf(name, device=device, dtype=dtype, device_map=device_map)
+    return simulate_remote(server, tok, name or DEFAULT_MODEL)
+
+
+def simulate_remote(hf_model, tokenizer, name: str = ""):
+    """A :class:`~interp.model.Model` that runs ``hf_model`` through the remote path
+    (``remote="local"``): interp holds a weightless meta copy, every run is a request run against
+    ``hf_model`` with interp hidden."""
+    model = Model(meta_copy(hf_model), tokenizer, "nnsight", name=name,
+                  engine_options={"remote": "local", "server_model": hf_model})
+    model.engine.model_name = model.name
+    return model
+
+
+def meta_copy(hf_model):
+    """The same architecture with no weights (every tensor on the meta device): what a remote
+    client holds."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        m = AutoModelForCausalLM.from_config(hf_model.config, dtype=hf_model.dtype)
+    m.eval()
+    for p in m.parameters():
+        p.requires_grad_(False)
+    return m

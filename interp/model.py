@@ -26,7 +26,7 @@ from .arch import PRIMITIVE_SITES, SITES, ModelAdapter, check_site
 from .capabilities import LAST_LOGITS, REMOTE, SKIP_WORK
 from .errors import EngineError, SiteError
 from .interventions import InterventionPlan
-from .shipped import edit_point, gather, head_out, hook_points, keep_for_grad, to_cpu
+from .shipped import cat_rows, edit_point, gather, head_out, hook_points, keep_for_grad, take_rows, to_cpu
 from .tokens import Batch, find_span, tokenize
 
 ReadSpec = str | tuple[str, "int | None"]
@@ -71,31 +71,6 @@ class RunOutput:
     extra: dict = field(default_factory=dict)
     #: what ``Model.run(reduce=fn)`` returned, chunks concatenated along the rows
     reduced: Any = None
-
-
-def take_rows(x, n: int):
-    """The first ``n`` rows of every tensor in ``x`` (a tensor, or nested dicts / lists / tuples)."""
-    if torch.is_tensor(x):
-        return x[:n]
-    if isinstance(x, dict):
-        return {k: take_rows(v, n) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return type(x)(take_rows(v, n) for v in x)
-    return x
-
-
-def cat_rows(parts: list):
-    """Chunks of one structure (see :func:`take_rows`) concatenated along the rows."""
-    if len(parts) == 1:
-        return parts[0]
-    first = parts[0]
-    if torch.is_tensor(first):
-        return torch.cat(parts)
-    if isinstance(first, dict):
-        return {k: cat_rows([p[k] for p in parts]) for k in first}
-    if isinstance(first, (list, tuple)):
-        return type(first)(cat_rows([p[i] for p in parts]) for i in range(len(first)))
-    return first
 
 
 class Model:
@@ -270,8 +245,11 @@ class Model:
                 raise ValueError("grad= needs reduce=: the gradients are read by the reduction")
             keep_grad = True
         if self.supports(REMOTE):
-            return self.engine.run_plan(self, plan, pts, positions=positions, logits=logits, max_rows=max_rows,
-                                        keep_grad=keep_grad, reduce=reduce, grad=grad, progress=progress)
+            lg, data, reduced, extra = self.engine.run_plan(
+                self, plan, pts, positions=positions, logits=logits, max_rows=max_rows, keep_grad=keep_grad,
+                reduce=reduce, grad=grad, progress=progress)
+            return RunOutput(batch, lg, ActivationCache(data, None if reduce is not None or positions is None
+                                                        else list(positions)), extra, reduced)
         if (skip and reduce is None and plan.parents and not pts and not keep_grad and logits not in ("all", "none")
                 and batch.padding_side == "left" and self.supports(SKIP_WORK)):
             from .skipping import run_derived

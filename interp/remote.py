@@ -16,9 +16,10 @@ What a request carries.  The server has torch, transformers, nnsight and einops,
 no interp hook closure can run there: ``Model.run`` hands the engine the *compiled plan as data*
 (edit index tensors and values, points to read, columns to keep) and the engine sends it with
 :func:`interp.shipped.run_chunk`, the torch-only program that applies it inside the trace.  The
-modules in :data:`SHIPPED_MODULES` are registered for pickling by value (``nnsight.register``)
-and nothing else of interp is: a trace body that needed any other interp module would fail to
-deserialise on the server — and fails the same way under ``remote="local"``, which also blocks
+modules in :data:`SHIPPED_MODULES` (the core's, and each method module that declares with
+:func:`ships_with_requests` that its reductions run there) are registered for pickling by value
+(``nnsight.register``) and nothing else of interp is: a trace body that needed any other interp
+module would fail to deserialise on the server — and fails the same way under ``remote="local"``, which also blocks
 every import of ``interp`` / ``probes`` during deserialisation (an editable or site-packages
 install would otherwise let the simulated server import them; ``tests/test_remote.py`` checks
 this).
@@ -36,7 +37,9 @@ with exponential backoff (``retries``, ``backoff``); a sweep killed between requ
 from its last finished request when the session has a request log (:meth:`RemoteSession.log_to`,
 a :class:`interp.sweep.Checkpoint`: finished requests are read back, the rest are sent).
 ``remote=True`` checks for an API key (``NDIF_API_KEY``), the host (``NDIF_HOST``, default
-``https://api.ndif.us``) and that the host serves the model before anything is loaded.
+``https://api.ndif.us``) and that the host serves the model before anything is loaded
+(:func:`interp.loading.ndif_preflight`; the remote models are built by
+:func:`interp.loading.load_remote` and :func:`interp.loading.simulate_remote`).
 """
 
 from __future__ import annotations
@@ -53,13 +56,23 @@ from typing import Any, Callable
 
 import torch
 
-from .errors import RemoteConfigError, RemoteRequestError, RemoteUnavailableError, SettingError
-from .shipped import compute_on, generation_edits, run_chunk, to_device
+from .errors import RemoteRequestError, SettingError
+from .shipped import cat_rows, compute_on, generation_edits, run_chunk, take_rows, to_device
 
-#: the interp modules whose code runs on the server, shipped by value with every request
-SHIPPED_MODULES = ("interp.shipped", "interp.arch", "interp.errors", "interp.lens", "interp.mediation.causal_trace",
-                   "interp.mediation.attribution", "interp.attention.knockout", "interp.attention.contributions",
-                   "interp.neurons.decode", "interp.concepts.vectors", "probes.features", "probes.reliance")
+#: the interp modules whose code runs on the server, shipped by value with every request: the core
+#: ones here; each method module whose reductions run where the model runs adds itself
+#: (:func:`ships_with_requests`), so the core names no method
+SHIPPED_MODULES = {"interp.shipped", "interp.arch", "interp.errors"}
+
+
+def ships_with_requests(module: str) -> None:
+    """Declare that code of ``module`` (a method's reduction or computation on the weights) runs
+    where the model runs: it is pickled by value into every remote request.  A method module calls
+    this at import with its ``__name__``; a module that does not, and whose code a request needs,
+    fails on the server (and under ``remote="local"``) with ``No module named 'interp'``."""
+    SHIPPED_MODULES.add(module)
+
+
 #: packages that exist on the client only (blocked while ``remote="local"`` deserialises)
 CLIENT_PACKAGES = ("interp", "probes")
 
@@ -444,9 +457,9 @@ class RemoteSession:
 
     # -------------------------------------------------------------- runs
     def run_plan(self, model, plan, pts, *, positions, logits, max_rows, keep_grad, reduce, grad, progress):
-        """``Model.run`` on the remote path: the plan's chunks, grouped into requests."""
+        """``Model.run`` on the remote path: the plan's chunks, grouped into requests.  Returns
+        ``(logits, reads {point: tensor}, reduced, extra)``, which ``Model.run`` wraps."""
         from .errors import EngineError
-        from .model import ActivationCache, RunOutput, cat_rows, take_rows
 
         if keep_grad and grad is None:
             raise EngineError("keep_grad=True keeps the autograd graph here; a remote model's graph stays "
@@ -488,10 +501,9 @@ class RemoteSession:
                 parts_cache[p].append(out["reads"][p][:k])
         extra = {"path": "remote", "requests": len(groups)}
         if reduce is not None:
-            return RunOutput(b, None, ActivationCache({}, None), extra, cat_rows(parts_reduced))
+            return None, {}, cat_rows(parts_reduced), extra
         data = {p: torch.cat(v) for p, v in parts_cache.items()}
-        return RunOutput(b, torch.cat(parts_logits) if parts_logits else None,
-                         ActivationCache(data, list(positions) if positions is not None else None), extra)
+        return torch.cat(parts_logits) if parts_logits else None, data, None, extra
 
     def _lm_head(self):
         paths = {id(m): name for name, m in self.engine.hf.named_modules()}
@@ -543,84 +555,3 @@ def stats(model) -> RequestStats:
     if session is None:
         raise SettingError("this model runs here (remote=False): it sends no requests")
     return session.stats
-
-
-# ----------------------------------------------------------------------------- loading
-def preflight(name: str | None) -> None:
-    """Before anything is loaded for ``remote=True``: an API key, a reachable host that serves
-    ``name``.  One clear error each."""
-    from nnsight import CONFIG
-
-    if not name or Path(str(name)).exists():
-        raise RemoteConfigError(
-            f"remote=True runs a model hosted by NDIF, named by its Hugging Face id (e.g. "
-            f"'meta-llama/Llama-3.1-8B'), not {name or 'the embedded default model'!r}; list the hosted "
-            f"models with: python -c 'import nnsight; print(nnsight.status())'")
-    if not CONFIG.API.APIKEY:
-        raise RemoteConfigError(
-            "remote=True needs an NDIF API key: set NDIF_API_KEY (get a key at https://login.ndif.us), "
-            "or save one with nnsight.CONFIG.set_default_api_key(KEY); remote='local' runs the same path "
-            "here without a key")
-    host = CONFIG.API.HOST
-    try:
-        import httpx
-        r = httpx.get(f"{host}/status", timeout=httpx.Timeout(5.0, read=20.0))
-        r.raise_for_status()
-        status = r.json()
-    except Exception as e:  # noqa: BLE001 - any failure means: unreachable
-        raise RemoteUnavailableError(
-            f"the NDIF host {host} cannot be reached ({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}); "
-            f"check the network and NDIF_HOST, or see https://ndif.us for the service status") from None
-    hosted = sorted({v.get("repo_id", k) for k, v in (status.get("deployments") or {}).items()})
-    if hosted and name not in hosted:
-        raise RemoteUnavailableError(f"NDIF at {host} does not serve {name!r}; it serves: {', '.join(hosted)}")
-
-
-def load_remote(name: str | None, remote, *, dtype, device=None, device_map=None):
-    """The :class:`~interp.model.Model` behind ``interp.load(..., remote="local" | True)``."""
-    from .loading import DEFAULT_MODEL, load_hf, resolve_dtype
-
-    if remote is True:
-        if device is not None or device_map is not None:
-            raise SettingError("a model on NDIF runs on NDIF's GPUs: leave device and device_map unset")
-        preflight(name)
-        from nnsight import TransformersModel
-
-        from .model import Model
-        try:
-            nm = TransformersModel(name, dtype=resolve_dtype(dtype), attn_implementation="eager")
-        except Exception as e:  # noqa: BLE001
-            from .errors import ModelNotFoundError
-            raise ModelNotFoundError(f"could not build {name!r} on the meta device ({type(e).__name__}: "
-                                     f"{str(e).splitlines()[0][:200]})") from None
-        model = Model(nm._module, nm.tokenizer, "nnsight", name=name,
-                      engine_options={"remote": True, "nnsight_model": nm})
-        model.engine.model_name = model.name
-        return model
-    server, tok = load_hf(name, device=device, dtype=dtype, device_map=device_map)
-    return simulate_remote(server, tok, name or DEFAULT_MODEL)
-
-
-def simulate_remote(hf_model, tokenizer, name: str = ""):
-    """A :class:`~interp.model.Model` that runs ``hf_model`` through the remote path
-    (``remote="local"``): interp holds a weightless meta copy, every run is a request run against
-    ``hf_model`` with interp hidden."""
-    from .model import Model
-
-    model = Model(meta_copy(hf_model), tokenizer, "nnsight", name=name,
-                  engine_options={"remote": "local", "server_model": hf_model})
-    model.engine.model_name = model.name
-    return model
-
-
-def meta_copy(hf_model):
-    """The same architecture with no weights (every tensor on the meta device): what a remote
-    client holds."""
-    from transformers import AutoModelForCausalLM
-
-    with torch.device("meta"):
-        m = AutoModelForCausalLM.from_config(hf_model.config, dtype=hf_model.dtype)
-    m.eval()
-    for p in m.parameters():
-        p.requires_grad_(False)
-    return m

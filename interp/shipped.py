@@ -6,8 +6,8 @@ A remote trace (nnsight ``remote=True``) sends the *source* of its body to the N
 runs it there against the server's copy of the model; the server has torch, transformers,
 nnsight and einops, but not interp.  So everything a trace body calls from interp lives in
 modules that import nothing but torch and are registered for pickling by value
-(:data:`interp.remote.SHIPPED_MODULES`: this module and the canonical weights of
-:class:`interp.arch.Weights`); everything else travels as data — token ids, the compiled
+(:data:`interp.remote.SHIPPED_MODULES`: this module, the canonical weights of
+:class:`interp.arch.Weights`, and the method modules that declare their reductions run there); everything else travels as data — token ids, the compiled
 edits as index tensors, the points to read, the columns to keep.
 
 The same functions run locally: :meth:`interp.interventions.CompiledPlan.apply` is
@@ -312,3 +312,28 @@ def to_cpu(x):
     if isinstance(x, (list, tuple)):
         return type(x)(to_cpu(v) for v in x)
     return x
+
+
+def take_rows(x, n: int):
+    """The first ``n`` rows of every tensor in ``x`` (a tensor, or nested dicts / lists / tuples)."""
+    if torch.is_tensor(x):
+        return x[:n]
+    if isinstance(x, dict):
+        return {k: take_rows(v, n) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(take_rows(v, n) for v in x)
+    return x
+
+
+def cat_rows(parts: list):
+    """Chunks of one structure (see :func:`take_rows`) concatenated along the rows."""
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    if torch.is_tensor(first):
+        return torch.cat(parts)
+    if isinstance(first, dict):
+        return {k: cat_rows([p[k] for p in parts]) for k in first}
+    if isinstance(first, (list, tuple)):
+        return type(first)(cat_rows([p[i] for p in parts]) for i in range(len(first)))
+    return first

@@ -30,6 +30,9 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from interp.arch import COMPONENTS, check_components
+from interp.remote import ships_with_requests
+
+ships_with_requests(__name__)  # its reductions run where the model runs (interp.remote)
 
 
 @dataclass

@@ -36,7 +36,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from interp.remote import ships_with_requests
 from interp.results import Result
+
+ships_with_requests(__name__)  # its reductions run where the model runs (interp.remote)
 
 VARIANTS = ("jsd", "redeep")
 

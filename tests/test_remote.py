@@ -21,7 +21,8 @@ from conftest import cached_loads, tiny
 from interp.errors import (EngineError, RemoteConfigError, RemoteRequestError, RemoteUnavailableError,
                            SettingError)
 from interp.interventions import InterventionPlan
-from interp.remote import simulate_remote, stats
+from interp.loading import simulate_remote
+from interp.remote import stats
 
 PROMPT = "The Eiffel Tower is located in the city of"
 CORRUPT = "The Colosseum is located in the city of"
@@ -112,7 +113,7 @@ def test_every_method_module_is_shipped_and_needed(monkeypatch):
     from interp.lens import logit_lens
 
     m, rm = _twin()
-    monkeypatch.setattr(remote, "SHIPPED_MODULES", tuple(x for x in remote.SHIPPED_MODULES if x != "interp.lens"))
+    monkeypatch.setattr(remote, "SHIPPED_MODULES", remote.SHIPPED_MODULES - {"interp.lens"})
     logit_lens(m, PROMPT)
     with pytest.raises(ModuleNotFoundError, match="No module named 'interp'"):
         logit_lens(rm, PROMPT)

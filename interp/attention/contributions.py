@@ -33,8 +33,11 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..errors import SpanNotFoundError
+from ..remote import ships_with_requests
 from ..results import Result
 from .knockout import _span, check_target, ensure_eager
+
+ships_with_requests(__name__)  # its reductions run where the model runs (interp.remote)
 
 
 def head_source_vectors(w, reads: dict, logits, layers: Sequence[int], col: int, pad: int) -> dict:

@@ -51,8 +51,11 @@ from ..errors import (EngineError, InterventionError, InterpWarning, LayerIndexE
                       PositionZeroWarning, SpanNotFoundError, UnknownTargetWarning)
 from ..interventions import InterventionPlan
 from ..known import MIN_P_CLEAN
+from ..remote import ships_with_requests
 from ..results import Result
 from ..windows import DEFAULT_CONVENTION, check_convention, check_window, window_layers
+
+ships_with_requests(__name__)  # its reductions run where the model runs (interp.remote)
 
 NAMED_SETS = ("subject", "non_subject", "last", "context", "non_context")
 DEFAULT_SETS = ("subject", "non_subject", "last")

@@ -45,7 +45,10 @@ from ..capabilities import REMOTE
 from ..errors import DatasetError, InterpError
 from ..known import check_known
 from ..neurons.decode import NeuronMap, check_neuron, decode_directions, decode_neuron, decode_neurons, vocab_strings
+from ..remote import ships_with_requests
 from ..results import Result
+
+ships_with_requests(__name__)  # its reductions run where the model runs (interp.remote)
 
 STOPWORDS = {"the", "of", "and", "for", "in", "on", "a", "an", "to", "with", "by", "at", "from"}
 

@@ -60,8 +60,11 @@ from ..arch import COMPONENTS, check_components
 from ..errors import InterventionError, PromptError
 from ..interventions import InterventionPlan
 from ..known import MIN_P_CLEAN, check_target
+from ..remote import ships_with_requests
 from ..results import Result
 from ..windows import DEFAULT_CONVENTION, WINDOW_CONVENTIONS, check_convention, window_layers
+
+ships_with_requests(__name__)  # its reductions run where the model runs (interp.remote)
 
 #: ROME's token categories for average effects (notebooks/average_causal_effects)
 CATEGORIES = ("first_subject", "middle_subject", "last_subject", "first_subsequent", "further", "last")

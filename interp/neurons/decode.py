@@ -39,7 +39,10 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from ..errors import CheckpointMismatchError, InterpError, LayerIndexError, PromptError
+from ..remote import ships_with_requests
 from ..results import Result
+
+ships_with_requests(__name__)  # its reductions run where the model runs (interp.remote)
 
 DIRECTIONS = ("out", "up", "gate")
 FINAL_NORM_CHOICES = ("none", "gain")
