@@ -228,10 +228,12 @@ class RequestStats:
     seconds: float = 0.0    # wall time of the requests
 
     def reset(self) -> None:
+        """Set every count back to zero (before the run to be measured)."""
         for k, v in RequestStats().__dict__.items():
             setattr(self, k, v)
 
     def as_dict(self) -> dict:
+        """The counts as a JSON-able dict."""
         return dict(self.__dict__)
 
 
@@ -254,6 +256,7 @@ class RequestLog:
         self.checkpoint = Checkpoint(self.directory, {"kind": "remote requests", "model": self.model})
 
     def get(self, key: str):
+        """The logged result of the request ``key``, or None when it has not finished."""
         rec = self.checkpoint.get(key)
         if rec is None:
             return None
@@ -263,6 +266,7 @@ class RequestLog:
         return torch.load(path, map_location="cpu", weights_only=False)
 
     def add(self, key: str, result) -> None:
+        """Log the finished request ``key`` with its result (written atomically)."""
         from .sweep import write_atomic
         buf = io.BytesIO()
         torch.save(result, buf)
@@ -408,6 +412,7 @@ class RemoteSession:
         return self._weights
 
     def backend(self):
+        """The nnsight backend a request is sent through: the strict local simulation or NDIF."""
         if self.mode == "local":
             return _local_backend_class()(self.engine.nm, self.stats)
         return _ndif_backend_class()(self.engine.nm.to_model_key(), self.stats)

@@ -45,6 +45,7 @@ VARIANTS = ("jsd", "redeep")
 
 
 def check_variant(variant: str) -> None:
+    """Raise a clear error for a JSD variant that is not one of :data:`VARIANTS`."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown JSD variant {variant!r}; choose one of {', '.join(VARIANTS)}")
 
