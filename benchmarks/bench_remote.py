@@ -62,8 +62,10 @@ def main() -> None:
         "lens": lambda m: logit_lens(m, PROMPT, target=" Paris").top_probs,
     }
     if not args.skip_trace:
-        work["trace"] = lambda m: torch.stack([causal_trace(m, PROMPT, SUBJECT, samples=args.samples, fast=False)
-                                               .grid(k) for k in ("resid", "mlp", "attn")])
+        def trace(m):
+            res = causal_trace(m, PROMPT, SUBJECT, kinds=("resid", "mlp", "attn"), samples=args.samples, fast=False)
+            return torch.stack([res.grid(k) for k in res.kinds])
+        work["trace"] = trace
     report = {"model": remote.name, "prompt_tokens": n_tok, "layers": hf.n_layers, "workloads": {}}
     for name, fn in work.items():
         reps = 1 if name == "trace" else args.repeat
@@ -89,6 +91,7 @@ def main() -> None:
             "bytes_sent": sent["bytes_sent"], "bytes_returned": sent["bytes_returned"],
             "request_seconds": round(sent["seconds"], 3),
         }
+        print(json.dumps({name: report["workloads"][name]}), flush=True)  # kept if the run is cut short
     print(json.dumps(report, indent=2))
 
 
