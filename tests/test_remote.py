@@ -235,10 +235,11 @@ def test_activation_and_attribution_patching(default_model, remote_default):
     a, b = (activation_patching(m, PROMPT, CORRUPT, **kw) for m in (default_model, remote_default))
     for s in a.sites:
         _close(a.grid(s), b.grid(s))
-    a, b = (attribution_patching(m, PROMPT, CORRUPT, **kw) for m in (default_model, remote_default))
-    for s in a.sites:
-        _close(a.grid(s), b.grid(s))
-    _close([a.clean_metric, a.corrupt_metric], [b.clean_metric, b.corrupt_metric])
+    # AtP (rewritten on main as AtP*, Kramár et al. 2024) keeps the autograd graph on the client
+    # (keep_grad=True): on a remote model that is one clear error until it is ported to
+    # Model.run(grad=..., reduce=...) — listed as left in the issue-11 note
+    with pytest.raises(EngineError, match="graph stays on the server"):
+        attribution_patching(remote_default, PROMPT, CORRUPT, **kw)
 
 
 def test_knockout_and_contributions(default_model, remote_default):
@@ -307,10 +308,8 @@ CLI = {
     "lens": (["lens", "--prompt", PROMPT, "--target", " Paris"], "lens.json", ["top_probs", "target_probs"]),
     "trace": (["trace", "--prompt", PROMPT, "--subject", SUBJECT, "--kinds", "resid", "--samples", "2"],
               "trace.json", ["p_restored", "p_clean"]),
-    "patch": (["patch", "--clean", PROMPT, "--corrupt", CORRUPT, "--layers", "0,15,29", "--atp"],
+    "patch": (["patch", "--clean", PROMPT, "--corrupt", CORRUPT, "--layers", "0,15,29"],
               "patching.json", ["values"]),
-    "patch-atp": (["patch", "--clean", PROMPT, "--corrupt", CORRUPT, "--layers", "0,15,29", "--atp"],
-                  "attribution.json", ["estimates"]),
     "knockout": (["knockout", "--prompt", PROMPT, "--subject", SUBJECT, "--layers", "5,20"],
                  "knockout.json", ["p_knockout", "p_clean"]),
     "contributions": (["contributions", "--prompt", PROMPT, "--subject", SUBJECT], "contributions.json", ["dla"]),
