@@ -3,9 +3,9 @@
 Results are kept with :func:`interp.results.cached` (keyed by their settings; quick mode in
 ``*_quick`` directories) and figures are redrawn from them; with ``model=None`` (``--redraw``) a
 missing result raises :class:`~interp.errors.ResultMissingError` naming the command that makes
-it.  quick mode sweeps 3 known facts and one RAG example; full mode 40 known facts and the first
-3 :data:`~interp.attention.rag.RAG_EXAMPLES` (the sweep is resumable: a full run continues a
-killed one).  Captions and numbers are read from the results.
+it.  quick mode sweeps 3 known facts and one RAG example; full mode every known_1000 fact the
+model knows (kept with :func:`interp.results.cached_sweep`: its own resumable command, which a
+full run continues after a kill) and the first 3 :data:`~interp.attention.rag.RAG_EXAMPLES`.  Captions and numbers are read from the results.
 
 **Position 0.**  The default model's tokenizer adds no BOS, so a prompt's first token is the
 attention sink, and most known_1000 prompts start with their subject: blocking subject → last
@@ -24,6 +24,8 @@ from pathlib import Path
 PROMPT = "The Eiffel Tower is located in the city of"
 SUBJECT = "The Eiffel Tower"
 KNOWN_1000 = "known_1000/known_1000.json"
+#: --n-facts of the full sweep: more than known_1000's rows, so every fact the model knows is swept
+ALL_FACTS = 2000
 
 
 def _argmin(xs):
@@ -44,7 +46,7 @@ def report_sections(model, out_dir: Path, quick: bool) -> list[dict]:
     """Figures of Geva et al.'s knockouts, the SAT-probe contributions and the RAG comparison."""
     from ..datasets import data_dir, display_path
     from ..figures import save_figure
-    from ..results import cached, result_dir
+    from ..results import cached, cached_sweep, result_dir
     from .contributions import ContributionResult, attention_contributions
     from .knockout import KnockoutResult, KnockoutSweepResult, attention_knockout, knockout_sweep
     from .rag import RAG_EXAMPLES, RagFlowResult, rag_flow
@@ -124,8 +126,9 @@ def report_sections(model, out_dir: Path, quick: bool) -> list[dict]:
                     f"attribution of each head to {co.answer!r} (final norm frozen at the final residual's scale) "
                     f"is in the result.")})
 
-    # 3. dataset sweep (resumable: a rerun with more facts continues the items already swept)
-    n = 3 if quick else 40
+    # 3. dataset sweep (resumable: a rerun continues the facts already swept).  Full: every fact of
+    # known_1000 the model knows (its own resumable command, `make paper`); quick: 3 facts.
+    n = 3 if quick else None
     path = data_dir() / KNOWN_1000
     sws = {}
     for tag, bos in (("", sink), ("_no_bos", None)):
@@ -133,12 +136,23 @@ def report_sections(model, out_dir: Path, quick: bool) -> list[dict]:
         with warnings.catch_warnings():  # the comparison without a prefix is flagged in its result
             if tag:
                 warnings.simplefilter("ignore", PositionZeroWarning)
-            sws[tag] = cached(KnockoutSweepResult, rdir,
-                              settings={"dataset": KNOWN_1000, "n_facts": n, "bos": tag == ""}, model=model,
-                              command=redo, compute=lambda bos=bos, rdir=rdir: knockout_sweep(
-                                  model, path, rdir / "sweep", n_facts=n, bos=bos, progress=False))
+            if quick:
+                sws[tag] = cached(KnockoutSweepResult, rdir,
+                                  settings={"dataset": KNOWN_1000, "n_facts": n, "bos": tag == ""}, model=model,
+                                  command=redo, compute=lambda bos=bos, rdir=rdir: knockout_sweep(
+                                      model, path, rdir / "sweep", n_facts=n, bos=bos, progress=False))
+            else:
+                full_cmd = shlex.join(["interp", "knockout", "--dataset", display_path(path), "--n-facts",
+                                       str(ALL_FACTS)] + (["--bos", sink or "<|endoftext|>"] if not tag else [])
+                                      + ["--out", display_path(rdir)])
+                sws[tag] = cached_sweep(KnockoutSweepResult, rdir, settings={"dataset": KNOWN_1000,
+                                                                             "prefixed": tag == ""},
+                                        model=model, command=full_cmd,
+                                        settings_of=lambda r: {"dataset": r.dataset, "prefixed": bool(r.bos)},
+                                        compute=lambda bos=bos, rdir=rdir: knockout_sweep(
+                                            model, path, rdir / "sweep", n_facts=None, bos=bos, progress=True))
     sw, snb = sws[""], sws["_no_bos"]
-    cmd = shlex.join(["interp", "knockout", "--dataset", display_path(path), "--n-facts", str(n), "--bos", sw.bos,
+    cmd = shlex.join(["interp", "knockout", "--dataset", display_path(path), "--n-facts", str(n or ALL_FACTS), "--bos", sw.bos,
                       "--out", display_path(result_dir(out_dir, "knockout_sweep", quick))])
     save_figure(sw.figure(), out_dir, "attention_knockout_sweep")
     nums = {"known facts swept": sw.n_known, "rows scanned": sw.n_scanned, "prefix": repr(sw.bos),
