@@ -263,7 +263,7 @@ def test_neuron_decoding_and_clamping(default_model, remote_default):
     _close(a.top_scores, b.top_scores)
     a, b = (clamp_effect(m, PROMPT, [(20, 1090), (15, 7)], [0.0, 10.0], " Paris") for m in (default_model, remote_default))
     _close(a.p_clamped, b.p_clamped)
-    _close(a.activations, b.activations)
+    _close(a.clean_activation, b.clean_activation)
     a, b = (clamp_generate(m, PROMPT, [(20, 1090)], 10.0, max_new_tokens=3) for m in (default_model, remote_default))
     assert a["clamped_ids"] == b["clamped_ids"] and a["clean_ids"] == b["clean_ids"]
 
