@@ -358,3 +358,17 @@ def test_strongest_drops_are_fractions_printed_as_percentages():
         p = r.p_knockout[s][r.layers.index(layer)]
         assert rel == pytest.approx(p / r.p_clean - 1, rel=1e-4, abs=1e-6)
         assert f"{s} {100 * rel:+.1f}%" in r.summary_line()
+
+
+def test_rag_flow_counts_position_zero_and_the_prefix_moves_the_sink():
+    """The RAG comparison (figure attention_rag_flow) runs after a sink prefix; without one it counts
+    the examples whose blocked sets hold position 0 — the no-context subject starts the prompt."""
+    from interp.attention.rag import RagExample, rag_flow
+    m = tiny("llama")
+    ex = [RagExample("Eiffel Tower is located in the city of", "Eiffel Tower", " Paris",
+                     "It was built for a fair. The tower stands in Paris, on the Champ de Mars. It is tall.")]
+    plain = rag_flow(m, ex, window=1)
+    assert plain.bos == "" and plain.position_zero["plain"] == 1
+    sunk = rag_flow(m, ex, window=1, bos="<|endoftext|>")
+    assert sunk.bos == "<|endoftext|>" and sum(sunk.position_zero.values()) == 0
+    assert set(sunk.plain["rel"]) == set(plain.plain["rel"]) == {"subject", "non_subject", "last"}

@@ -42,6 +42,12 @@ def _drop(rel: list[float], layers: list[int]) -> str:
     return f"{100 * rel[i]:+.1f}% (centre layer {layers[i]})"
 
 
+def _drop1(summary: dict, cond: str, group: str) -> str:
+    """A RAG-flow summary's strongest relative drop of one group as a percentage with its layer."""
+    return (f"{100 * summary[cond]['min_rel_change'][group]:+.1f}% "
+            f"(centre layer {summary[cond]['argmin_layer'][group]})")
+
+
 def report_sections(model, out_dir: Path, quick: bool) -> list[dict]:
     """Figures of Geva et al.'s knockouts, the SAT-probe contributions and the RAG comparison."""
     from ..datasets import data_dir, display_path
@@ -179,29 +185,43 @@ def report_sections(model, out_dir: Path, quick: bool) -> list[dict]:
                     f"block position 0 (the sink) with one of the sets, and subject → last reaches "
                     f"{100 * min(snb.mean['subject']):+.1f}% instead of {100 * min(sw.mean['subject']):+.1f}%.")})
 
-    # 4. RAG
-    rdir = result_dir(out_dir, "rag_flow", quick)
+    # 4. RAG — after the sink prefix, and without one for comparison (as in 1)
     examples = RAG_EXAMPLES[:1] if quick else RAG_EXAMPLES[:3]
-    rg = cached(RagFlowResult, rdir, settings={"examples": [ex.query for ex in examples]}, model=model,
-                command=redo, compute=lambda: rag_flow(model, examples))
+    rgs = {}
+    for tag, bos in (("", sink), ("_no_bos", None)):
+        with warnings.catch_warnings():  # the comparison without a prefix counts position 0 in its result
+            if tag:
+                warnings.simplefilter("ignore", PositionZeroWarning)
+            rgs[tag] = cached(RagFlowResult, result_dir(out_dir, "rag_flow" + tag, quick),
+                              settings={"examples": [ex.query for ex in examples], "bos": tag == ""}, model=model,
+                              command=redo, compute=lambda bos=bos: rag_flow(model, examples, bos=bos))
+    rg, rn = rgs[""], rgs["_no_bos"]
     save_figure(rg.figure(), out_dir, "attention_rag_flow")
-    s = rg.summary
+    s, sn = rg.summary, rn.summary
+    n_ex = len(rg.examples)
+    zero = "; ".join(f"{k} of {n_ex} {'no-context' if c == 'plain' else 'with-context'} prompts"
+                     for c, k in rn.position_zero.items() if k) or "none"
     entries.append({
         "stem": "attention_rag_flow", "title": "RAG vs parametric: subject vs context flow to the last token",
-        "numbers": {"facts": len(rg.examples),
+        "numbers": {"facts": n_ex, "prefix (position 0)": repr(rg.bos),
                     "mean p(answer) no context / with context": f"{s['plain']['mean_p_clean']:.3f} / {s['rag']['mean_p_clean']:.3f}",
-                    "strongest subject→last drop, no context": f"{100 * s['plain']['min_rel_change']['subject']:+.1f}%",
-                    "strongest subject→last drop, with context": f"{100 * s['rag']['min_rel_change']['subject']:+.1f}%",
-                    "strongest context→last drop": f"{100 * s['rag']['min_rel_change']['context']:+.1f}%",
+                    "strongest subject→last drop, no context": _drop1(s, "plain", "subject"),
+                    "strongest subject→last drop, with context": _drop1(s, "rag", "subject"),
+                    "strongest context→last drop": _drop1(s, "rag", "context"),
                     "subject contribution, no context / with context": round(s["subject_contrib_ratio_plain_over_rag"], 2),
                     "summed context / subject contribution (with context)": round(
-                        s["rag"]["contrib_sum_over_layers"]["context"] / s["rag"]["contrib_sum_over_layers"]["subject"], 2)},
-        "command": None, "results": [rdir],
+                        s["rag"]["contrib_sum_over_layers"]["context"] / s["rag"]["contrib_sum_over_layers"]["subject"], 2),
+                    "without the prefix: subject→last drop, no context / with context":
+                        f"{_drop1(sn, 'plain', 'subject')} / {_drop1(sn, 'rag', 'subject')}",
+                    "without the prefix: mean p(answer) no context / with context":
+                        f"{sn['plain']['mean_p_clean']:.3f} / {sn['rag']['mean_p_clean']:.3f}",
+                    "without the prefix: examples whose blocked sets hold position 0": zero},
+        "command": None, "results": [result_dir(out_dir, "rag_flow", quick), result_dir(out_dir, "rag_flow_no_bos", quick)],
         "caption": (f"Left: knockouts of {', '.join(rg.rag['rel'])} → last with (solid) and of "
                     f"{', '.join(rg.plain['rel'])} → last without (dotted) a retrieved context, "
-                    f"{rg.window}-layer windows, {len(rg.examples)} fact(s); right: summed attention contributions "
-                    f"of each token group. Prompts run "
-                    + (f"after {rg.bos!r}." if getattr(rg, "bos", "") else
-                       "without a sink prefix: in the no-context prompts position 0 (the attention sink) lies in "
-                       "a blocked set (subject or non_subject)."))})
+                    f"{rg.window}-layer windows, {n_ex} hand-written fact(s) the model knows (an illustration, "
+                    f"not a sweep); right: summed attention contributions of each token group. "
+                    f"Prompts run after {rg.bos!r}, so position 0 (the attention sink) is not a prompt token. "
+                    f"Without the prefix a blocked set holds position 0 in {zero}, and the no-context subject → last "
+                    f"drop is {_drop1(sn, 'plain', 'subject')} instead of {_drop1(s, 'plain', 'subject')}.")})
     return entries
