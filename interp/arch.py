@@ -136,10 +136,10 @@ class Weights:
 
     #: attributes holding a module or a list of modules (one per layer)
     MODULES = ("embed_module", "pos_embed_module", "final_norm_module", "lm_head", "attn", "o_proj",
-               "ln1", "ln2", "mlp", "down", "up", "gate")
+               "ln1", "ln2", "mlp", "down", "up", "gate", "rotary")
     #: the plain facts the weights need
     FACTS = ("model_type", "family", "n_layers", "n_heads", "n_kv_heads", "d_model", "d_head", "d_mlp",
-             "vocab_size", "n_ctx", "final_norm_centres")
+             "vocab_size", "n_ctx", "final_norm_centres", "attn_code")
 
     def check_layer(self, layer: int) -> int:
         """Return ``layer`` as a non-negative index, or raise a clear error."""
@@ -265,6 +265,52 @@ class Weights:
         sigma = torch.sqrt(x.pow(2).mean(-1) + eps)
         return (lambda c: gain * c.float() / sigma), torch.zeros_like(x)
 
+    def mlp_sublayer(self, layer: int, resid_mid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
+        """The MLP's contribution to the residual, ``mlp(ln2(resid_mid))``, from the model's own modules.
+
+        Both families are pre-norm, so ``resid_post = resid_mid + mlp_sublayer(resid_mid)``.
+        """
+        layer = self.check_layer(layer)
+        return self.mlp[layer](self.ln2[layer](resid_mid))
+
+    def attention_pattern(self, layer: int, resid_pre: Float[Tensor, "batch pos d_model"],
+                          position_ids: Tensor, attention_mask: Tensor | None = None
+                          ) -> Float[Tensor, "batch head pos pos"]:
+        """Attention probabilities of block ``layer`` recomputed from the residual entering it.
+
+        Uses the model's own modules — pre-attention norm, query/key projections (``c_attn`` for
+        GPT-2), the rotary embedding (Llama family), the module's ``scaling`` — then the causal
+        and padding mask and the softmax the eager attention applies (Llama: in float32).  Equals
+        the ``attn_pattern`` an engine reads (``tests/test_atp_star.py``).  For a method that needs
+        one layer's pattern under many edited inputs without running the model (AtP*'s QK fix);
+        torch only, so it also runs where a remote model runs (``Model.run(reduce=)``).
+        ``position_ids`` and ``attention_mask`` (1 = real token) broadcast over the batch.
+        """
+        layer = self.check_layer(layer)
+        attn = self.attn[layer]
+        h = self.ln1[layer](resid_pre)
+        b, n, _ = h.shape
+        if self.family == "gpt2":
+            q, k, _ = attn.c_attn(h).split(self.d_model, dim=2)
+        else:
+            q, k = attn.q_proj(h), attn.k_proj(h)
+        q = q.view(b, n, -1, self.d_head).transpose(1, 2)
+        k = k.view(b, n, -1, self.d_head).transpose(1, 2)
+        pos = position_ids.to(h.device).expand(b, n)
+        if self.rotary is not None:
+            import importlib
+            cos, sin = self.rotary(h, pos)
+            q, k = importlib.import_module(self.attn_code).apply_rotary_pos_emb(q, k, cos, sin)
+        k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
+        scores = (q @ k.transpose(-1, -2)) * attn.scaling
+        allowed = torch.ones(n, n, dtype=torch.bool, device=h.device).tril()
+        if attention_mask is not None:
+            allowed = allowed & attention_mask.to(h.device).bool().expand(b, n)[:, None, None, :]
+        scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+        if self.family == "gpt2":
+            return scores.softmax(-1)
+        return scores.softmax(-1, dtype=torch.float32).to(q.dtype)
+
     def ln1_fn(self, layer: int) -> Callable[[Tensor], Tensor]:
         """The attention input norm of ``layer`` as a callable (RMSNorm / LayerNorm module)."""
         return self.ln1[self.check_layer(layer)]
@@ -315,6 +361,9 @@ class ModelAdapter(Weights):
         self.gate = [_get(b, lay.gate) for b in self.blocks] if lay.gate else None
         self.act = [_get(b, lay.act) for b in self.blocks]
         self.rotary = _get(hf_model, lay.rotary) if lay.rotary else None
+        #: the Python module of the attention code (its ``apply_rotary_pos_emb``), by name, so that
+        #: :meth:`attention_pattern` also runs on a server's copy (where ``attn`` is a handle)
+        self.attn_code: str = type(self.attn[0]).__module__
         self.d_mlp = self.W_out(0).shape[0]
 
     # ------------------------------------------------------------------ checks
@@ -336,51 +385,6 @@ class ModelAdapter(Weights):
         layer = self.check_layer(layer)
         h = self.ln2[layer](resid_mid)
         return self.act[layer](self.gate[layer](h)), self.up[layer](h)
-
-    def mlp_sublayer(self, layer: int, resid_mid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
-        """The MLP's contribution to the residual, ``mlp(ln2(resid_mid))``, from the model's own modules.
-
-        Both families are pre-norm, so ``resid_post = resid_mid + mlp_sublayer(resid_mid)``.
-        """
-        layer = self.check_layer(layer)
-        return self.mlp[layer](self.ln2[layer](resid_mid))
-
-    def attention_pattern(self, layer: int, resid_pre: Float[Tensor, "batch pos d_model"],
-                          position_ids: Tensor, attention_mask: Tensor | None = None
-                          ) -> Float[Tensor, "batch head pos pos"]:
-        """Attention probabilities of block ``layer`` recomputed from the residual entering it.
-
-        Uses the model's own modules — pre-attention norm, query/key projections (``c_attn`` for
-        GPT-2), the rotary embedding (Llama family), the module's ``scaling`` — then the causal
-        and padding mask and the softmax the eager attention applies (Llama: in float32).  Equals
-        the ``attn_pattern`` an engine reads (``tests/test_atp_star.py``).  For a method that needs
-        one layer's pattern under many edited inputs without running the model (AtP*'s QK fix).
-        ``position_ids`` and ``attention_mask`` (1 = real token) broadcast over the batch.
-        """
-        layer = self.check_layer(layer)
-        attn = self.attn[layer]
-        h = self.ln1[layer](resid_pre)
-        b, n, _ = h.shape
-        if self.family == "gpt2":
-            q, k, _ = attn.c_attn(h).split(self.d_model, dim=2)
-        else:
-            q, k = attn.q_proj(h), attn.k_proj(h)
-        q = q.view(b, n, -1, self.d_head).transpose(1, 2)
-        k = k.view(b, n, -1, self.d_head).transpose(1, 2)
-        pos = position_ids.to(h.device).expand(b, n)
-        if self.rotary is not None:
-            import sys
-            cos, sin = self.rotary(h, pos)
-            q, k = sys.modules[type(attn).__module__].apply_rotary_pos_emb(q, k, cos, sin)
-        k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
-        scores = (q @ k.transpose(-1, -2)) * attn.scaling
-        allowed = torch.ones(n, n, dtype=torch.bool, device=h.device).tril()
-        if attention_mask is not None:
-            allowed = allowed & attention_mask.to(h.device).bool().expand(b, n)[:, None, None, :]
-        scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
-        if self.family == "gpt2":
-            return scores.softmax(-1)
-        return scores.softmax(-1, dtype=torch.float32).to(q.dtype)
 
     def describe(self) -> dict:
         """The architecture's sizes as a JSON-able dict (``interp info``)."""

@@ -6,7 +6,9 @@
   small model's forward);
 * :data:`SWITCH_ATTENTION` — the attention implementation can be switched to eager after
   loading (an engine that built its own graph from the model cannot);
-* :data:`GRADIENTS` — ``Model.run(keep_grad=True)`` works (attribution patching);
+* :data:`GRADIENTS` — ``Model.run(keep_grad=True)`` hands the autograd graph to the caller (the
+  reads with ``.grad``).  Every engine, remote ones too, runs ``keep_grad=True`` *with* ``reduce=``:
+  the reduction runs its backward passes where the model runs (attribution patching does);
 * :data:`SKIP_WORK` — derived rows of a plan run from their first edit on
   (:mod:`interp.skipping`), through the primitives of :class:`interp.engines.base.Engine`;
 * :data:`REMOTE` — the model runs elsewhere (NDIF, or its local simulation; :mod:`interp.remote`):

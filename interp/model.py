@@ -193,8 +193,7 @@ class Model:
             layers: Iterable[int] | None = None, positions: Sequence[int] | None = None,
             plan: InterventionPlan | None = None, logits: str | Callable = "last",
             max_rows: int | None = None, keep_grad: bool = False, cache_device="cpu",
-            skip: bool = True, progress: bool = False, reduce: Callable | None = None,
-            grad: Callable | None = None) -> RunOutput:
+            skip: bool = True, progress: bool = False, reduce: Callable | None = None) -> RunOutput:
         """Run prompts (or the plan's batch) once, with edits, keeping what was asked for.
 
         Args:
@@ -209,8 +208,11 @@ class Model:
                 ``self.memory_budget``; see :meth:`rows_for`).
             keep_grad: keep the autograd graph: every read site's *full* tensor (``positions`` is
                 ignored) is kept on the model's device with ``.grad`` enabled, and the logits are
-                not detached, so ``metric(out.logits).backward()`` fills ``out.cache[p].grad``
-                (attribution patching).  Use one chunk (``max_rows`` ≥ batch size).
+                not detached, so ``metric(out.logits).backward()`` fills ``out.cache[p].grad``.
+                Use one chunk (``max_rows`` ≥ batch size).  With ``reduce`` the reduction gets
+                these reads and logits and runs its backward passes itself, where the model runs —
+                the only way on a remote model, whose graph stays on the server (attribution
+                patching: only its estimates travel).
             skip: when the plan has derived rows (:meth:`InterventionPlan.derive`), no reads are
                 asked for, only last-token logits are needed and the engine can skip work
                 (capability ``skip_work``), start each derived row at its first edit
@@ -225,9 +227,6 @@ class Model:
                 Whatever a method computes from activations and weights (logit lens, attention
                 contributions) goes here, so only its result travels.  A reduction of a one-chunk
                 run may return one row for the whole batch.
-            grad: with ``reduce``: a metric of the logits; its sum is backpropagated (``keep_grad``)
-                before the reduction, which finds each read's gradient in ``reads[p].grad``
-                (attribution patching: the gradients never leave the model's side).
         """
         if plan is not None:
             batch = plan.batch  # a plan carries its own rows
@@ -240,14 +239,10 @@ class Model:
         pts = self.points(reads, layers) if reads else []
         if isinstance(logits, str) and logits not in ("last", "all", "none"):
             raise ValueError(f"logits must be 'last', 'all', 'none' or a function, not {logits!r}")
-        if grad is not None:
-            if reduce is None:
-                raise ValueError("grad= needs reduce=: the gradients are read by the reduction")
-            keep_grad = True
         if self.supports(REMOTE):
             lg, data, reduced, extra = self.engine.run_plan(
                 self, plan, pts, positions=positions, logits=logits, max_rows=max_rows, keep_grad=keep_grad,
-                reduce=reduce, grad=grad, progress=progress)
+                reduce=reduce, progress=progress)
             return RunOutput(batch, lg, ActivationCache(data, None if reduce is not None or positions is None
                                                         else list(positions)), extra, reduced)
         if (skip and reduce is None and plan.parents and not pts and not keep_grad and logits not in ("all", "none")
@@ -279,8 +274,6 @@ class Model:
                 n = len(own)
                 full = n == sub.batch.size
                 if reduce is not None:
-                    if grad is not None:
-                        grad(lg).sum().backward()
                     parts_reduced.append(take_rows(to_cpu(reduce(self.adapter, cache, lg)), n))
                     continue
                 if lg is not None:

@@ -322,7 +322,7 @@ def _run_session(nm, backend, jobs, w, lm_head):
         dev = w.W_E.device
         outs = []
         for job in jobs:
-            with torch.set_grad_enabled(job["grad"] is not None):
+            with torch.set_grad_enabled(job["grad"]):
                 with nm.trace(**to_device(job["inputs"], dev)):
                     out = run_chunk(job["steps"], job, w, lm_head)
             outs.append(out)
@@ -461,21 +461,23 @@ class RemoteSession:
         return CONFIG.API.HOST
 
     # -------------------------------------------------------------- runs
-    def run_plan(self, model, plan, pts, *, positions, logits, max_rows, keep_grad, reduce, grad, progress):
+    def run_plan(self, model, plan, pts, *, positions, logits, max_rows, keep_grad, reduce, progress):
         """``Model.run`` on the remote path: the plan's chunks, grouped into requests.  Returns
         ``(logits, reads {point: tensor}, reduced, extra)``, which ``Model.run`` wraps."""
         from .errors import EngineError
 
-        if keep_grad and grad is None:
-            raise EngineError("keep_grad=True keeps the autograd graph here; a remote model's graph stays "
-                              "on the server — pass grad=metric and reduce=fn (Model.run), which run there")
+        if keep_grad and reduce is None:
+            raise EngineError("keep_grad=True hands the autograd graph to the caller; a remote model's graph "
+                              "stays on the server — pass reduce=fn as well (Model.run): it gets the reads with "
+                              "their graph and runs its backward passes there")
         b = plan.batch
         rows = max_rows or model.max_rows or model.rows_for(b.width, logits == "all")
         chunks = plan.chunks(rows) if b.size > rows else [(list(range(b.size)), plan.flat())]
-        if grad is not None and len(chunks) > 1:
+        if keep_grad and len(chunks) > 1:
             from .errors import InterventionError
-            raise InterventionError(f"grad= needs one forward: {b.size} rows exceed max_rows={rows}")
-        jobs = [self._job(model, sub, pts, positions, logits, reduce, grad) for _, sub in chunks]
+            raise InterventionError(f"keep_grad=True needs one forward: {b.size} rows exceed max_rows={rows}; "
+                                    f"pass max_rows={b.size} or fewer rows")
+        jobs = [self._job(model, sub, pts, positions, logits, reduce, keep_grad) for _, sub in chunks]
         groups, cur, n = [], [], 0
         for job in jobs:
             if cur and n + job["rows"] > self.request_rows:
@@ -514,7 +516,7 @@ class RemoteSession:
         paths = {id(m): name for name, m in self.engine.hf.named_modules()}
         return self.engine.envoy(paths[id(self.engine.a.lm_head)])
 
-    def _job(self, model, sub, pts, positions, logits, reduce, grad=None) -> dict:
+    def _job(self, model, sub, pts, positions, logits, reduce, keep_grad=False) -> dict:
         """One chunk of rows as data: tokens, compiled edits, points to touch and keep."""
         from .shipped import hook_points
 
@@ -533,7 +535,7 @@ class RemoteSession:
                 "edits": {p: [g.astuple() for g in gs] for p, gs in compiled.groups.items()},
                 "n_heads": a.n_heads, "d_head": a.d_head, "mid": mid, "keep": kept, "cols": cols,
                 "head_out": sorted({l for s, l in pts if s == "head_out"}), "logits": logits,
-                "last": bb.last_positions(), "reduce": reduce, "grad": grad, "vedits": self.vedits}
+                "last": bb.last_positions(), "reduce": reduce, "grad": keep_grad, "vedits": self.vedits}
 
     def generate(self, batch, max_new_tokens: int, pad_token_id: int):
         """Greedy continuations of a left-padded batch (``[rows, new]`` token ids), one request."""

@@ -197,9 +197,9 @@ def run_chunk(steps, job: dict, w, lm_head) -> dict:
     ``d_head``, ``mid`` (layers with resid_mid writes), ``keep`` (points to read), ``cols``,
     ``head_out`` (layers whose ``attn_z`` read becomes ``head_out``), ``logits`` (``"last"``,
     ``"all"``, ``"none"`` or a function of the last-token logits), ``last`` (each row's last
-    column), ``reduce`` (None or ``fn(w, reads, logits)``), ``grad`` (None or a metric of the
-    logits backpropagated first, the reads then kept whole with their gradients), ``vedits`` (value-vector edits, see
-    :func:`value_deltas`); ``w``: the server's :class:`interp.arch.Weights`.
+    column), ``reduce`` (None or ``fn(w, reads, logits)``), ``grad`` (``keep_grad``: the reads are
+    kept whole in the autograd graph and the reduction runs its backward passes on them), ``vedits``
+    (value-vector edits, see :func:`value_deltas`); ``w``: the server's :class:`interp.arch.Weights`.
 
     Returns ``{"logits", "reads", "reduced"}`` with only what was asked for, on the CPU.
     """
@@ -213,7 +213,7 @@ def run_chunk(steps, job: dict, w, lm_head) -> dict:
         point = (site, layer)
 
         def keep(v):
-            reads[point] = keep_for_grad(v) if job["grad"] is not None else gather(site, v, job["cols"])
+            reads[point] = keep_for_grad(v) if job["grad"] else gather(site, v, job["cols"])
         x = edited_weights(site, layer, x, deltas, acts, before=True)
         x = edit_point(site, layer, x, apply, job["mid"], state, keep if point in job["keep"] else None)
         return edited_weights(site, layer, x, deltas, acts, before=False)
@@ -235,8 +235,6 @@ def run_chunk(steps, job: dict, w, lm_head) -> dict:
             logits = out[rows, last]
             if callable(mode):
                 logits = mode(logits)
-    if job["grad"] is not None:
-        job["grad"](logits).sum().backward()
     if job["reduce"] is not None:
         return to_cpu({"logits": None, "reads": {}, "reduced": job["reduce"](w, reads, logits)})
     return to_cpu({"logits": logits, "reads": reads, "reduced": None})

@@ -107,6 +107,24 @@ def test_a_trace_body_that_needs_interp_fails_as_it_would_on_the_server():
     assert rm.run(PROMPT, logits=lambda lg: lg.argmax(-1)).logits.shape == (1,)
 
 
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_attribution_patching_runs_its_backward_passes_on_the_server(arch):
+    """AtP* on a remote model: the gradients, GradDrop's extra backward passes and the QK fix's
+    patterns are computed where the model runs; only the estimates come back."""
+    from interp.mediation.attribution import attribution_patching
+
+    m, rm = _twin(arch)
+    kw = dict(sites=["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "head", "neuron"],
+              heads=[0, 2], neurons=[1, 5], answer=" Paris", wrong=" Rome")
+    for method in ("atp", "atp+qk", "atp*"):
+        a, b = (attribution_patching(x, PROMPT, CORRUPT, method=method, **kw) for x in (m, rm))
+        for s in a.sites:
+            _close(a.grid(s), b.grid(s), 1e-6)
+        _close([a.clean_metric, a.corrupt_metric], [b.clean_metric, b.corrupt_metric], 1e-6)
+    with pytest.raises(EngineError, match="graph stays on the server"):  # the graph never comes back
+        rm.run(PROMPT, reads=["resid_pre"], keep_grad=True)
+
+
 def test_every_method_module_is_shipped_and_needed(monkeypatch):
     """Leaving a method's module out of the shipped set breaks that method remotely (and only there)."""
     import interp.remote as remote
@@ -235,11 +253,16 @@ def test_activation_and_attribution_patching(default_model, remote_default):
     a, b = (activation_patching(m, PROMPT, CORRUPT, **kw) for m in (default_model, remote_default))
     for s in a.sites:
         _close(a.grid(s), b.grid(s))
-    # AtP (rewritten on main as AtP*, Kramár et al. 2024) keeps the autograd graph on the client
-    # (keep_grad=True): on a remote model that is one clear error until it is ported to
-    # Model.run(grad=..., reduce=...) — listed as left in the issue-11 note
-    with pytest.raises(EngineError, match="graph stays on the server"):
-        attribution_patching(remote_default, PROMPT, CORRUPT, **kw)
+    # AtP and AtP* (Kramár et al. 2024): backward passes, GradDrop and the QK fix's patterns on the server
+    for method in ("atp", "atp*"):
+        st = stats(remote_default)
+        st.reset()
+        a, b = (attribution_patching(m, PROMPT, CORRUPT, method=method, **kw) for m in (default_model, remote_default))
+        for s in a.sites:
+            assert a.grid(s).abs().max() > 0
+            _close(a.grid(s), b.grid(s))
+        _close([a.clean_metric, a.corrupt_metric], [b.clean_metric, b.corrupt_metric])
+        assert st.requests == 3  # the answer tokens, the source run, the base run with its estimates
 
 
 def test_knockout_and_contributions(default_model, remote_default):
@@ -310,6 +333,10 @@ CLI = {
               "trace.json", ["p_restored", "p_clean"]),
     "patch": (["patch", "--clean", PROMPT, "--corrupt", CORRUPT, "--layers", "0,15,29"],
               "patching.json", ["values"]),
+    "patch-atp": (["patch", "--clean", PROMPT, "--corrupt", CORRUPT, "--layers", "0,15,29", "--atp"],
+                  "attribution.json", ["estimates", "clean_metric", "corrupt_metric"]),
+    "patch-atp-star": (["patch", "--clean", PROMPT, "--corrupt", CORRUPT, "--layers", "0,15,29", "--atp-star"],
+                       "atp_star/attribution.json", ["estimates", "clean_metric", "corrupt_metric"]),
     "knockout": (["knockout", "--prompt", PROMPT, "--subject", SUBJECT, "--layers", "5,20"],
                  "knockout.json", ["p_knockout", "p_clean"]),
     "contributions": (["contributions", "--prompt", PROMPT, "--subject", SUBJECT], "contributions.json", ["dla"]),

@@ -5,8 +5,8 @@ Design note
 AtP (Nanda 2023, "Attribution patching"; Syed et al. 2023; Kramár et al. 2024) estimates the
 effect of patching activation ``a`` from the source run into the base run as
 ``(a_source − a_base) · ∂metric/∂a |_base`` — one forward without gradients for the source
-activations, one forward + backward (``model.run(keep_grad=True)``) for the base run, for *all*
-sites, layers, positions and units at once.  Direction and metric are the same as
+activations, one forward + backward for the base run, for *all* sites, layers, positions and
+units at once.  Direction and metric are the same as
 :func:`interp.mediation.activation_patching` (denoise: source = clean, base = corrupt), so the
 two grids can be compared cell by cell; :func:`compare_with_patching` gives the Spearman rank
 correlation and :func:`cost_to_recall` Kramár's cost of finding the largest true effects.
@@ -40,6 +40,23 @@ to components") — ``method=``:
   patching by ``|effect|``.  Cells inside the dropped block get ``Î_ℓ = 0`` (their path is cut),
   hence the ``L − 1``.  Cost: ``L`` extra backward passes.
 * ``"atp*"`` — both: the QK-fixed estimate under every GradDrop gradient.
+
+Where it runs.  Both runs go through ``Model.run(reduce=)``, so the same code runs locally and
+on a remote model (NDIF, :mod:`interp.remote`; this module is shipped with the requests):
+
+1. the source run's reduction (:func:`source_values`) returns the values of the patched points
+   (whole positions; only the asked-for heads / neurons) and the source metric;
+2. the base run (``keep_grad=True``) hands its reads, still in the autograd graph, to
+   :func:`atp_estimates`, which runs the backward pass (and GradDrop's ``L`` more, with tensor
+   hooks), the **QK fix's pattern evaluations on the model's own weights**
+   (:meth:`interp.arch.Weights.attention_pattern`, ``mlp_sublayer``, ``W_O``, ``W_out`` — on a remote
+   model the server's copy: no weight is fetched), and every per-cell product.  Only the
+   estimates ``[layer, pos(, unit)]`` per site and the base metric come back; no gradient and no
+   activation of the base run leaves the model's side.
+
+A remote AtP / AtP* call is three requests (the answer tokens of :func:`prepare_pair`, the source
+run, the base run); the source values travel back to the client and out again with the base
+request.
 """
 
 from __future__ import annotations
@@ -52,7 +69,10 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..errors import InterventionError
+from ..remote import ships_with_requests
 from .patching import GRID_SITES, UNIT_SITES, PairGridResult, PatchingResult, _check, metric_fn, prepare_pair
+
+ships_with_requests(__name__)  # its estimates are computed where the model runs (interp.remote)
 
 #: method name -> (QK fix, GradDrop)
 METHODS = {"atp": (False, False), "atp+qk": (True, False), "atp+gd": (False, True), "atp*": (True, True)}
@@ -100,10 +120,10 @@ def _next_attention(site: str, layer: int, n_layers: int) -> int | None:
     return ls if ls < n_layers else None
 
 
-def _gradients(base, metric_value: Tensor, n_layers: int, drop: Sequence[int | None]) -> list[dict]:
+def _gradients(reads: dict, metric_value: Tensor, drop: Sequence[int | None]) -> list[dict]:
     """One gradient dict per entry of ``drop`` (None = plain backward; ℓ = GradDrop of block ℓ).
 
-    Every kept tensor gets a hook that records the gradient arriving at it; for a dropped block
+    ``reads``: the base run's reads, kept in the autograd graph.  Every one gets a hook that records the gradient arriving at it; for a dropped block
     the hooks on its ``attn_out`` / ``mlp_out`` return zeros, so nothing flows into the block.
     ``("resid_mid_total", l)`` holds the gradient arriving at ``attn_out`` before any drop (the
     residual's gradient after attention; an engine's ``resid_mid`` read may be the MLP norm's input,
@@ -111,8 +131,7 @@ def _gradients(base, metric_value: Tensor, n_layers: int, drop: Sequence[int | N
     """
     state = {"drop": None, "rec": {}}
     handles = []
-    for point in base.cache.keys():
-        t = base.cache[point]
+    for point, t in reads.items():
 
         def hook(g, point=point):
             site, layer = point
@@ -138,11 +157,11 @@ def _gradients(base, metric_value: Tensor, n_layers: int, drop: Sequence[int | N
     return out
 
 
-def _lift(model, site: str, layer: int, units: Tensor | None, mid_base: Tensor | None) -> Callable[[Tensor], Tensor]:
+def _lift(a, site: str, layer: int, units: Tensor | None, mid_base: Tensor | None) -> Callable[[Tensor], Tensor]:
     """Map changes ``D [cells, n, *unit shape]`` of the site's value to changes of the residual
     entering the next attention layer ``[cells, n, d_model]`` (exact: the same layer's MLP is rerun
-    for mid-block sites).  ``units``: the head / neuron of every cell."""
-    a = model.adapter
+    for mid-block sites).  ``a``: the model's :class:`~interp.arch.Weights`; ``units``: the head /
+    neuron of every cell."""
     if site in ("resid_pre", "resid_post", "mlp_out"):
         return lambda D: D
     if site == "neuron":
@@ -169,11 +188,16 @@ def patched_patterns(model, site: str, layer: int, positions: list[int], units: 
     and its first-order change (JVP) — cells position-major, unit-minor; None after the last
     attention layer.  Every cell is one row of one batched evaluation of the layer's pattern.
     """
-    ls = _next_attention(site, layer, model.n_layers)
+    return _patterns(model.adapter, site, layer, positions, units, delta, base_cache, batch.position_ids,
+                     batch.attention_mask)
+
+
+def _patterns(a, site, layer, positions, units, delta, base_cache, position_ids, attention_mask):
+    """:func:`patched_patterns` on the weights ``a`` (torch only: runs where the model runs)."""
+    ls = _next_attention(site, layer, a.n_layers)
     if ls is None:
         return None
-    a = model.adapter
-    dev = model.device
+    dev = a.W_E.device
     R_b = base_cache["resid_pre", ls][0].detach().to(dev)  # n d
     mid_b = (base_cache["resid_mid", layer][0].detach().to(dev)
              if site in ("resid_mid", "attn_out", "head") else None)
@@ -185,9 +209,9 @@ def patched_patterns(model, site: str, layer: int, positions: list[int], units: 
     for c, (p, k) in enumerate(cells):
         T[c, p] = delta[p] if units is None else delta[p, k]
     cell_units = None if units is None else torch.tensor([units[k] for _, k in cells], device=dev)
-    lift = _lift(model, site, layer, cell_units, mid_b)
-    pos_ids = batch.position_ids[:1].to(dev)
-    mask = batch.attention_mask[:1].to(dev)
+    lift = _lift(a, site, layer, cell_units, mid_b)
+    pos_ids = position_ids[:1].to(dev)
+    mask = attention_mask[:1].to(dev)
 
     def pattern(D):
         return a.attention_pattern(ls, R_b + lift(D), pos_ids, mask)
@@ -200,9 +224,9 @@ def patched_patterns(model, site: str, layer: int, positions: list[int], units: 
     return ls, A_b[:1], A_p, dA.detach()
 
 
-def _qk_corrections(model, site, layer, positions, units, delta, base_cache, batch):
+def _qk_corrections(a, site, layer, positions, units, delta, base_cache, position_ids, attention_mask):
     """``(l*, C)`` with ``C[cell] = A_patched − A − J_A Δ`` (zero for cells whose value does not move)."""
-    out = patched_patterns(model, site, layer, positions, units, delta, base_cache, batch)
+    out = _patterns(a, site, layer, positions, units, delta, base_cache, position_ids, attention_mask)
     if out is None:
         return None
     ls, A_b, A_p, dA = out
@@ -211,6 +235,70 @@ def _qk_corrections(model, site, layer, positions, units, delta, base_cache, bat
     moved = torch.tensor([bool((delta[p] if units is None else delta[p, k]).abs().max() > 0)
                           for p in positions for k in range(nu)], device=C.device)
     return ls, C * moved[:, None, None, None]
+
+
+def source_values(reads: dict, logits: Tensor, metric: Callable, units: dict) -> dict:
+    """The source run's part of AtP, where the model runs: the value of every patched point (only
+    the ``units`` asked for at ``attn_z`` / ``mlp_post``: ``{point: heads or neurons}``) and the metric."""
+    return {"values": {p: v if p not in units else v[:, :, units[p]] for p, v in reads.items()},
+            "metric": metric(logits)}
+
+
+def atp_estimates(w, reads: dict, logits: Tensor, job: dict) -> dict:
+    """The base run's part of AtP / AtP*, where the model runs (``Model.run(keep_grad=True, reduce=)``).
+
+    ``reads``: the base run's reads, kept in the autograd graph; ``logits``: its last-token logits;
+    ``w``: the model's :class:`~interp.arch.Weights` (the QK fix evaluates attention patterns with
+    them); ``job``: the metric, sites, layers, positions, units, method switches, the source values
+    (:func:`source_values`) and the base prompt's ``position_ids`` / ``attention_mask``.  Runs the
+    backward pass (and GradDrop's ``L`` more), then the estimate of every cell; returns
+    ``{"estimates": {site: [1, layer, pos(, unit)]}, "metric": [1]}`` — nothing else travels.
+    """
+    sites, layers, heads, neurons = job["sites"], job["layers"], job["heads"], job["neurons"]
+    qk, gd, L, source = job["qk"], job["gd"], job["n_layers"], job["source"]
+    with torch.enable_grad():
+        mb = job["metric"](logits).sum()
+    grads = _gradients(reads, mb, [None] + (list(range(L)) if gd else []))
+    if gd:
+        grads = grads[1:]
+    pos_t = torch.tensor(job["positions"])
+    est = {}
+    for s in sites:
+        rows = []
+        for l in layers:
+            point = (s, l) if s in GRID_SITES else (UNIT_SITES[s], l)
+            a_b = reads[point].detach()
+            units = None if s in GRID_SITES else (heads if s == "head" else neurons)
+            if units is not None:
+                a_b = a_b[:, :, units]  # 1 n unit [d_head]
+            d = (source[point].to(a_b.device) - a_b)[0]  # n [unit] [d]
+            qkc = (_qk_corrections(w, s, l, job["positions"], units, d, reads, job["position_ids"],
+                                   job["attention_mask"]) if qk else None)
+            per_variant = []
+            for g in grads:
+                gp = g.get(("resid_mid_total", l) if s == "resid_mid" else point)
+                gp = torch.zeros_like(reads[point]) if gp is None else gp
+                gp = gp[0]
+                if s == "head":
+                    e = (d * gp[:, heads]).sum(-1)[pos_t]  # pos unit
+                elif s == "neuron":
+                    e = (d * gp[:, neurons])[pos_t]  # pos unit
+                else:
+                    e = (d * gp).sum(-1)[pos_t]  # pos
+                if qkc is not None:
+                    ls, C = qkc
+                    gA = g.get(("attn_pattern", ls))
+                    if gA is not None:
+                        corr = torch.einsum("chqk,hqk->c", C.to(gA.dtype), gA[0])
+                        e = e + corr.reshape(e.shape)
+                per_variant.append(e)
+            if gd:
+                e = torch.stack(per_variant).abs().sum(0) / max(1, L - 1)
+            else:
+                e = per_variant[0]
+            rows.append(e.detach().float())
+        est[s] = torch.stack(rows)[None]
+    return {"estimates": est, "metric": mb.detach().reshape(1)}
 
 
 def attribution_patching(model, clean: str, corrupt: str, *, sites: Sequence[str] | str = ("resid_pre",),
@@ -236,58 +324,23 @@ def attribution_patching(model, clean: str, corrupt: str, *, sites: Sequence[str
                                                       neurons, direction)
     fn, mname = metric_fn(model, metric, setup.answer_id, setup.wrong_id)
     L = model.n_layers
-    reads = _read_points(sites, layers, L, qk, gd)
     src_text, base_text = ((setup.clean_text, setup.corrupt_text) if direction == "denoise"
                            else (setup.corrupt_text, setup.clean_text))
-    src = model.run(src_text, reads=reads, logits="last")
-    base = model.run(base_text, reads=reads, logits="last", keep_grad=True, max_rows=1)
-    with torch.enable_grad():
-        mb = fn(base.logits).sum()
-    grads = _gradients(base, mb, L, [None] + (list(range(L)) if gd else []))
-    if gd:
-        grads = grads[1:]
-    ms = float(fn(src.logits.to(model.device)).detach())
-    m_base = float(mb.detach())
-    m_clean, m_corrupt = (ms, m_base) if direction == "denoise" else (m_base, ms)
+    # the source values of every patched site (only the asked-for heads / neurons) and the metric
+    units = {(UNIT_SITES[s], l): heads if s == "head" else neurons for s in sites if s in UNIT_SITES for l in layers}
+    points = [(s, l) if s in GRID_SITES else (UNIT_SITES[s], l) for s in sites for l in layers]
+    src = model.run(src_text, reads=points, logits="last",
+                    reduce=lambda w, reads, lg: source_values(reads, lg, fn, units)).reduced
     batch = model.tokenize(base_text)
-    pos_t = torch.tensor(positions)
-    est = {}
-    for s in sites:
-        rows = []
-        for l in layers:
-            point = (s, l) if s in GRID_SITES else (UNIT_SITES[s], l)
-            a_b = base.cache[point].detach()
-            d = (src.cache[point].to(a_b.device) - a_b)[0]  # n [unit shape]
-            units = None if s in GRID_SITES else (heads if s == "head" else neurons)
-            if s == "head":
-                d = d[:, heads]  # n unit dh
-            elif s == "neuron":
-                d = d[:, neurons]  # n unit
-            qkc = _qk_corrections(model, s, l, positions, units, d, base.cache, batch) if qk else None
-            per_variant = []
-            for g in grads:
-                gp = g.get(("resid_mid_total", l) if s == "resid_mid" else point)
-                gp = torch.zeros_like(a_b) if gp is None else gp
-                gp = gp[0]
-                if s == "head":
-                    e = (d * gp[:, heads]).sum(-1)[pos_t]  # pos unit
-                elif s == "neuron":
-                    e = (d * gp[:, neurons])[pos_t]  # pos unit
-                else:
-                    e = (d * gp).sum(-1)[pos_t]  # pos
-                if qkc is not None:
-                    ls, C = qkc
-                    gA = g.get(("attn_pattern", ls))
-                    if gA is not None:
-                        corr = torch.einsum("chqk,hqk->c", C.to(gA.dtype), gA[0])
-                        e = e + corr.reshape(e.shape)
-                per_variant.append(e)
-            if gd:
-                e = torch.stack(per_variant).abs().sum(0) / max(1, L - 1)
-            else:
-                e = per_variant[0]
-            rows.append(e.detach().float().cpu())
-        est[s] = torch.stack(rows).tolist()
+    job = {"metric": fn, "sites": list(sites), "layers": list(layers), "positions": list(positions),
+           "heads": heads, "neurons": neurons, "qk": qk, "gd": gd, "n_layers": L, "source": src["values"],
+           "position_ids": batch.position_ids, "attention_mask": batch.attention_mask}
+    # the base run's forward and backward passes, and every estimate, where the model runs
+    out = model.run(base_text, reads=_read_points(sites, layers, L, qk, gd), logits="last", keep_grad=True,
+                    max_rows=1, reduce=lambda w, reads, lg: atp_estimates(w, reads, lg, job)).reduced
+    ms, m_base = float(src["metric"][0]), float(out["metric"][0])
+    m_clean, m_corrupt = (ms, m_base) if direction == "denoise" else (m_base, ms)
+    est = {s: out["estimates"][s][0].tolist() for s in sites}
     return AttributionResult(
         clean=setup.clean_text, corrupt=setup.corrupt_text, tokens=setup.tokens, direction=direction, metric=mname,
         answer=setup.answer, wrong=setup.wrong, clean_metric=m_clean, corrupt_metric=m_corrupt, sites=list(sites),
