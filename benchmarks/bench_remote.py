@@ -13,7 +13,9 @@ Workloads:
   10-token prompt pair (denoising, logit difference): 302 rows;
 * ``trace``: a ROME causal-trace grid (kinds resid, mlp, attn; ``--samples`` noise draws) of the
   same prompt: ``1 + samples × (1 + 3 × 30 × 10)`` rows (timed once: it is long on a CPU);
-* ``lens``: the logit lens of the prompt (30 layers × 10 tokens).
+* ``lens``: the logit lens of the prompt (30 layers × 10 tokens);
+* ``atp_star``: AtP* (QK fix + GradDrop) of ``resid_pre`` at every layer × every token of the pair:
+  the base run's 31 backward passes and the QK fix's pattern evaluations run where the model runs.
 
 Run under the timing lock: ``flock /tmp/interp-timing.lock .venv/bin/python benchmarks/bench_remote.py``
 """
@@ -47,6 +49,7 @@ def main() -> None:
 
     import interp
     from interp.lens import logit_lens
+    from interp.mediation.attribution import attribution_patching
     from interp.mediation.causal_trace import causal_trace
     from interp.mediation.patching import activation_patching
     from interp.remote import stats
@@ -60,6 +63,7 @@ def main() -> None:
     work = {
         "patching": lambda m: activation_patching(m, PROMPT, CORRUPT, sites=["resid_pre"], fast=False).grid("resid_pre"),
         "lens": lambda m: logit_lens(m, PROMPT, target=" Paris").top_probs,
+        "atp_star": lambda m: attribution_patching(m, PROMPT, CORRUPT, sites=["resid_pre"], method="atp*").grid("resid_pre"),
     }
     if not args.skip_trace:
         def trace(m):
