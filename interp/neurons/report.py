@@ -14,9 +14,9 @@ from pathlib import Path
 
 #: every ConceptVectors Wikipedia article (28 texts, 362,899 tokens of the default model)
 CORPUS = ["conceptvectors/llama2-7b_concepts_dev.json", "conceptvectors/olmo-7b_concepts_dev.json"]
-#: the main pass over the first 144 batches (1,152 windows, 146,872 tokens): the whole corpus did not fit
-#: the time on the shared 2-core machine; None covers it all (the state in the result's ``state/`` continues)
-MAIN_BATCHES = 144
+#: None: the main pass covers the whole corpus, then the top-up pass traces the candidates the calibration
+#: missed (an int N cuts both short after N batches, for a quick look; the state in ``state/`` continues)
+MAIN_BATCHES = None
 CLAMP_VALUES = [1.0, 2.0, 5.0, 10.0, 20.0]
 CLAMP_PROMPTS = ["My favourite word is", "The weather today is"]
 
