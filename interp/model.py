@@ -228,17 +228,7 @@ class Model:
                 contributions) goes here, so only its result travels.  A reduction of a one-chunk
                 run may return one row for the whole batch.
         """
-        if plan is not None:
-            batch = plan.batch  # a plan carries its own rows
-        elif isinstance(prompts, Batch):
-            batch = prompts
-        else:
-            batch = self.tokenize(prompts)
-        if plan is None:
-            plan = InterventionPlan(batch)
-        pts = self.points(reads, layers) if reads else []
-        if isinstance(logits, str) and logits not in ("last", "all", "none"):
-            raise ValueError(f"logits must be 'last', 'all', 'none' or a function, not {logits!r}")
+        batch, plan, pts = self._prepare(prompts, plan, reads, layers, logits)
         if self.supports(REMOTE):
             lg, data, reduced, extra = self.engine.run_plan(
                 self, plan, pts, positions=positions, logits=logits, max_rows=max_rows, keep_grad=keep_grad,
@@ -290,6 +280,48 @@ class Model:
             data = {p: torch.cat(v) for p, v in parts_cache.items()}
         return RunOutput(batch, out_logits, ActivationCache(data, list(positions) if positions is not None else None),
                          {"path": "plan"})
+
+    def _prepare(self, prompts, plan, reads, layers, logits) -> tuple[Batch, InterventionPlan, list]:
+        """The batch, the plan (an empty one on the prompts when none is given) and the read points of a run."""
+        if plan is not None:
+            batch = plan.batch  # a plan carries its own rows
+        elif isinstance(prompts, Batch):
+            batch = prompts
+        else:
+            batch = self.tokenize(prompts)
+        if plan is None:
+            plan = InterventionPlan(batch)
+        pts = self.points(reads, layers) if reads else []
+        if isinstance(logits, str) and logits not in ("last", "all", "none"):
+            raise ValueError(f"logits must be 'last', 'all', 'none' or a function, not {logits!r}")
+        return batch, plan, pts
+
+    def run_chain(self, calls: Sequence[dict]) -> Any:
+        """Runs that feed each other where the model runs; returns the last one's reduction.
+
+        ``calls``: keyword arguments of :meth:`run` (``prompts`` included), each with a ``reduce``
+        and one forward (``max_rows`` ≥ its rows).  Every reduction after the first takes a fourth
+        argument: the list of the earlier calls' reductions.  Only the last reduction comes back:
+        on a remote model the chain is one request and the earlier results never leave the server
+        (attribution patching's source values).
+        """
+        if not calls or any(c.get("reduce") is None for c in calls):
+            raise ValueError("run_chain needs at least one call, each with reduce=")
+        if self.supports(REMOTE):
+            parts = []
+            for c in calls:
+                c = dict(c)
+                _, plan, pts = self._prepare(c.pop("prompts", None), c.pop("plan", None), c.pop("reads", ()),
+                                             c.pop("layers", None), c.get("logits", "last"))
+                parts.append((plan, pts, c))
+            return self.engine.run_chain(self, parts)
+        prior: list = []
+        for i, c in enumerate(calls):
+            c = dict(c)
+            fn = c.pop("reduce")
+            c["reduce"] = fn if i == 0 else (lambda w, reads, lg, fn=fn: fn(w, reads, lg, list(prior)))
+            prior.append(self.run(**c).reduced)
+        return prior[-1]
 
     def make_hooks(self, compiled, n_rows: int, pts=(), cols: Tensor | None = None, *, keep_grad: bool = False,
                    cache_device="cpu", store: dict | None = None, taps: dict | None = None) -> dict:

@@ -314,18 +314,21 @@ def digest(obj) -> str:
 # statement spread over several lines (or a comment, a blank line) inside the ``with`` would move
 # the line numbers the inner trace is found by on the server.  Keep them one line per statement.
 def _run_session(nm, backend, jobs, w, lm_head):
-    """One request: every job (a chunk of rows) one trace of one session, its program shipped."""
+    """One request: every job (a chunk of rows) one trace of one session, its program shipped; a
+    chained job's reduction sees the earlier jobs' reductions, and a job not to return stays here."""
     import nnsight
 
     outs = None
     with nm.session(backend=backend):
         dev = w.W_E.device
         outs = []
+        done = []
         for job in jobs:
             with torch.set_grad_enabled(job["grad"]):
                 with nm.trace(**to_device(job["inputs"], dev)):
-                    out = run_chunk(job["steps"], job, w, lm_head)
-            outs.append(out)
+                    out = run_chunk(job["steps"], job, w, lm_head, done)
+            done.append(out["reduced"])
+            outs.append(out if job["ret"] else None)
         nnsight.save(outs)
     return outs
 
@@ -470,13 +473,7 @@ class RemoteSession:
             raise EngineError("keep_grad=True hands the autograd graph to the caller; a remote model's graph "
                               "stays on the server — pass reduce=fn as well (Model.run): it gets the reads with "
                               "their graph and runs its backward passes there")
-        b = plan.batch
-        rows = max_rows or model.max_rows or model.rows_for(b.width, logits == "all")
-        chunks = plan.chunks(rows) if b.size > rows else [(list(range(b.size)), plan.flat())]
-        if keep_grad and len(chunks) > 1:
-            from .errors import InterventionError
-            raise InterventionError(f"keep_grad=True needs one forward: {b.size} rows exceed max_rows={rows}; "
-                                    f"pass max_rows={b.size} or fewer rows")
+        chunks = self._chunks(model, plan, logits, max_rows, "keep_grad=True" if keep_grad else None)
         jobs = [self._job(model, sub, pts, positions, logits, reduce, keep_grad) for _, sub in chunks]
         groups, cur, n = [], [], 0
         for job in jobs:
@@ -512,6 +509,33 @@ class RemoteSession:
         data = {p: torch.cat(v) for p, v in parts_cache.items()}
         return torch.cat(parts_logits) if parts_logits else None, data, None, extra
 
+    def run_chain(self, model, parts) -> Any:
+        """:meth:`interp.model.Model.run_chain` on the remote path: ``parts`` = ``[(plan, points,
+        run keywords)]``, each one trace of a single request; only the last reduction comes back."""
+        jobs = []
+        for i, (plan, pts, kw) in enumerate(parts):
+            logits, keep_grad = kw.get("logits", "last"), kw.get("keep_grad", False)
+            (own, sub), = self._chunks(model, plan, logits, kw.get("max_rows"), "a chained run")
+            job = self._job(model, sub, pts, kw.get("positions"), logits, kw["reduce"], keep_grad)
+            job["chain"], job["ret"] = i > 0, i == len(parts) - 1
+            jobs.append(job)
+        out = self.send(_run_session, jobs, self.weights, self._lm_head(), key_data=[_job_key(j) for j in jobs])[-1]
+        self.stats.traces += len(jobs)
+        self.stats.rows += sum(j["rows"] for j in jobs)
+        return take_rows(out["reduced"], len(own))
+
+    def _chunks(self, model, plan, logits, max_rows, one: str | None) -> list:
+        """The plan's chunks of rows (sized as ``Model.run`` sizes them); ``one`` names what needs a
+        single forward, refused with a clear error when the rows do not fit one."""
+        b = plan.batch
+        rows = max_rows or model.max_rows or model.rows_for(b.width, logits == "all")
+        chunks = plan.chunks(rows) if b.size > rows else [(list(range(b.size)), plan.flat())]
+        if one and len(chunks) > 1:
+            from .errors import InterventionError
+            raise InterventionError(f"{one} needs one forward: {b.size} rows exceed max_rows={rows}; "
+                                    f"pass max_rows={b.size} or fewer rows")
+        return chunks
+
     def _lm_head(self):
         paths = {id(m): name for name, m in self.engine.hf.named_modules()}
         return self.engine.envoy(paths[id(self.engine.a.lm_head)])
@@ -535,7 +559,8 @@ class RemoteSession:
                 "edits": {p: [g.astuple() for g in gs] for p, gs in compiled.groups.items()},
                 "n_heads": a.n_heads, "d_head": a.d_head, "mid": mid, "keep": kept, "cols": cols,
                 "head_out": sorted({l for s, l in pts if s == "head_out"}), "logits": logits,
-                "last": bb.last_positions(), "reduce": reduce, "grad": keep_grad, "vedits": self.vedits}
+                "last": bb.last_positions(), "reduce": reduce, "grad": keep_grad, "vedits": self.vedits,
+                "chain": False, "ret": True}
 
     def generate(self, batch, max_new_tokens: int, pad_token_id: int):
         """Greedy continuations of a left-padded batch (``[rows, new]`` token ids), one request."""

@@ -190,7 +190,7 @@ def walk(steps, visit, n_heads: int, d_head: int) -> None:
         i += 1
 
 
-def run_chunk(steps, job: dict, w, lm_head) -> dict:
+def run_chunk(steps, job: dict, w, lm_head, prior=()) -> dict:
     """The body of one remote trace (one chunk of rows), inside ``model.trace(...)``.
 
     ``steps``: see :func:`walk`.  ``job``: ``edits`` (``{point: groups}``), ``n_heads``,
@@ -199,7 +199,9 @@ def run_chunk(steps, job: dict, w, lm_head) -> dict:
     ``"all"``, ``"none"`` or a function of the last-token logits), ``last`` (each row's last
     column), ``reduce`` (None or ``fn(w, reads, logits)``), ``grad`` (``keep_grad``: the reads are
     kept whole in the autograd graph and the reduction runs its backward passes on them), ``vedits``
-    (value-vector edits, see :func:`value_deltas`); ``w``: the server's :class:`interp.arch.Weights`.
+    (value-vector edits, see :func:`value_deltas`), ``chain`` (the reduction takes a fourth argument,
+    ``prior``: the earlier reductions of the same request, :meth:`interp.model.Model.run_chain`);
+    ``w``: the server's :class:`interp.arch.Weights`.
 
     Returns ``{"logits", "reads", "reduced"}`` with only what was asked for, on the CPU.
     """
@@ -236,7 +238,8 @@ def run_chunk(steps, job: dict, w, lm_head) -> dict:
             if callable(mode):
                 logits = mode(logits)
     if job["reduce"] is not None:
-        return to_cpu({"logits": None, "reads": {}, "reduced": job["reduce"](w, reads, logits)})
+        args = (w, reads, logits, list(prior)) if job["chain"] else (w, reads, logits)
+        return to_cpu({"logits": None, "reads": {}, "reduced": job["reduce"](*args)})
     return to_cpu({"logits": logits, "reads": reads, "reduced": None})
 
 

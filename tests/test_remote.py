@@ -107,6 +107,20 @@ def test_a_trace_body_that_needs_interp_fails_as_it_would_on_the_server():
     assert rm.run(PROMPT, logits=lambda lg: lg.argmax(-1)).logits.shape == (1,)
 
 
+def test_a_run_chain_is_one_request_and_only_its_last_reduction_returns():
+    m, rm = _twin()
+    big = torch.randn(1, 4096, generator=torch.Generator().manual_seed(0))
+    calls = [dict(prompts=PROMPT, reads=[("resid_post", 1)], logits="none",
+                  reduce=lambda w, reads, lg: {"h": reads[("resid_post", 1)], "big": big}),
+             dict(prompts="Rome is the capital of", logits="last",
+                  reduce=lambda w, reads, lg, prior: (lg[:, :5].float() + prior[0]["h"][:, -1, :5] + prior[0]["big"].sum()))]
+    st = stats(rm)
+    st.reset()
+    a, b = m.run_chain(calls), rm.run_chain(calls)
+    _close(a, b, 1e-5)
+    assert st.requests == 1 and st.traces == 2 and st.bytes_returned < 4096 * 4  # the first result stayed there
+
+
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_attribution_patching_runs_its_backward_passes_on_the_server(arch):
     """AtP* on a remote model: the gradients, GradDrop's extra backward passes and the QK fix's
@@ -262,7 +276,7 @@ def test_activation_and_attribution_patching(default_model, remote_default):
             assert a.grid(s).abs().max() > 0
             _close(a.grid(s), b.grid(s))
         _close([a.clean_metric, a.corrupt_metric], [b.clean_metric, b.corrupt_metric])
-        assert st.requests == 3  # the answer tokens, the source run, the base run with its estimates
+        assert st.requests == 2  # the answer tokens; the source and base runs with every estimate
 
 
 def test_knockout_and_contributions(default_model, remote_default):

@@ -105,6 +105,10 @@ class NNsightEngine(Engine):
         """Run a plan remotely (capability ``remote``): see :meth:`interp.remote.RemoteSession.run_plan`."""
         return self.session.run_plan(model, plan, pts, **kwargs)
 
+    def run_chain(self, model, parts):
+        """Chained runs in one request (see :meth:`interp.remote.RemoteSession.run_chain`)."""
+        return self.session.run_chain(model, parts)
+
     def generate(self, batch, max_new_tokens: int, pad_token_id: int):
         """Greedy generation on the server (see :meth:`interp.remote.RemoteSession.generate`)."""
         return self.session.generate(batch, max_new_tokens, pad_token_id)

@@ -41,22 +41,22 @@ to components") — ``method=``:
   hence the ``L − 1``.  Cost: ``L`` extra backward passes.
 * ``"atp*"`` — both: the QK-fixed estimate under every GradDrop gradient.
 
-Where it runs.  Both runs go through ``Model.run(reduce=)``, so the same code runs locally and
-on a remote model (NDIF, :mod:`interp.remote`; this module is shipped with the requests):
+Where it runs.  The two runs are one :meth:`interp.model.Model.run_chain`, so the same code runs
+locally and on a remote model (NDIF, :mod:`interp.remote`; this module is shipped with the
+requests), where the chain is one request:
 
-1. the source run's reduction (:func:`source_values`) returns the values of the patched points
-   (whole positions; only the asked-for heads / neurons) and the source metric;
+1. the source run's reduction (:func:`source_values`) keeps the values of the patched points
+   (whole positions; only the asked-for heads / neurons) and the source metric — they stay where
+   the model runs;
 2. the base run (``keep_grad=True``) hands its reads, still in the autograd graph, to
    :func:`atp_estimates`, which runs the backward pass (and GradDrop's ``L`` more, with tensor
    hooks), the **QK fix's pattern evaluations on the model's own weights**
    (:meth:`interp.arch.Weights.attention_pattern`, ``mlp_sublayer``, ``W_O``, ``W_out`` — on a remote
    model the server's copy: no weight is fetched), and every per-cell product.  Only the
-   estimates ``[layer, pos(, unit)]`` per site and the base metric come back; no gradient and no
-   activation of the base run leaves the model's side.
+   estimates ``[layer, pos(, unit)]`` per site and the two metrics come back; no gradient and no
+   activation leaves the model's side.
 
-A remote AtP / AtP* call is three requests (the answer tokens of :func:`prepare_pair`, the source
-run, the base run); the source values travel back to the client and out again with the base
-request.
+A remote AtP / AtP* call is two requests: the answer tokens (:func:`prepare_pair`) and the chain.
 """
 
 from __future__ import annotations
@@ -244,18 +244,20 @@ def source_values(reads: dict, logits: Tensor, metric: Callable, units: dict) ->
             "metric": metric(logits)}
 
 
-def atp_estimates(w, reads: dict, logits: Tensor, job: dict) -> dict:
+def atp_estimates(w, reads: dict, logits: Tensor, job: dict, source: dict) -> dict:
     """The base run's part of AtP / AtP*, where the model runs (``Model.run(keep_grad=True, reduce=)``).
 
     ``reads``: the base run's reads, kept in the autograd graph; ``logits``: its last-token logits;
     ``w``: the model's :class:`~interp.arch.Weights` (the QK fix evaluates attention patterns with
-    them); ``job``: the metric, sites, layers, positions, units, method switches, the source values
-    (:func:`source_values`) and the base prompt's ``position_ids`` / ``attention_mask``.  Runs the
-    backward pass (and GradDrop's ``L`` more), then the estimate of every cell; returns
-    ``{"estimates": {site: [1, layer, pos(, unit)]}, "metric": [1]}`` — nothing else travels.
+    them); ``job``: the metric, sites, layers, positions, units, method switches and the base
+    prompt's ``position_ids`` / ``attention_mask``; ``source``: the source run's
+    :func:`source_values`.  Runs the backward pass (and GradDrop's ``L`` more), then the estimate
+    of every cell; returns ``{"estimates": {site: [1, layer, pos(, unit)]}, "metric": [1],
+    "source_metric": [1]}`` — nothing else travels.
     """
     sites, layers, heads, neurons = job["sites"], job["layers"], job["heads"], job["neurons"]
-    qk, gd, L, source = job["qk"], job["gd"], job["n_layers"], job["source"]
+    qk, gd, L = job["qk"], job["gd"], job["n_layers"]
+    values = source["values"]
     with torch.enable_grad():
         mb = job["metric"](logits).sum()
     grads = _gradients(reads, mb, [None] + (list(range(L)) if gd else []))
@@ -271,7 +273,7 @@ def atp_estimates(w, reads: dict, logits: Tensor, job: dict) -> dict:
             units = None if s in GRID_SITES else (heads if s == "head" else neurons)
             if units is not None:
                 a_b = a_b[:, :, units]  # 1 n unit [d_head]
-            d = (source[point].to(a_b.device) - a_b)[0]  # n [unit] [d]
+            d = (values[point].to(a_b.device) - a_b)[0]  # n [unit] [d]
             qkc = (_qk_corrections(w, s, l, job["positions"], units, d, reads, job["position_ids"],
                                    job["attention_mask"]) if qk else None)
             per_variant = []
@@ -298,7 +300,7 @@ def atp_estimates(w, reads: dict, logits: Tensor, job: dict) -> dict:
                 e = per_variant[0]
             rows.append(e.detach().float())
         est[s] = torch.stack(rows)[None]
-    return {"estimates": est, "metric": mb.detach().reshape(1)}
+    return {"estimates": est, "metric": mb.detach().reshape(1), "source_metric": source["metric"]}
 
 
 def attribution_patching(model, clean: str, corrupt: str, *, sites: Sequence[str] | str = ("resid_pre",),
@@ -326,19 +328,21 @@ def attribution_patching(model, clean: str, corrupt: str, *, sites: Sequence[str
     L = model.n_layers
     src_text, base_text = ((setup.clean_text, setup.corrupt_text) if direction == "denoise"
                            else (setup.corrupt_text, setup.clean_text))
-    # the source values of every patched site (only the asked-for heads / neurons) and the metric
+    # first the source values of every patched site (only the asked-for heads / neurons) and the metric,
     units = {(UNIT_SITES[s], l): heads if s == "head" else neurons for s in sites if s in UNIT_SITES for l in layers}
     points = [(s, l) if s in GRID_SITES else (UNIT_SITES[s], l) for s in sites for l in layers]
-    src = model.run(src_text, reads=points, logits="last",
-                    reduce=lambda w, reads, lg: source_values(reads, lg, fn, units)).reduced
     batch = model.tokenize(base_text)
     job = {"metric": fn, "sites": list(sites), "layers": list(layers), "positions": list(positions),
-           "heads": heads, "neurons": neurons, "qk": qk, "gd": gd, "n_layers": L, "source": src["values"],
+           "heads": heads, "neurons": neurons, "qk": qk, "gd": gd, "n_layers": L,
            "position_ids": batch.position_ids, "attention_mask": batch.attention_mask}
-    # the base run's forward and backward passes, and every estimate, where the model runs
-    out = model.run(base_text, reads=_read_points(sites, layers, L, qk, gd), logits="last", keep_grad=True,
-                    max_rows=1, reduce=lambda w, reads, lg: atp_estimates(w, reads, lg, job)).reduced
-    ms, m_base = float(src["metric"][0]), float(out["metric"][0])
+    # then the base run's forward and backward passes, and every estimate, where the model runs:
+    # one request on a remote model, the source values never leave it
+    out = model.run_chain([
+        dict(prompts=src_text, reads=points, logits="last", max_rows=1,
+             reduce=lambda w, reads, lg: source_values(reads, lg, fn, units)),
+        dict(prompts=base_text, reads=_read_points(sites, layers, L, qk, gd), logits="last", keep_grad=True,
+             max_rows=1, reduce=lambda w, reads, lg, prior: atp_estimates(w, reads, lg, job, prior[0]))])
+    ms, m_base = float(out["source_metric"][0]), float(out["metric"][0])
     m_clean, m_corrupt = (ms, m_base) if direction == "denoise" else (m_base, ms)
     est = {s: out["estimates"][s][0].tolist() for s in sites}
     return AttributionResult(
