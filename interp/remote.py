@@ -28,7 +28,9 @@ As few requests as possible.  The chunks of rows of one ``Model.run`` (sized to 
 locally) go out as one nnsight ``session`` per ``request_rows`` rows, each chunk one trace in it.
 Only what was asked for comes back: a reduced metric per row (``logits=fn``), the kept columns
 of the reads, or a method's own reduction (``Model.run(reduce=...)``), and computations on the
-weights alone run as a session without a forward (``Model.compute``).  :class:`RequestStats`
+weights alone run as a session without a forward (``Model.compute``).  Runs that feed each other
+(``Model.run_chain``: attribution patching's source run, then its base run with the backward
+passes) are one request whose earlier results stay on the server.  :class:`RequestStats`
 counts requests, rows, bytes sent and bytes returned (the result as the server serialises it,
 before compression).
 
