@@ -72,13 +72,17 @@ def main(argv=None) -> dict:
     st = cell_stats(x)
     # the mean normalised effect over prompts, non-significant senders blanked
     fig = path_patching_figure(last, values=st.masked(),
-                               title=(f"Path patching to the logits, {len(recs)} IOI prompts vs ABC (noising): mean "
-                                      f"normalised effect, blank if p_adj ≥ 0.05 (maxT) — {model.name}"))
+                               title=(f"Path patching to the logits, {len(recs)} IOI prompts vs ABC (noising)<br>"
+                                      f"<sup>mean normalised effect, blank if p_adj ≥ 0.05 (maxT) — {model.name}</sup>"))
     files = save_figure(fig, args.fig, "path_patching_ioi")
     order = st.mean.argsort()
     top = [{"sender": recs[0]["senders"][int(k)], "mean": float(st.mean[k]),
             "ci": [float(st.ci_low[k]), float(st.ci_high[k])], "p_adj": float(st.p_adj[k])} for k in order[:8]]
-    summary = {"prompts": len(recs), "mean_clean_logit_diff": sum(r["clean_metric"] for r in recs) / len(recs),
+    sig = [int(k) for k in st.significant().nonzero().flatten()]
+    sig.sort(key=lambda k: -abs(float(st.mean[k])))
+    significant = [{"sender": recs[0]["senders"][k], "mean": float(st.mean[k]),
+                    "ci": [float(st.ci_low[k]), float(st.ci_high[k])], "p_adj": float(st.p_adj[k])} for k in sig]
+    summary = {"prompts": len(recs), "significant": significant, "mean_clean_logit_diff": sum(r["clean_metric"] for r in recs) / len(recs),
                "mean_corrupt_logit_diff": sum(r["corrupt_metric"] for r in recs) / len(recs),
                "n_significant": int(st.significant().sum()), "strongest_negative": top, "files": files,
                "stats": st.settings}
