@@ -20,10 +20,6 @@ import render  # noqa: E402  (notebooks/render.py)
 from browser import chromium, render_offline  # noqa: E402
 
 NOTEBOOKS = render.NOTEBOOKS
-#: notebooks whose claims are not written yet (issue 17, left open): their sweeps could not be
-#: executed on the shared machine in time to check any claim against the numbers; until then they
-#: are only required to run without an error, as before
-WITHOUT_CLAIMS = {"02_causal_tracing", "06_concept_vectors", "07_conflict_probes"}
 #: printed by plotly.js's own bundle once, at its top
 PLOTLYJS_BANNER = re.compile(r"plotly\.js v\d+\.\d+\.\d+")
 needs_chromium = pytest.mark.skipif(chromium() is None, reason="no Chromium (make chromium installs it)")
@@ -59,8 +55,8 @@ def test_notebook_checks_its_claims_and_draws_offline(path):
     nb = nbformat.read(str(path), as_version=4)
     code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
     assert "offline_figures()" in code, f"{path.name}: call interp.notebook.offline_figures() before a figure"
-    assert bool(re.search(r"(?<![\w.])check\(", code)) == (path.stem not in WITHOUT_CLAIMS), \
-        f"{path.name}: check the narrative's claims with interp.notebook.check (and update WITHOUT_CLAIMS)"
+    assert re.search(r"(?<![\w.])check\(", code), \
+        f"{path.name}: check the narrative's claims with interp.notebook.check"
 
 
 def test_check_prints_claims_and_fails_on_a_wrong_one(capsys):
@@ -144,8 +140,6 @@ def executed(path: Path):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs_checks_claims_and_prints_no_warning(path):
     nb = executed(path)   # raises on an error in any cell, a failed claim included
-    if path.stem in WITHOUT_CLAIMS:
-        return
     assert problems(nb) == [], path.name
     assert len(render.claims(nb)) >= 2, f"{path.name} checks fewer than two claims: {render.claims(nb)}"
 
