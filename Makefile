@@ -46,11 +46,17 @@ figures demo: $(STAMP)
 paper: $(STAMP)
 	$(VENV)/bin/interp figures --out figures $(FIGURES_ARGS)
 
+# The suite runs its files in TEST_WORKERS processes (pytest-xdist; a file's tests stay together, so
+# its module fixtures load once), one torch thread each: two 2-thread torch processes on 2 cores
+# spin against each other (OpenMP), one thread per process uses both cores.
+TEST_WORKERS ?= 2
+PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
 test: $(STAMP)
-	$(PY) -m pytest -q tests $(PYTEST_ARGS)
+	$(PYTEST) tests $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q tests -m "not slow" $(PYTEST_ARGS)
+	$(PYTEST) tests -m "not slow" $(PYTEST_ARGS)
 
 # Execute every notebook (fresh kernel, claims checked) → out/notebooks/NAME.ipynb + NAME.html
 notebooks: $(STAMP)

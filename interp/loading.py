@@ -84,8 +84,10 @@ def default_model_dir() -> Path:
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
         tok.save_pretrained(str(tmp))
         (tmp / "SOURCE").write_text(f"dequantised from {gguf_path.name} ({DEFAULT_GGUF_PACKAGE})\n")
+        if (target / "model.safetensors").exists() and (target / "config.json").exists():
+            return target  # another process (a parallel test worker, a second notebook) made it first
         if target.exists():
-            shutil.rmtree(target)
+            shutil.rmtree(target)  # a cache left incomplete by an older version
         os.replace(tmp, target)
     finally:
         if tmp.exists():

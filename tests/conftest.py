@@ -10,14 +10,23 @@
 * ``DATA`` is :func:`interp.datasets.data_dir` (``$INTERP_DATA`` or ``../shared/data``: real
   evaluation sets, read-only, never copied in).
 * ``cached_loads()`` makes ``interp.loading.load`` reuse models across in-process CLI runs.
+
+The tests never reach a model hub: ``HF_HUB_OFFLINE=1`` is set before transformers is imported
+(also for the CLI subprocesses and notebook kernels they start), so a hub id that is not cached
+fails at once instead of after the hub client's network retries.  ``make test`` runs the files in
+two processes (pytest-xdist, ``--dist loadfile``), each with one torch thread.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
-import pytest
-import torch
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from interp.datasets import data_dir as _data_dir  # the one place that says where the data is
 

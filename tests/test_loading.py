@@ -1,7 +1,6 @@
 """Loading: default model cache, typed errors for bad names and missing packages."""
 
 import importlib.util
-import time
 
 import pytest
 
@@ -12,13 +11,17 @@ from interp.errors import (DefaultModelMissingError, EngineError, ModelNotFoundE
 from interp.loading import cache_root, default_model_dir
 
 
-def test_default_model_cached_and_fast_to_reload():
+def test_default_model_cached_and_fast_to_reload(monkeypatch):
     d = default_model_dir()
     assert (d / "model.safetensors").exists() and (d / "config.json").exists()
     assert str(d).startswith(str(cache_root()))
-    t = time.perf_counter()
+    stamp = (d / "model.safetensors").stat().st_mtime_ns
+
+    def no_gguf():
+        raise AssertionError("a cached default model must load without reading the GGUF again")
+    monkeypatch.setattr(interp.loading, "default_gguf_path", no_gguf)
     m = interp.load()
-    assert time.perf_counter() - t < 20
+    assert (d / "model.safetensors").stat().st_mtime_ns == stamp   # loaded from the cache, not rewritten
     assert m.adapter.n_layers == 30 and m.adapter.d_model == 576 and m.adapter.n_kv_heads == 3
     assert m.info()["engine"] == "hf" and "resid_post" in m.info()["sites"]
 
