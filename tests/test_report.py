@@ -212,3 +212,24 @@ def test_committed_knockout_figures_keep_position_0_off_the_subject():
     assert nb["bos"] == "" and nb["position_zero"] == ["subject"] and nb["tokens"] == ko["tokens"][1:]
     sw = json.loads((res / "knockout_sweep" / "knockout_sweep.json").read_text())
     assert sw["bos"] == "<|endoftext|>" and sw["n_position_zero"] == 0
+
+
+def test_method_validations_are_reported_from_their_committed_results(tmp_path, capsys):
+    """AtP* validation and name-mover path patching (issue 14) enter REPORT.md from the results their
+    benchmark scripts committed; without them the section names the commands instead."""
+    from pathlib import Path
+
+    from interp.mediation.report import ATP_STAR_COMMAND, IOI_COMMAND, method_entries
+    assert method_entries(tmp_path) == []
+    out = capsys.readouterr().out
+    assert ATP_STAR_COMMAND in out and IOI_COMMAND in out
+    import shutil
+    figures = Path(__file__).resolve().parents[1] / "figures"
+    for name in ("atp_star_validation", "path_patching_ioi"):   # a copy: redrawing writes figures
+        shutil.copytree(figures / "results" / name, tmp_path / "results" / name)
+    shutil.copy(figures / "path_patching_ioi.png", tmp_path)
+    stems = {e["stem"]: e for e in method_entries(tmp_path)}
+    assert set(stems) == {"atp_star_validation", "path_patching_ioi"}
+    atp = stems["atp_star_validation"]["numbers"]
+    assert atp["prompt pairs"] >= 20 and any("misses" in k for k in atp)
+    assert stems["path_patching_ioi"]["numbers"]["senders significant after maxT (p_adj < 0.05)"] >= 1

@@ -181,4 +181,87 @@ def report_sections(model, out_dir: Path, quick: bool) -> list[dict]:
         "caption": (f"Normalised {pt.metric.replace('_', ' ')} ({pt.answer!r} vs {pt.wrong!r}) when one clean "
                     f"activation of {', '.join(pt.sites)} is patched into the corrupted run ({CORRUPT!r}); "
                     f"the Spearman correlation of attribution patching (AtP) with it per site is in the numbers.")})
+    if not quick:
+        sections += method_entries(out_dir)
     return sections
+
+
+#: results of the two method validations (Kramár et al. 2024; Wang et al. 2022), made by their
+#: resumable benchmark scripts (≈40 min and ≈20 min on 2 CPU cores) and committed in figures/results
+ATP_STAR_COMMAND = ".venv/bin/python benchmarks/atp_star_validation.py --pairs 20 --out figures/results/atp_star_validation"
+IOI_COMMAND = ".venv/bin/python benchmarks/path_patching_ioi.py --out figures/results/path_patching_ioi"
+
+
+def method_entries(out_dir: Path) -> list[dict]:
+    """REPORT entries of AtP vs AtP* vs real patching and of the name-mover path patching, read from
+    the results their benchmark scripts saved under ``out_dir/results`` (skipped, with a line naming
+    the command, when a result is not there)."""
+    import json
+
+    from ..figures import save_figure
+    from .atp_validation import AttributionValidationResult
+    from .attribution import METHOD_TITLES
+
+    out_dir = Path(out_dir)
+    entries = []
+    d = out_dir / "results" / "atp_star_validation"
+    if (d / f"{AttributionValidationResult.stem}.json").exists():
+        res = AttributionValidationResult.load(d)
+        save_figure(res.figure(), out_dir, "atp_star_validation")
+        nums = {"prompt pairs": res.n_pairs, "cells per pair (all sites)": res.n_cells}
+        for m in res.methods:
+            per = res.spearman["magnitude"][m]["per_site"]
+            nums[f"Spearman |estimate| vs |effect|, {METHOD_TITLES[m]}"] = ", ".join(
+                f"{s} {v['mean']:.2f} [{v['ci'][0]:.2f}, {v['ci'][1]:.2f}]" for s, v in per.items())
+        for m in res.methods:
+            nums[f"real patches to recall the top 10 effects, {METHOD_TITLES[m]}"] = round(res.cost[m]["mean"][9], 1)
+        nums["seconds, real patching / AtP / AtP*"] = " / ".join(
+            f"{res.seconds.get(k, float('nan')):.0f}" for k in ("patching", "atp", "atp*"))
+        if res.qk_cells:
+            c = res.qk_cells[0]
+            cell = f"{c['site']} L{c['layer']}" + (f"H{c['head']}" if "head" in c else "") + f" position {c['position']}"
+            nums["cell the QK fix corrects most"] = (f"{cell} of {c['clean']!r}: effect {c['effect']:+.3f}, "
+                                                     f"AtP {c['atp']:+.3f}, AtP+QK {c['atp+qk']:+.3f}")
+            # Kramár et al.'s failure: a saturated softmax makes AtP see almost nothing of a large effect
+            missed = [c for c in res.qk_cells if abs(c["atp"]) < 0.1 * abs(c["effect"])
+                      and abs(c["atp+qk"] - c["effect"]) < 0.5 * abs(c["effect"])]
+            if missed:
+                c = max(missed, key=lambda c: abs(c["effect"]))
+                cell = f"{c['site']} L{c['layer']}" + (f"H{c['head']}" if "head" in c else "") + f" position {c['position']}"
+                nums["a large effect AtP misses and the QK fix recovers (through the attention pattern)"] = (
+                    f"{cell} of {c['clean']!r}: effect {c['effect']:+.3f}, AtP {c['atp']:+.3f}, "
+                    f"AtP+QK {c['atp+qk']:+.3f}, AtP* {c.get('atp*', float('nan')):+.3f}")
+        entries.append({
+            "stem": "atp_star_validation", "title": "AtP vs AtP* vs real activation patching", "numbers": nums,
+            "command": ATP_STAR_COMMAND, "results": [d],
+            "caption": (f"Kramár et al. 2024's evaluation over {res.n_pairs} known_1000 subject-swap pairs: the "
+                        f"Spearman correlation of each attribution method's |estimate| with the |effect| of real "
+                        f"patching per site ({', '.join(res.sites)}; mean over pairs, 95% bootstrap CI), the "
+                        f"number of real patches needed to recover the top-k true effects when cells are visited in "
+                        f"each method's order, and the cells the QK fix corrects most.")})
+    else:
+        print(f"[figures] mediation: no AtP* validation in {d}: {ATP_STAR_COMMAND}")
+    d = out_dir / "results" / "path_patching_ioi"
+    if (d / "summary.json").exists() and (out_dir / "path_patching_ioi.png").exists():
+        sm = json.loads((d / "summary.json").read_text())
+        top = sm["significant"]
+        nums = {"IOI prompts (each vs an ABC corruption)": sm["prompts"],
+                "mean clean / corrupt logit diff (IO − S)": f"{sm['mean_clean_logit_diff']:.2f} / "
+                                                           f"{sm['mean_corrupt_logit_diff']:.2f}",
+                "senders significant after maxT (p_adj < 0.05)": sm["n_significant"]}
+        for t in top:
+            kind, layer, *head = t["sender"]
+            name = f"L{layer}H{head[0]}" if kind == "head" else f"MLP L{layer}"
+            nums[f"sender {name}: mean normalised effect [95% CI], p_adj"] = (f"{t['mean']:+.3f} [{t['ci'][0]:+.3f}, {t['ci'][1]:+.3f}], "
+                                              f"p_adj {t['p_adj']:.3g}")
+        entries.append({
+            "stem": "path_patching_ioi", "title": "Name movers: path patching from every head and MLP to the logits",
+            "numbers": nums, "command": IOI_COMMAND, "results": [d],
+            "caption": (f"Wang et al. 2022's name-mover experiment on {sm['prompts']} indirect-object prompts: each "
+                        f"head's and MLP's direct path to the logits patched from an ABC run (noising), as a "
+                        f"fraction of the clean → corrupt logit-difference change (mean over prompts; cells with "
+                        f"p_adj ≥ 0.05 blank; the significant senders in the numbers: positive = a name mover, "
+                        f"negative = a negative name mover). The figure is drawn by the benchmark command.")})
+    else:
+        print(f"[figures] mediation: no name-mover path patching in {d}: {IOI_COMMAND}")
+    return entries
