@@ -233,3 +233,20 @@ def test_method_validations_are_reported_from_their_committed_results(tmp_path, 
     atp = stems["atp_star_validation"]["numbers"]
     assert atp["prompt pairs"] >= 20 and any("misses" in k for k in atp)
     assert stems["path_patching_ioi"]["numbers"]["senders significant after maxT (p_adj < 0.05)"] >= 1
+
+
+def test_trace_sweep_significance_entry_reads_the_log(tmp_path):
+    """The known_1000 trace sweep with per-cell CIs and maxT p-values (issue 14), from its log alone."""
+    import shutil
+    from pathlib import Path
+
+    from interp.datasets import display_path
+    from interp.figures import save_figure
+    from interp.mediation.report import _significance_entry
+    src = Path(__file__).resolve().parents[1] / "figures" / "results" / "trace_sweep"
+    shutil.copytree(src, tmp_path / "trace_sweep")
+    e = _significance_entry(tmp_path / "trace_sweep", tmp_path, save_figure, display_path)
+    assert e["numbers"]["facts"] >= 40 and (tmp_path / "mediation_trace_sweep_significant.html").is_file()
+    mlp = e["numbers"]["mlp: peak at the last subject token, AIE [95% CI], p_adj"]
+    lo, hi = (float(x) for x in mlp.split("[")[1].split("]")[0].split(", "))
+    assert 0 < lo < hi   # the early MLP site is significant over the committed facts

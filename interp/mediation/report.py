@@ -130,6 +130,8 @@ def report_sections(model, out_dir: Path, quick: bool) -> list[dict]:
                     f"noise sample(s) each, {sw.settings['window']}-layer windows; standard errors in the hover."
                     + (f" The sweep covers {sw.n_traced} of {sw.n_known} known facts so far; the command "
                        f"resumes it." if not quick and sw.n_traced + len(sw.errors) < sw.n_known else ""))})
+    if not quick and (d / "items.jsonl").is_file():
+        sections.append(_significance_entry(d, out_dir, save_figure, display_path))
 
     # 3. the RAG condition (Wadhwa et al. 2024)
     d = result_dir(out_dir, "rag_comparison", quick)
@@ -184,6 +186,34 @@ def report_sections(model, out_dir: Path, quick: bool) -> list[dict]:
     if not quick:
         sections += method_entries(out_dir)
     return sections
+
+
+def _significance_entry(d: Path, out_dir: Path, save_figure, display_path) -> dict:
+    """The trace sweep again, from its log with per-cell statistics over facts (bootstrap 95% CIs,
+    sign-flip p-values, maxT over the whole grid): cells whose AIE is not significant are blank."""
+    from .causal_trace import trace_sweep_from_log
+
+    sig = trace_sweep_from_log(d)
+    save_figure(sig.figure(mask_nonsignificant=True), out_dir, "mediation_trace_sweep_significant")
+    t = sig.stats["settings"]
+    nums = {"facts": sig.n_traced,
+            "test": (f"{t['test']}, {t['n_perm']} permutations, {t['correction']} over {t['n_cells']} cells, "
+                     f"α = {t['alpha']}; {t['ci']} ({t['n_boot']} resamples)")}
+    for k in sig.kinds:
+        n_sig = sum(sum(sig.significant(k, c)) for c in sig.categories)
+        nums[f"{k}: significant cells"] = f"{n_sig} of {len(sig.categories) * len(sig.layers)}"
+        st = sig.stats[k]["last_subject"]
+        curve = sig.aie[k]["last_subject"]
+        i = max(range(len(curve)), key=lambda i: curve[i] if curve[i] is not None else float("-inf"))
+        nums[f"{k}: peak at the last subject token, AIE [95% CI], p_adj"] = (
+            f"{curve[i]:.3f} [{st['ci_low'][i]:.3f}, {st['ci_high'][i]:.3f}] at layer {sig.layers[i]}, "
+            f"p_adj {st['p_adj'][i]:.3g}")
+    cmd = f"interp trace --from-log {display_path(d)} --mask-nonsignificant --out DIR"
+    return {"stem": "mediation_trace_sweep_significant", "title": "Average indirect effect on known_1000: significant cells",
+            "numbers": nums, "command": cmd, "results": [d],
+            "caption": (f"The sweep above over its {sig.n_traced} facts with per-cell statistics over facts "
+                        f"(interp.stats.cell_stats): cells whose mean AIE is not different from 0 after the "
+                        f"grid-wide correction are blank; the 95% CIs are in the numbers and the hover.")}
 
 
 #: results of the two method validations (Kramár et al. 2024; Wang et al. 2022), made by their
