@@ -222,6 +222,11 @@ ATP_STAR_COMMAND = ".venv/bin/python benchmarks/atp_star_validation.py --pairs 2
 IOI_COMMAND = ".venv/bin/python benchmarks/path_patching_ioi.py --out figures/results/path_patching_ioi"
 
 
+def _cell_name(c: dict) -> str:
+    """A patching cell of the AtP* validation as "site L<layer>[H<head>] position <t>"."""
+    return f"{c['site']} L{c['layer']}" + (f"H{c['head']}" if "head" in c else "") + f" position {c['position']}"
+
+
 def method_entries(out_dir: Path) -> list[dict]:
     """REPORT entries of AtP vs AtP* vs real patching and of the name-mover path patching, read from
     the results their benchmark scripts saved under ``out_dir/results`` (skipped, with a line naming
@@ -249,7 +254,7 @@ def method_entries(out_dir: Path) -> list[dict]:
             f"{res.seconds.get(k, float('nan')):.0f}" for k in ("patching", "atp", "atp*"))
         if res.qk_cells:
             c = res.qk_cells[0]
-            cell = f"{c['site']} L{c['layer']}" + (f"H{c['head']}" if "head" in c else "") + f" position {c['position']}"
+            cell = _cell_name(c)
             nums["cell the QK fix corrects most"] = (f"{cell} of {c['clean']!r}: effect {c['effect']:+.3f}, "
                                                      f"AtP {c['atp']:+.3f}, AtP+QK {c['atp+qk']:+.3f}")
             # Kramár et al.'s failure: a saturated softmax makes AtP see almost nothing of a large effect
@@ -257,7 +262,7 @@ def method_entries(out_dir: Path) -> list[dict]:
                       and abs(c["atp+qk"] - c["effect"]) < 0.5 * abs(c["effect"])]
             if missed:
                 c = max(missed, key=lambda c: abs(c["effect"]))
-                cell = f"{c['site']} L{c['layer']}" + (f"H{c['head']}" if "head" in c else "") + f" position {c['position']}"
+                cell = _cell_name(c)
                 nums["a large effect AtP misses and the QK fix recovers (through the attention pattern)"] = (
                     f"{cell} of {c['clean']!r}: effect {c['effect']:+.3f}, AtP {c['atp']:+.3f}, "
                     f"AtP+QK {c['atp+qk']:+.3f}, AtP* {c.get('atp*', float('nan')):+.3f}")
