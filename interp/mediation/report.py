@@ -208,7 +208,7 @@ def _significance_entry(d: Path, out_dir: Path, save_figure, display_path) -> di
         nums[f"{k}: peak at the last subject token, AIE [95% CI], p_adj"] = (
             f"{curve[i]:.3f} [{st['ci_low'][i]:.3f}, {st['ci_high'][i]:.3f}] at layer {sig.layers[i]}, "
             f"p_adj {st['p_adj'][i]:.3g}")
-    cmd = f"interp trace --from-log {display_path(d)} --mask-nonsignificant --out DIR"
+    cmd = f"interp trace --from-log {display_path(d)} --mask-nonsignificant --out out/trace_sweep_significant"
     return {"stem": "mediation_trace_sweep_significant", "title": "Average indirect effect on known_1000: significant cells",
             "numbers": nums, "command": cmd, "results": [d],
             "caption": (f"The sweep above over its {sig.n_traced} facts with per-cell statistics over facts "
