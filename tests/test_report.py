@@ -243,12 +243,10 @@ def test_trace_sweep_significance_entry_reads_the_log(tmp_path):
     import shutil
     from pathlib import Path
 
-    from interp.datasets import display_path
-    from interp.figures import save_figure
     from interp.mediation.report import _significance_entry
     src = Path(__file__).resolve().parents[1] / "figures" / "results" / "trace_sweep"
     shutil.copytree(src, tmp_path / "trace_sweep")
-    e = _significance_entry(tmp_path / "trace_sweep", tmp_path, save_figure, display_path)
+    e = _significance_entry(tmp_path / "trace_sweep", tmp_path)
     assert e["numbers"]["facts"] >= 40 and (tmp_path / "mediation_trace_sweep_significant.html").is_file()
     mlp = e["numbers"]["mlp: peak at the last subject token, AIE [95% CI], p_adj"]
     lo, hi = (float(x) for x in mlp.split("[")[1].split("]")[0].split(", "))

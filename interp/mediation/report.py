@@ -131,7 +131,7 @@ def report_sections(model, out_dir: Path, quick: bool) -> list[dict]:
                     + (f" The sweep covers {sw.n_traced} of {sw.n_known} known facts so far; the command "
                        f"resumes it." if not quick and sw.n_traced + len(sw.errors) < sw.n_known else ""))})
     if not quick and (d / "items.jsonl").is_file():
-        sections.append(_significance_entry(d, out_dir, save_figure, display_path))
+        sections.append(_significance_entry(d, out_dir))
 
     # 3. the RAG condition (Wadhwa et al. 2024)
     d = result_dir(out_dir, "rag_comparison", quick)
@@ -188,9 +188,11 @@ def report_sections(model, out_dir: Path, quick: bool) -> list[dict]:
     return sections
 
 
-def _significance_entry(d: Path, out_dir: Path, save_figure, display_path) -> dict:
+def _significance_entry(d: Path, out_dir: Path) -> dict:
     """The trace sweep again, from its log with per-cell statistics over facts (bootstrap 95% CIs,
     sign-flip p-values, maxT over the whole grid): cells whose AIE is not significant are blank."""
+    from ..datasets import display_path
+    from ..figures import save_figure
     from .causal_trace import trace_sweep_from_log
 
     sig = trace_sweep_from_log(d)
