@@ -2,8 +2,10 @@
 
 (a) residual patching sweep (resid_pre, every layer × position, denoising) on the default model vs
     TransformerLens 4.x ``transformer_lens.patching.get_act_patch_resid_pre`` on the TL engine's
-    ``TransformerBridge``: max |difference| (asserted ≤ 1e-4) and speed ratio; also the plan path
-    (every row in full, ``fast=False``) and the bare batched forward of the same rows (the floor).
+    ``TransformerBridge``: max |difference| (asserted ≤ 1e-4, every cell) and speed ratio; also the
+    plan path (every row in full, ``fast=False``) and the bare batched forward of the same rows (the
+    floor).  Cells at positions the two prompts share are not run by either of our paths (their
+    value is the corrupt metric; :func:`interp.mediation.patching.shared_prefix`): ``cells_run``.
 (b) causal-trace grid (3 kinds, ``--samples``) vs the bare batched forward of the same number of
     rows (the floor), skipping path (``fast=True``) and plan path, on the default model and on
     random-weight gpt2 and qwen2 models of the default model's size (timing ratios need no
@@ -104,9 +106,12 @@ def main(argv=None) -> dict:
     t_floor = floor_forward(hf, corrupt, L * n, args.max_rows)
     ours = fast.grid("resid_pre")
     res["a"] = {"rows": L * n, "t_fast_s": t_fast, "t_plan_s": t_plan, "t_floor_s": t_floor,
-                "fast_vs_plan_max_abs": float((ours - plan.grid("resid_pre")).abs().max())}
-    print(f"(a) ours fast {t_fast:.2f}s, plan {t_plan:.2f}s, bare forward of {L * n} rows {t_floor:.2f}s",
-          file=sys.stderr)
+                "fast_vs_plan_max_abs": float((ours - plan.grid("resid_pre")).abs().max()),
+                "cells": fast.settings["cells"], "cells_run": fast.settings["cells_run"],
+                "shared_prefix": fast.settings["shared_prefix"]}
+    print(f"(a) ours fast {t_fast:.2f}s, plan {t_plan:.2f}s, bare forward of {L * n} rows {t_floor:.2f}s; "
+          f"{fast.settings['cells_run']} of {fast.settings['cells']} cells run (the first "
+          f"{fast.settings['shared_prefix']} positions are the same tokens in both prompts)", file=sys.stderr)
     if not args.skip_tl:
         from transformer_lens import patching
         tlm = interp.load(engine="transformer_lens")

@@ -31,8 +31,8 @@ builds them from the model's own modules):
    far, over columns ``c …`` only, with the parent's keys/values of columns ``< c`` supplied
    through the cache object the attention asks for, and the model's own layer arguments sliced
    to those columns.  Rows that have children record their states and keys/values in turn.
-3. The final norm and LM head run on the last column; the reduction (``logits=fn``) is applied
-   per chunk.
+3. The final norm and LM head run on the last column, gathered over chunks into calls of
+   :data:`UNEMBED_ROWS` rows; the reduction (``logits=fn``) is applied per call.
 
 The edits of a chunk are the compiled plan re-addressed to it (:meth:`CompiledPlan.localize`):
 a row's edits at or after its start, columns shifted; copied values are taken from the roots'
@@ -57,6 +57,11 @@ from .arch import BLOCK_CACHE_ARGS, BLOCK_SEQ_ARGS
 from .interventions import CompiledPlan, InterventionPlan
 
 __all__ = ["run_derived"]
+
+#: Final residuals of derived rows are gathered across chunks (which are often a few rows each)
+#: and sent through the final norm and LM head this many at a time: the head's weight is read
+#: once per call, so a few wide calls cost less than many narrow ones.
+UNEMBED_ROWS = 256
 
 
 class _PrefixCache:
@@ -296,12 +301,23 @@ def _run(model, plan: InterventionPlan, reduce: Callable, max_rows, progress):
     if progress and len(work) > 1:
         from tqdm.auto import tqdm
         it = tqdm(work, desc="forward (skipping)", unit="chunk")
-    for chunk, c in it:
-        red = _run_chunk(model, compiled, st, chunk, c, parents, has_children, layer_args,
-                         arg_rows[torch.tensor([st.root_index[root(r)] for r in chunk])], ids, pos, source_values)
-        out = reduce(red)
-        for i, r in enumerate(chunk):
+    pending: list = []          # (rows, final hidden states) waiting for one batched LM head
+
+    def unembed(flush: bool):
+        n = sum(len(rs) for rs, _ in pending)
+        if not pending or (not flush and n < UNEMBED_ROWS):
+            return
+        out = reduce(eng.unembed(torch.cat([h for _, h in pending])))
+        for i, r in enumerate(r for rs, _ in pending for r in rs):
             results[r] = out[i]
+        pending.clear()
+
+    for chunk, c in it:
+        h = _run_chunk(model, compiled, st, chunk, c, parents, has_children, layer_args,
+                       arg_rows[torch.tensor([st.root_index[root(r)] for r in chunk])], ids, pos, source_values)
+        pending.append((chunk, h))
+        unembed(flush=False)
+    unembed(flush=True)
     return torch.stack(results)
 
 
@@ -356,4 +372,4 @@ def _run_chunk(model, compiled: CompiledPlan, st: _States, chunk: list[int], c: 
                     st.kv[r][k] = (cache.full[0][i], cache.full[1][i])
     if final:
         H = CompiledPlan({last_point: final}, lp.n_heads).apply(last_point, H)
-    return eng.unembed(H[:, -1])
+    return H[:, -1]

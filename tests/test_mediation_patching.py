@@ -222,3 +222,21 @@ def test_patching_sweep_over_pairs_resumes_with_statistics(tm, tmp_path):
     assert again.figure(mask_nonsignificant=True) is not None
     with pytest.raises(InterventionError, match="head"):
         patching_sweep(tm, pairs, tmp_path / "x", sites=["head"], progress=False)
+
+
+def test_cells_in_the_shared_prefix_take_the_base_metric_without_a_row(tm):
+    """Positions the two prompts share hold identical activations in both runs (causal model):
+    those cells equal the base metric and are not run; the one-at-a-time reference above checks
+    their values against real hooked forwards."""
+    r = activation_patching(tm, CLEAN, CORRUPT, sites=["resid_pre", "head"], heads=[0, 1], **KW)
+    n_layers, n = tm.n_layers, len(r.tokens)
+    assert r.tokens[0] == r.corrupt_tokens[0] and r.tokens[1] != r.corrupt_tokens[1]
+    assert r.settings["shared_prefix"] == 1
+    assert r.settings["cells"] == n_layers * n * 3
+    assert r.settings["cells_run"] == n_layers * (n - 1) * 3
+    assert (r.grid("resid_pre")[:, 0] == r.corrupt_metric).all()
+    same = activation_patching(tm, CLEAN, CLEAN, sites="resid_pre", **KW)
+    assert same.settings["cells_run"] == 0 and (same.grid("resid_pre") == same.corrupt_metric).all()
+    # a patch over all positions at once touches the differing ones: it runs
+    allpos = activation_patching(tm, CLEAN, CORRUPT, sites="head", heads=[0], per_position=False, **KW)
+    assert allpos.settings["cells_run"] == allpos.settings["cells"] == n_layers

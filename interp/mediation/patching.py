@@ -10,7 +10,10 @@ All cells of all sites are rows of one :class:`~interp.interventions.Interventio
 * row 0 = clean prompt, row 1 = corrupted prompt (no edits);
 * every cell = a copy of the *base* prompt (corrupt for denoise, clean for noise) with a
   ``set`` edit whose value is copied from the *source* row of the same forward
-  (``source_row=0`` or ``1``) — no caching pass, no per-cell forward.
+  (``source_row=0`` or ``1``) — no caching pass, no per-cell forward;
+* a cell whose positions all lie in the prefix the two prompts share (:func:`shared_prefix`,
+  e.g. BOS + "The") copies a value equal to the one already there: it gets the base run's metric
+  without a row (``settings["cells_run"]`` counts the rows that ran).
 
 Sites: ``resid_pre``, ``resid_mid``, ``resid_post``, ``attn_out``, ``mlp_out`` give a
 ``[layer, pos]`` grid; ``head`` (one head's ``attn_z``, i.e. its contribution before W_O) gives
@@ -232,6 +235,20 @@ def _check(model, sites, layers, positions, n, heads, neurons, direction):
     return sites, layers, positions, heads, neurons
 
 
+def shared_prefix(pair) -> int:
+    """How many leading positions the two prompts of ``pair`` share (same tokens, no padding).
+
+    In a causal model every activation at position ``t`` depends only on the tokens ``≤ t``, so
+    up to there the clean and corrupted runs hold identical activations: a patch whose positions
+    all lie in the shared prefix writes the value already there and leaves the base run's metric
+    unchanged.  Activation patching fills those cells with the base metric instead of running
+    them (with a template that starts both prompts alike, such as BOS + "The", that is the most
+    expensive columns of a position sweep)."""
+    ids, mask = pair.input_ids, pair.attention_mask
+    same = (ids[0] == ids[1]) & mask[0].bool() & mask[1].bool()
+    return int(same.long().cumprod(0).sum())
+
+
 def patch_cells(sites, layers, positions, heads, neurons, per_position):
     """(site, grid index, edits [(site, layer, positions, unit)]) for every cell."""
     cells = []
@@ -283,14 +300,18 @@ def activation_patching(model, clean: str, corrupt: str, *, sites: Sequence[str]
     cells = patch_cells(sites, layers, positions, heads, neurons, per_position)
     base_row, src_row = (1, 0) if direction == "denoise" else (0, 1)
     pair = model.tokenize([setup.clean_text, setup.corrupt_text])
-    plan = InterventionPlan(pair.select([0, 1] + [base_row] * len(cells)))
-    for r, (_, _, edits) in enumerate(cells, start=2):
+    shared = shared_prefix(pair)
+    run = [c for c in cells if max(p for e in c[2] for p in e[2]) >= shared]
+    plan = InterventionPlan(pair.select([0, 1] + [base_row] * len(run)))
+    for r, (_, _, edits) in enumerate(run, start=2):
         plan.derive(r, base_row)
         for site, l, ps, u in edits:
             plan.edits.append(Edit(site, l, r, ps, "set", None, src_row, u))
     out = model.run(plan=plan, logits=fn, max_rows=max_rows, skip=fast, progress=progress)
     v = out.logits.float().cpu()
     m_clean, m_corrupt = float(v[0]), float(v[1])
+    ran = dict(zip((id(c) for c in run), v[2:].tolist()))
+    base = float(v[base_row])
     # assemble grids
     shapes = {}
     for site in sites:
@@ -300,8 +321,8 @@ def activation_patching(model, clean: str, corrupt: str, *, sites: Sequence[str]
             nu = len(heads) if site == "head" else len(neurons)
             shapes[site] = (len(layers), len(positions) if per_position else 1, nu)
     grids = {s: torch.full(shapes[s], float("nan")) for s in sites}
-    for (site, idx, _), x in zip(cells, v[2:].tolist()):
-        grids[site][idx] = x
+    for c in cells:
+        grids[c[0]][c[1]] = ran.get(id(c), base)
     values = {s: g.tolist() for s, g in grids.items()}
     return PatchingResult(
         clean=setup.clean_text, corrupt=setup.corrupt_text, tokens=setup.tokens, corrupt_tokens=setup.corrupt_tokens,
@@ -310,6 +331,7 @@ def activation_patching(model, clean: str, corrupt: str, *, sites: Sequence[str]
         heads=heads if "head" in sites else [], neurons=neurons, per_position=per_position,
         context_range=list(setup.context_range) if setup.context_range else None,
         settings={"path": out.extra.get("path", "plan"), "engine": model.engine_name,
+                  "shared_prefix": shared, "cells_run": len(run), "cells": len(cells),
                   "head_site": "attn_z (per-head z before W_O)", "neuron_site": "mlp_post"},
         model=model.name)
 
