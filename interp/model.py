@@ -205,7 +205,9 @@ class Model:
                 ``[batch, pos, vocab]``, ``"none"``, or a function of the last-token logits
                 applied per chunk (to reduce a large sweep on the fly).
             max_rows: rows per forward (default ``self.max_rows``, else as many as fit
-                ``self.memory_budget``; see :meth:`rows_for`).
+                ``self.memory_budget``; see :meth:`rows_for`).  On the work-skipping path a
+                chunk of rows that compute only the last ``k`` of ``W`` columns holds
+                ``max_rows · W / k`` of them: the same number of token positions.
             keep_grad: keep the autograd graph: every read site's *full* tensor (``positions`` is
                 ignored) is kept on the model's device with ``.grad`` enabled, and the logits are
                 not detached, so ``metric(out.logits).backward()`` fills ``out.cache[p].grad``.

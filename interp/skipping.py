@@ -295,7 +295,7 @@ def _run(model, plan: InterventionPlan, reduce: Callable, max_rows, progress):
             by_col[col[r]].append(r)
         for c in sorted(by_col):
             rs = sorted(by_col[c], key=lambda r: bound[r])
-            size = max_rows or model.max_rows or model.rows_for(W - c)
+            size = _chunk_rows(model, max_rows, W, c)
             work.extend((rs[i:i + size], c) for i in range(0, len(rs), size))
     it = work
     if progress and len(work) > 1:
@@ -319,6 +319,19 @@ def _run(model, plan: InterventionPlan, reduce: Callable, max_rows, progress):
         unembed(flush=False)
     unembed(flush=True)
     return torch.stack(results)
+
+
+def _chunk_rows(model, max_rows: int | None, width: int, col: int) -> int:
+    """Rows per chunk for rows that compute columns ``col …`` of a ``width``-column batch.
+
+    ``max_rows`` (or ``model.max_rows``) bounds the rows of a *full* forward; rows that compute
+    ``width − col`` columns hold that share of a full row's activations, so a chunk takes
+    ``max_rows · width / (width − col)`` of them — the same number of token positions.  Without
+    either, :meth:`Model.rows_for` sizes the chunk for ``width − col`` columns."""
+    cap = max_rows or model.max_rows
+    if cap is None:
+        return model.rows_for(width - col)
+    return max(1, cap * width // (width - col))
 
 
 def _run_chunk(model, compiled: CompiledPlan, st: _States, chunk: list[int], c: int, parents, has_children,

@@ -135,6 +135,23 @@ def test_skipping_computes_less():
     assert skipped < 0.35 * full, (skipped, full)
 
 
+def test_max_rows_bounds_token_positions_per_chunk():
+    """``max_rows`` bounds a full forward's rows; rows that compute the last columns only come
+    in chunks holding as many token positions (no chunk ever holds more)."""
+    m = tiny("llama", n_layers=4)
+    b, spec = _trace_like(m, samples=1)
+    plan = _build(b, spec)
+    W, cap = plan.batch.width, 8
+    seen = []
+    h = m.adapter.blocks[-1].register_forward_hook(lambda mod, i, o: seen.append((o.shape[0], o.shape[1])))
+    try:
+        m.run(plan=plan, max_rows=cap)
+    finally:
+        h.remove()
+    assert max(r * w for r, w in seen) <= cap * W
+    assert max(r for r, w in seen if w == 1) > cap      # the last column's rows share one chunk
+
+
 def test_engines_without_the_capability_run_in_full():
     hf = tiny("llama", "hf")
     b, spec = _trace_like(hf, samples=1)
