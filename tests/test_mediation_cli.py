@@ -89,6 +89,9 @@ def test_rag_comparison_sweep_resumes(model_dir, tmp_path, capsys):
             {"subject": "Colosseum", "rel_p_id": "P131", "query": "The Colosseum is located in the city of",
              "true_object": "Rome", "counterfactual_object": "Paris",
              "fact_paragraph": "The Colosseum is an amphitheatre. It stands in the city of Paris, France."}]
+    # Fakepedia repeats a fact once per counterfactual object: traced once, with its first row
+    rows.insert(1, {**rows[0], "counterfactual_object": "Berlin",
+                    "fact_paragraph": "The Eiffel Tower is a famous landmark. It is located in Berlin."})
     data = tmp_path / "fake.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "rag"
@@ -104,4 +107,6 @@ def test_rag_comparison_sweep_resumes(model_dir, tmp_path, capsys):
     d = json.loads((out / "rag_comparison.json").read_text())
     assert set(d["aie"]) == {"no_context", "true_context", "counterfactual_context"}
     assert sum(d["answers"]["true_context"].values()) == 2
+    assert [f[0] for f in d["facts"]] == ["Eiffel Tower", "Colosseum"] and d["facts"][0][3] == "Rome"
+    assert d["settings"]["n_scanned"] == 2
     assert main(argv + ["--n-facts", "2", "--samples", "2"]) == 2      # other settings: refused

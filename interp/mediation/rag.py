@@ -48,6 +48,22 @@ def first_sentences(paragraph: str, must_contain: str, max_sentences: int = 2) -
     return " ".join(out[-max_sentences:])
 
 
+def one_row_per_fact(recs: list[tuple[int, dict]]) -> list[tuple[int, dict]]:
+    """The first row of every fact (same subject, query and true object).
+
+    Fakepedia writes each fact several times, once per counterfactual object (841 rows, 233
+    facts).  Tracing every row would repeat the no-context and true-context traces of a fact
+    three or four times and count them as independent facts (standard errors too small), so a
+    comparison takes each fact once, with its first counterfactual."""
+    seen, out = set(), []
+    for i, r in recs:
+        key = (r["subject"], r["query"], r["true_object"])
+        if key not in seen:
+            seen.add(key)
+            out.append((i, r))
+    return out
+
+
 @dataclass
 class RagComparisonResult(Result):
     """Average indirect effects per condition (no / true / counterfactual context) × kind × category."""
@@ -88,6 +104,8 @@ def rag_comparison(model, fakepedia_path: str | Path, out_dir: str | Path | None
     """Causal tracing with and without retrieved context (Wadhwa et al. 2024; Ghosh et al. 2024): trace
     Fakepedia facts the model knows with no context, a true context, a counterfactual one.
 
+    * one row per fact (:func:`one_row_per_fact`: Fakepedia repeats a fact once per
+      counterfactual object);
     * known = :mod:`interp.known`'s ``"first_token"`` rule: the clean top-1 token of the bare
       query is the first token of the true object — or, with ``min_p``, its ``"min_p"`` rule
       (p(true object) ≥ ``min_p``) — scanning the first ``scan`` rows (None: all) and keeping the
@@ -97,7 +115,7 @@ def rag_comparison(model, fakepedia_path: str | Path, out_dir: str | Path | None
       naming the counterfactual object.
     The target in every condition is the clean top-1 token of that condition's prompt (what the
     model answers); ``answers`` counts whether that is the true or the counterfactual object.
-    Noise scale: "3sd" over the subjects of the scanned rows.  With ``out_dir`` every fact's three
+    Noise scale: "3sd" over the subjects of the scanned facts.  With ``out_dir`` every fact's three
     traces are logged as they finish (:class:`interp.sweep.Checkpoint`): a killed run resumes.
     """
     from ..datasets import Fact, read_records
@@ -111,6 +129,7 @@ def rag_comparison(model, fakepedia_path: str | Path, out_dir: str | Path | None
     recs = [(i, r) for i, r in enumerate(rows if scan is None else rows[:scan])
             if r.get("query") and r.get("subject") and r.get("true_object") and r.get("fact_paragraph")
             and r.get("counterfactual_object") and r["subject"] in r["query"]]
+    recs = one_row_per_fact(recs)
     level = resolve_noise(model, noise, [r["subject"] for _, r in recs])
     facts = [Fact(r["query"], r["subject"], r["true_object"], i) for i, r in recs]
     rule = "first_token" if min_p is None else "min_p"
@@ -120,11 +139,12 @@ def rag_comparison(model, fakepedia_path: str | Path, out_dir: str | Path | None
     settings = {"window": window, "samples": samples, "noise": noise, "noise_level": level, "seed": seed,
                 "template": RAG_TEMPLATE, "corrupt": "subject+context", "traced": "question tokens",
                 "categories": list(CATEGORIES), "min_p_clean": min_p_clean, "kinds": list(kinds),
-                "known_rule": rule if min_p is None else f"p(true object) >= {min_p}", "scan": scan, "n_scanned": len(recs), "n_known": n_known}
+                "known_rule": rule if min_p is None else f"p(true object) >= {min_p}", "scan": scan, "n_scanned": len(recs), "n_known": n_known,
+                "facts": "one row per fact (its first counterfactual)"}
     ck = None if out_dir is None else Checkpoint(out_dir, {
         "method": "rag_comparison", "model": model.name, "dataset": Path(str(fakepedia_path)).name,
         **{k: settings[k] for k in ("window", "samples", "noise", "seed", "kinds", "min_p_clean", "scan")},
-        "known_rule": settings["known_rule"],
+        "known_rule": settings["known_rule"], "facts": settings["facts"],
         "noise_level": round(level, 8)})
     errors = SweepErrors("RAG comparison")
     it = known
