@@ -149,6 +149,7 @@ def report_sections(model, out_dir: Path, quick: bool) -> list[dict]:
                           compute=lambda: rag_comparison(model, data_dir() / FAKEPEDIA, d, progress=True, **st))
     save_figure(rg.figure(), out_dir, "mediation_rag")
     nums = {"facts": rg.n_facts}
+    want = min(st["n_facts"] or rg.settings["n_known"], rg.settings["n_known"])
     for c, s in rg.summary.items():
         for key in ("mlp_last_subject_peak", "resid_last_subject_peak", "attn_last_peak"):
             if key in s:
@@ -157,10 +158,14 @@ def report_sections(model, out_dir: Path, quick: bool) -> list[dict]:
     sections.append({
         "stem": "mediation_rag", "title": "Causal tracing with and without retrieved context", "numbers": nums,
         "command": None if quick else cmd, "results": [d],
-        "caption": (f"Average indirect effects over {rg.n_facts} Fakepedia fact(s) the model knows, with no "
+        "caption": (f"Average indirect effects over {rg.n_facts} Fakepedia fact(s) the model knows (each "
+                    f"fact once, with its first counterfactual), with no "
                     f"context, a context stating the fact, and a Fakepedia counterfactual context "
                     f"({rg.settings['corrupt'].replace('+', ' + ')} corrupted, {rg.settings['samples']} noise "
-                    f"sample(s), only the question's tokens traced).")})
+                    f"sample(s), only the question's tokens traced)."
+                    + (f" The comparison covers {rg.n_facts} of the {want} facts it asks for so far "
+                       f"({rg.settings['n_known']} known of {rg.settings['n_scanned']}); the command resumes it."
+                       if not quick and rg.n_facts < want else ""))})
 
     # 4. activation patching + AtP on the same pair
     d = result_dir(out_dir, "mediation_patching", quick)
