@@ -73,6 +73,28 @@ class RunOutput:
     reduced: Any = None
 
 
+def _check_chain(calls) -> None:
+    """Refuse a malformed :meth:`Model.run_chain` argument with one :class:`InterventionError`
+    naming the call and the fix (before anything runs, here or on a server)."""
+    import inspect
+    from .errors import InterventionError
+    if isinstance(calls, (str, bytes, dict)) or not isinstance(calls, Sequence) or not calls:
+        raise InterventionError("run_chain takes a non-empty list of calls, each a dict of Model.run's keyword "
+                                "arguments with reduce=, e.g. [dict(prompts=p, reduce=f), dict(prompts=p, reduce=g)]")
+    known = set(inspect.signature(Model.run).parameters) - {"self"}
+    for i, c in enumerate(calls):
+        if not isinstance(c, dict):
+            raise InterventionError(f"run_chain call {i} is a {type(c).__name__}, not a dict of Model.run's "
+                                    f"keyword arguments")
+        bad = sorted(set(c) - known)
+        if bad:
+            raise InterventionError(f"run_chain call {i}: unknown argument(s) {bad}; Model.run takes "
+                                    f"{', '.join(sorted(known))}")
+        if not callable(c.get("reduce")):
+            raise InterventionError(f"run_chain call {i} has no reduce= function: every call of a chain reduces "
+                                    f"its output where the model runs (fn(weights, reads, logits[, earlier]))")
+
+
 class Model:
     """A loaded causal LM with an adapter and an engine.  Create with :func:`interp.load`."""
 
@@ -307,8 +329,7 @@ class Model:
         on a remote model the chain is one request and the earlier results never leave the server
         (attribution patching's source values).
         """
-        if not calls or any(c.get("reduce") is None for c in calls):
-            raise ValueError("run_chain needs at least one call, each with reduce=")
+        _check_chain(calls)
         if self.supports(REMOTE):
             parts = []
             for c in calls:

@@ -121,6 +121,23 @@ def test_a_run_chain_is_one_request_and_only_its_last_reduction_returns():
     assert st.requests == 1 and st.traces == 2 and st.bytes_returned < 4096 * 4  # the first result stayed there
 
 
+def test_a_malformed_run_chain_is_refused_before_anything_runs():
+    from interp.errors import InterventionError
+
+    m, rm = _twin()
+    st = stats(rm)
+    ok = dict(prompts=PROMPT, logits="none", reduce=lambda w, reads, lg: lg)
+    for x in (m, rm):
+        st.reset()
+        for calls, match in [([], "non-empty list"), (ok, "non-empty list"), ("abc", "non-empty list"),
+                             ([ok, "x"], "call 1 is a str"), ([dict(ok, reduc=1)], r"unknown argument\(s\) \['reduc'\]"),
+                             ([ok, dict(prompts=PROMPT)], "call 1 has no reduce="),
+                             ([dict(ok, reduce=3)], "call 0 has no reduce=")]:
+            with pytest.raises(InterventionError, match=match):
+                x.run_chain(calls)
+        assert st.requests == 0
+
+
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_attribution_patching_runs_its_backward_passes_on_the_server(arch):
     """AtP* on a remote model: the gradients, GradDrop's extra backward passes and the QK fix's
