@@ -16,6 +16,7 @@ The target ratios ((a) ours vs TL, (b) skipping vs floor) keep the fastest of ``
 both sides (default 2); the plan path and (c) run once.
 
 Run: ``.venv/bin/python benchmarks/bench_mediation.py [--samples 2] [--archs default,gpt2,qwen2]``
+(``--archs none --skip-atp``: (a) only).
 """
 
 from __future__ import annotations
@@ -83,7 +84,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--samples", type=int, default=2)
     ap.add_argument("--kinds", default="resid,mlp,attn")
     ap.add_argument("--max-rows", type=int, default=64)
-    ap.add_argument("--archs", default="default,gpt2,qwen2", help="models for (b)")
+    ap.add_argument("--corrupt-no-shared", default="A Louvre Museum is located in the city of",
+                    help="(a) timed again with this corruption, which shares no position with --clean")
+    ap.add_argument("--archs", default="default,gpt2,qwen2", help="models for (b); 'none' skips (b)")
+    ap.add_argument("--skip-atp", action="store_true", help="skip (c)")
     ap.add_argument("--skip-tl", action="store_true")
     ap.add_argument("--out", default=None, help="write the numbers as JSON here")
     ap.add_argument("--repeat", type=int, default=2, help="time every measured call this many times, keep "
@@ -120,11 +124,18 @@ def main(argv=None) -> dict:
     plan, t_plan = timed(lambda: activation_patching(hf, clean, corrupt, sites="resid_pre", answer=ans_s,
                                                      wrong=wrong_s, fast=False, max_rows=args.max_rows), repeat=1)
     t_floor = floor_forward(hf, corrupt, L * n, args.max_rows)
+    # the same sweep where no position is shared (every cell runs): what the shared-prefix rule saves
+    alone = args.corrupt_no_shared
+    assert hf.tokenize(alone).lengths[0] == n and hf.tokenize(alone).token_ids(0)[0] != hf.tokenize(clean).token_ids(0)[0]
+    every, t_every = timed(lambda: activation_patching(hf, clean, alone, sites="resid_pre", fast=True,
+                                                       max_rows=args.max_rows))
+    assert every.settings["cells_run"] == every.settings["cells"]
     ours = fast.grid("resid_pre")
     res["a"] = {"rows": L * n, "t_fast_s": t_fast, "t_plan_s": t_plan, "t_floor_s": t_floor,
                 "fast_vs_plan_max_abs": float((ours - plan.grid("resid_pre")).abs().max()),
                 "cells": fast.settings["cells"], "cells_run": fast.settings["cells_run"],
-                "shared_prefix": fast.settings["shared_prefix"]}
+                "shared_prefix": fast.settings["shared_prefix"], "corrupt_no_shared": alone,
+                "t_fast_every_cell_s": t_every}
     print(f"(a) ours fast {t_fast:.2f}s, plan {t_plan:.2f}s, bare forward of {L * n} rows {t_floor:.2f}s; "
           f"{fast.settings['cells_run']} of {fast.settings['cells']} cells run (the first "
           f"{fast.settings['shared_prefix']} positions are the same tokens in both prompts)", file=sys.stderr)
@@ -143,15 +154,17 @@ def main(argv=None) -> dict:
         d = float((tl_grid - ours).abs().max())
         assert d <= 1e-4, f"TransformerLens and interp differ by {d}"
         res["a"].update(t_tl_s=t_tl, tl_vs_ours_max_abs=d, speedup_fast_vs_tl=t_tl / t_fast,
+                        speedup_every_cell_vs_tl=t_tl / t_every,
                         speedup_plan_vs_tl=t_tl / t_plan, tl_shape=list(tl_grid.shape))
         print(f"(a) TL get_act_patch_resid_pre {t_tl:.2f}s; max|TL − ours| = {d:.2e}; "
-              f"speed-up fast {t_tl / t_fast:.1f}×, plan {t_tl / t_plan:.1f}×", file=sys.stderr)
+              f"speed-up fast {t_tl / t_fast:.1f}×, plan {t_tl / t_plan:.1f}×; with no shared position "
+              f"(every cell run, {t_every:.2f}s) {t_tl / t_every:.1f}×", file=sys.stderr)
         del tlm, bridge, cache
 
     # ---------------------------------------------------------------- (b)
     kinds = tuple(args.kinds.split(","))
     res["b"] = {}
-    for arch in args.archs.split(","):
+    for arch in ([] if args.archs == "none" else args.archs.split(",")):
         m = hf if arch == "default" else similar_random_model(hf, arch)
         tr_fast, tf = timed(lambda: causal_trace(m, clean, args.subject, kinds=kinds, samples=args.samples,
                                                  fast=True, max_rows=args.max_rows))
@@ -172,14 +185,16 @@ def main(argv=None) -> dict:
 
     # ---------------------------------------------------------------- (c)
     sites = ("resid_pre", "attn_out", "mlp_out")
-    full, t_full = timed(lambda: activation_patching(hf, clean, corrupt, sites=sites, answer=ans_s, wrong=wrong_s,
-                                                     fast=False, max_rows=args.max_rows), repeat=1)
-    atp, t_atp = timed(lambda: attribution_patching(hf, clean, corrupt, sites=sites, answer=ans_s, wrong=wrong_s))
-    rho = compare_with_patching(atp, full)
-    res["c"] = {"t_patching_s": t_full, "t_atp_s": t_atp, "speedup": t_full / t_atp, "spearman": rho,
-                "cells": sum(full.grid(s).numel() for s in sites)}
-    print(f"(c) AtP {t_atp:.2f}s vs patching {t_full:.2f}s ({t_full / t_atp:.0f}×); Spearman {rho}",
-          file=sys.stderr)
+    if not args.skip_atp:
+        full, t_full = timed(lambda: activation_patching(hf, clean, corrupt, sites=sites, answer=ans_s,
+                                                         wrong=wrong_s, fast=False, max_rows=args.max_rows), repeat=1)
+        atp, t_atp = timed(lambda: attribution_patching(hf, clean, corrupt, sites=sites, answer=ans_s,
+                                                        wrong=wrong_s), repeat=1)
+        rho = compare_with_patching(atp, full)
+        res["c"] = {"t_patching_s": t_full, "t_atp_s": t_atp, "speedup": t_full / t_atp, "spearman": rho,
+                    "cells": sum(full.grid(s).numel() for s in sites)}
+        print(f"(c) AtP {t_atp:.2f}s vs patching {t_full:.2f}s ({t_full / t_atp:.0f}×); Spearman {rho}",
+              file=sys.stderr)
     print(json.dumps(res, indent=1))
     if args.out:
         with open(args.out, "w") as f:
