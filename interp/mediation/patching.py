@@ -301,7 +301,7 @@ def activation_patching(model, clean: str, corrupt: str, *, sites: Sequence[str]
     base_row, src_row = (1, 0) if direction == "denoise" else (0, 1)
     pair = model.tokenize([setup.clean_text, setup.corrupt_text])
     shared = shared_prefix(pair)
-    run = [c for c in cells if max(p for e in c[2] for p in e[2]) >= shared]
+    run = [c for c in cells if max((p for e in c[2] for p in e[2]), default=-1) >= shared]  # else: a no-op
     plan = InterventionPlan(pair.select([0, 1] + [base_row] * len(run)))
     for r, (_, _, edits) in enumerate(run, start=2):
         plan.derive(r, base_row)
