@@ -223,7 +223,7 @@ def rag_figure(res: RagComparisonResult):
     titles = {"no_context": "no context", "true_context": "context states the fact",
               "counterfactual_context": "counterfactual context (Fakepedia)"}
     fig = make_subplots(rows=1, cols=len(conds), shared_yaxes=True, horizontal_spacing=0.05,
-                        subplot_titles=[f"{titles[c]} — p_clean {res.p_clean[c]:.2f}, "
+                        subplot_titles=[f"{titles[c]}<br>p_clean {res.p_clean[c]:.2f}, "
                                         f"p_corrupt {res.p_corrupt[c]:.2f}" for c in conds])
     lines = [(k, cat) for k in res.kinds for cat in ("last_subject", "last")]
     for i, c in enumerate(conds):
@@ -237,5 +237,6 @@ def rag_figure(res: RagComparisonResult):
                 legendgroup=f"{k}{cat}", showlegend=i == 0), 1, i + 1)
         fig.update_xaxes(title_text="layer", row=1, col=i + 1)
     fig.update_yaxes(title_text="average indirect effect", row=1, col=1)
-    return style(fig, title=f"Causal tracing with and without retrieved context — {res.model}, "
-                            f"{res.n_facts} Fakepedia facts it knows", width=1500, height=500)
+    fig = style(fig, title=f"Causal tracing with and without retrieved context — {res.model}, "
+                           f"{res.n_facts} Fakepedia facts it knows", width=1500, height=560)
+    return fig.update_layout(margin=dict(t=120))   # room for the two-line panel titles

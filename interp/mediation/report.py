@@ -154,6 +154,11 @@ def report_sections(model, out_dir: Path, quick: bool) -> list[dict]:
         for key in ("mlp_last_subject_peak", "resid_last_subject_peak", "attn_last_peak"):
             if key in s:
                 nums[f"{c}:{key}"] = s[key]
+                kind, cat = key.split("_", 1)[0], key.split("_", 1)[1].rsplit("_", 1)[0]
+                layer = s.get(f"{key}_layer")
+                se = rg.se.get(c, {}).get(kind, {}).get(cat) if layer is not None else None
+                if se and se[layer] is not None:
+                    nums[f"{c}:{key} (± s.e., layer)"] = f"{s[key]:.3f} ± {se[layer]:.3f} at layer {layer}"
         nums[f"{c}:answers"] = rg.answers[c]
     sections.append({
         "stem": "mediation_rag", "title": "Causal tracing with and without retrieved context", "numbers": nums,
