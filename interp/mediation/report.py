@@ -151,10 +151,10 @@ def report_sections(model, out_dir: Path, quick: bool) -> list[dict]:
     nums = {"facts": rg.n_facts}
     want = min(st["n_facts"] or rg.settings["n_known"], rg.settings["n_known"])
     for c, s in rg.summary.items():
-        for key in ("mlp_last_subject_peak", "resid_last_subject_peak", "attn_last_peak"):
+        for kind, cat in (("mlp", "last_subject"), ("resid", "last_subject"), ("attn", "last")):
+            key = f"{kind}_{cat}_peak"
             if key in s:
                 nums[f"{c}:{key}"] = s[key]
-                kind, cat = key.split("_", 1)[0], key.split("_", 1)[1].rsplit("_", 1)[0]
                 layer = s.get(f"{key}_layer")
                 se = rg.se.get(c, {}).get(kind, {}).get(cat) if layer is not None else None
                 if se and se[layer] is not None:
