@@ -110,3 +110,45 @@ def test_rag_comparison_sweep_resumes(model_dir, tmp_path, capsys):
     assert [f[0] for f in d["facts"]] == ["Eiffel Tower", "Colosseum"] and d["facts"][0][3] == "Rome"
     assert d["settings"]["n_scanned"] == 2
     assert main(argv + ["--n-facts", "2", "--samples", "2"]) == 2      # other settings: refused
+
+
+def test_rag_fill_from_fact_file_with_swapped_objects(model_dir, tmp_path, capsys):
+    """Fewer known Fakepedia facts than ``--n-facts``: the rest come from a known_1000 file, each
+    with another fact's object of the same relation as its counterfactual, logged in their own
+    resumable sweep; a subject already traced is not traced again."""
+    fake = tmp_path / "fake.jsonl"
+    fake.write_text(json.dumps({
+        "subject": "Eiffel Tower", "rel_p_id": "P131", "query": "The Eiffel Tower is located in the city of",
+        "true_object": "Paris", "counterfactual_object": "Rome",
+        "fact_paragraph": "The Eiffel Tower is a famous landmark. It is located in the city of Rome."}) + "\n")
+    known = [{"known_id": 0, "subject": "Eiffel Tower", "attribute": "Paris", "relation_id": "P131",
+              "prompt": "The Eiffel Tower is in"},
+             {"known_id": 1, "subject": "Colosseum", "attribute": "Rome", "relation_id": "P131",
+              "prompt": "The Colosseum is in"},
+             {"known_id": 2, "subject": "Big Ben", "attribute": "London", "relation_id": "P131",
+              "prompt": "Big Ben is in"},
+             {"known_id": 3, "subject": "Toyota", "attribute": "Japan", "relation_id": "P17",
+              "prompt": "Toyota comes from"}]        # the only P17 fact: no object to swap in
+    k1000 = tmp_path / "known_1000.json"
+    k1000.write_text(json.dumps(known))
+    out = tmp_path / "rag"
+    argv = ["rag", "--model", model_dir, "--dataset", str(fake), "--fill-from", str(k1000), "--min-p", "0",
+            "--kinds", "resid", "--samples", "1", "--window", "2", "--out", str(out), "--json"]
+    assert main(argv + ["--n-facts", "3"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["n_facts"] == 3 and s["sources"] == {"fake.jsonl": 1, "known_1000.json": 2}
+    d = json.loads((out / "rag_comparison.json").read_text())
+    assert [f[0] for f in d["facts"]] == ["Eiffel Tower", "Colosseum", "Big Ben"]
+    assert [f[4] for f in d["facts"]] == ["fake.jsonl", "known_1000.json", "known_1000.json"]
+    assert d["facts"][1][3] in ("Paris", "London") and d["facts"][2][3] in ("Paris", "Rome")
+    assert d["settings"]["n_known_by_source"] == {"fake.jsonl": 1, "known_1000.json": 2}
+    assert set(d["by_source"]) == {"fake.jsonl", "known_1000.json"}
+    assert len((out / "items.jsonl").read_text().splitlines()) == 1
+    assert len((out / "known_1000" / "items.jsonl").read_text().splitlines()) == 2
+    # resumed: the same result, nothing traced again (the logs keep their lines)
+    assert main(argv + ["--n-facts", "3"]) == 0
+    assert json.loads(capsys.readouterr().out)["summary"] == s["summary"]
+    assert len((out / "known_1000" / "items.jsonl").read_text().splitlines()) == 2
+    # no fill needed: the fill file is not read into the result
+    assert main(argv + ["--n-facts", "1", "--out", str(tmp_path / "one")]) == 0
+    assert json.loads(capsys.readouterr().out)["sources"] == {"fake.jsonl": 1}

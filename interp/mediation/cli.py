@@ -112,7 +112,7 @@ def _cmd_patch(args) -> dict:
 
 def _cmd_rag(args) -> dict:
     from ..datasets import data_dir
-    from .rag import rag_comparison
+    from .rag import rag_comparison, source_phrase
     from .report import FAKEPEDIA
     kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
     model = load_model(args)
@@ -120,14 +120,14 @@ def _cmd_rag(args) -> dict:
     res = rag_comparison(model, args.dataset or data_dir() / FAKEPEDIA, out, n_facts=args.n_facts,
                          kinds=kinds, window=args.window, samples=args.samples, noise=_noise(args.noise),
                          seed=args.seed, scan=args.scan, min_p_clean=args.min_p_clean, min_p=args.min_p,
-                         progress=not args.json)
+                         fill_from=args.fill_from, progress=not args.json)
     paths = save_result(res, "rag_comparison", args, "rag_comparison")
     summary = {"n_facts": res.n_facts, "n_known": res.settings["n_known"], "n_scanned": res.settings["n_scanned"],
                "answers": res.answers, "p_clean": res.p_clean, "p_corrupt": res.p_corrupt, "summary": res.summary,
-               "n_errors": len(res.settings["errors"]), "files": paths}
+               "sources": res.sources, "n_errors": len(res.settings["errors"]), "files": paths}
     if not args.json:
-        print(f"{res.n_facts} facts traced in 3 conditions ({res.settings['n_known']} known of "
-              f"{res.settings['n_scanned']} scanned)")
+        print(f"{res.n_facts} facts traced in 3 conditions ({source_phrase(res)}; {res.settings['n_known']} "
+              f"known of {res.settings['n_scanned']} scanned)")
         for c, d in res.summary.items():
             print(f"  {c:24s} MLP AIE at the last subject token peaks {d['mlp_last_subject_peak']:.4f}; "
                   f"answers {res.answers[c]}")
@@ -139,6 +139,9 @@ def register(sub, common) -> None:
     p = sub.add_parser("rag", parents=[common], help="causal traces with no / true / counterfactual context "
                        "(Wadhwa et al. 2024) over the Fakepedia facts the model knows; resumable")
     p.add_argument("--dataset", default=None, help="Fakepedia JSON lines (default: ../shared/data's)")
+    p.add_argument("--fill-from", default=None,
+                   help="known_1000 / LRE file: when --dataset has fewer than --n-facts known facts, take the "
+                        "rest from it, each with a same-relation object swap as its counterfactual")
     p.add_argument("--n-facts", type=int, default=100, help="known facts to trace (each in 3 conditions)")
     p.add_argument("--scan", type=int, default=None, help="scan only the first N rows (default: all)")
     p.add_argument("--min-p", type=probability, default=None,

@@ -21,7 +21,9 @@ FAKEPEDIA = "fakepedia/base_fakepedia_subset_slim.jsonl"
 #: traces every fact of known_1000 the model knows with them.
 PAPER_TRACE = dict(kinds=["resid", "mlp", "attn"], window=10, samples=10, noise="3sd", seed=0, min_p=None,
                    window_convention="rome_code")
-#: The RAG comparison of the full job: 100 known Fakepedia facts, 3 noise samples, no scan limit.
+#: The RAG comparison of the full job: 100 known facts, 3 noise samples, no scan limit.  Fakepedia
+#: holds 95 facts the default model knows; the rest come from known_1000 with same-relation object
+#: swaps as counterfactuals (``rag_comparison(fill_from=)``).
 PAPER_RAG = dict(n_facts=100, samples=3, scan=None, window=10)
 
 
@@ -67,7 +69,7 @@ def report_sections(model, out_dir: Path, quick: bool) -> list[dict]:
     from .attribution import AttributionResult, attribution_patching, compare_with_patching
     from .causal_trace import CausalTraceResult, TraceSweepResult, causal_trace, trace_dataset
     from .patching import PatchingResult, activation_patching
-    from .rag import RagComparisonResult, rag_comparison
+    from .rag import RagComparisonResult, rag_comparison, source_phrase
 
     out_dir = Path(out_dir)
     sections = []
@@ -140,15 +142,18 @@ def report_sections(model, out_dir: Path, quick: bool) -> list[dict]:
         rg = cached(RagComparisonResult, d, settings={"dataset": FAKEPEDIA, **st}, model=model,
                     command=f"interp figures --only mediation --out {display_path(out_dir)} --quick",
                     compute=lambda: rag_comparison(model, data_dir() / FAKEPEDIA, **st))
-    else:  # >= 100 known Fakepedia facts: its own resumable command (`make paper`)
+    else:  # >= 100 known facts (Fakepedia, then known_1000 swaps): its own resumable command (`make paper`)
         st = dict(PAPER_RAG)
+        fill = data_dir() / KNOWN_1000
         cmd = shlex.join(["interp", "rag", "--n-facts", str(st["n_facts"]), "--samples", str(st["samples"]),
-                          "--out", display_path(d)])
-        rg = cached_sweep(RagComparisonResult, d, settings={k: st[k] for k in ("samples", "scan", "window")},
+                          "--fill-from", display_path(fill), "--out", display_path(d)])
+        rg = cached_sweep(RagComparisonResult, d, settings={**{k: st[k] for k in ("samples", "scan", "window")},
+                                                            "fill_from": fill.name},
                           model=model, command=cmd,
-                          compute=lambda: rag_comparison(model, data_dir() / FAKEPEDIA, d, progress=True, **st))
+                          compute=lambda: rag_comparison(model, data_dir() / FAKEPEDIA, d, progress=True,
+                                                         fill_from=fill, **st))
     save_figure(rg.figure(), out_dir, "mediation_rag")
-    nums = {"facts": rg.n_facts}
+    nums = {"facts": rg.n_facts, "sources": source_phrase(rg)}
     want = min(st["n_facts"] or rg.settings["n_known"], rg.settings["n_known"])
     for c, s in rg.summary.items():
         for kind, cat in (("mlp", "last_subject"), ("resid", "last_subject"), ("attn", "last")):
@@ -160,12 +165,19 @@ def report_sections(model, out_dir: Path, quick: bool) -> list[dict]:
                 if se and se[layer] is not None:
                     nums[f"{c}:{key} (± s.e., layer)"] = f"{s[key]:.3f} ± {se[layer]:.3f} at layer {layer}"
         nums[f"{c}:answers"] = rg.answers[c]
+    for src, by_c in rg.by_source.items():   # each source alone: does pooling hide a difference?
+        for c, s in by_c.items():
+            if {"mlp_last_subject_peak", "resid_last_subject_peak", "attn_last_peak"} <= set(s):
+                nums[f"{src} only, {c}: mlp / resid last subject, attn last peaks"] = (
+                    f"{s['mlp_last_subject_peak']:.3f} / {s['resid_last_subject_peak']:.3f} / "
+                    f"{s['attn_last_peak']:.3f}")
     sections.append({
         "stem": "mediation_rag", "title": "Causal tracing with and without retrieved context", "numbers": nums,
         "command": None if quick else cmd, "results": [d],
-        "caption": (f"Average indirect effects over {rg.n_facts} Fakepedia fact(s) the model knows (each "
-                    f"fact once, with its first counterfactual), with no "
-                    f"context, a context stating the fact, and a Fakepedia counterfactual context "
+        "caption": (f"Average indirect effects over {rg.n_facts} fact(s) the model knows "
+                    f"({source_phrase(rg)}; each fact once, a Fakepedia fact with its first counterfactual "
+                    f"paragraph, a swapped one with \"{{question}} {{another object of its relation}}.\"), with no "
+                    f"context, a context stating the fact, and a counterfactual context "
                     f"({rg.settings['corrupt'].replace('+', ' + ')} corrupted, {rg.settings['samples']} noise "
                     f"sample(s), only the question's tokens traced)."
                     + (f" The comparison covers {rg.n_facts} of the {want} facts it asks for so far "
