@@ -37,6 +37,9 @@ SITES: dict[str, tuple[bool, str, str]] = {
     "attn_out": (True, "batch pos d_model", "attention output added to the residual"),
     "mlp_out": (True, "batch pos d_model", "MLP output added to the residual"),
     "mlp_post": (True, "batch pos d_mlp", "MLP neuron activations: the input of the down-projection"),
+    "attn_q": (True, "batch pos head d_head", "per-head queries: the query projection's output (before rotary)"),
+    "attn_k": (True, "batch pos kv_head d_head", "per-KV-head keys: the key projection's output (before rotary)"),
+    "attn_v": (True, "batch pos kv_head d_head", "per-KV-head values: the value projection's output"),
     "attn_z": (True, "batch pos head d_head", "per-head attention-weighted values, before W_O"),
     "head_out": (True, "batch pos head d_model", "per-head outputs z_h W_O^h (read only, derived)"),
     "attn_pattern": (True, "batch head query key", "attention probabilities (read only)"),
@@ -52,11 +55,12 @@ COMPONENTS: dict[str, str] = {"resid": "resid_post", "mlp": "mlp_out", "attn": "
 UNIT_SITES: dict[str, str] = {"head": "attn_z", "neuron": "mlp_post"}
 
 #: sites whose trailing axis can be edited one unit at a time, and what a unit is there
-UNIT_AXES: dict[str, str] = {**{site: unit for unit, site in UNIT_SITES.items()}, "attn_scores": "head"}
+UNIT_AXES: dict[str, str] = {**{site: unit for unit, site in UNIT_SITES.items()}, "attn_scores": "head",
+                             "attn_q": "head", "attn_k": "kv_head", "attn_v": "kv_head"}
 
 #: sites an engine provides natively; the others are derived by :mod:`interp.model`.
 PRIMITIVE_SITES = ("embed", "resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out",
-                   "mlp_post", "attn_z", "attn_pattern", "attn_scores")
+                   "mlp_post", "attn_q", "attn_k", "attn_v", "attn_z", "attn_pattern", "attn_scores")
 
 #: keyword arguments a decoder layer receives from the model's forward that run along the
 #: positions, with the axis of the positions (``attention_mask``: its query axis).  The work-
@@ -68,7 +72,7 @@ BLOCK_CACHE_ARGS = ("cache", "past_key_values")
 
 #: order of sites inside one block, as they are computed (nnsight must touch them in this order)
 SITE_ORDER = {s: i for i, s in enumerate(
-    ["resid_pre", "attn_scores", "attn_z", "attn_out", "attn_pattern", "resid_mid",
+    ["resid_pre", "attn_scores", "attn_q", "attn_k", "attn_v", "attn_z", "attn_out", "attn_pattern", "resid_mid",
      "mlp_post", "mlp_out", "resid_post"])}
 
 
@@ -106,13 +110,22 @@ class _Layout:
     gate: str | None
     act: str  # the MLP's activation function module
     rotary: str | None = None  # the model's rotary-embedding module (cos, sin per position)
+    #: the query, key and value projections (one fused module three times: GPT-2's ``c_attn``,
+    #: whose output is [q | k | v] along its last axis)
+    qkv: tuple[str, str, str] = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+
+    @property
+    def fused_qkv(self) -> bool:
+        """Whether one module computes queries, keys and values together."""
+        return len(set(self.qkv)) == 1
 
 
 _LLAMA = _Layout("llama", "model.layers", "model.embed_tokens", None, "model.norm", "self_attn",
                  "self_attn.o_proj", "input_layernorm", "post_attention_layernorm", "mlp",
                  "mlp.down_proj", "mlp.up_proj", "mlp.gate_proj", "mlp.act_fn", "model.rotary_emb")
 _GPT2 = _Layout("gpt2", "transformer.h", "transformer.wte", "transformer.wpe", "transformer.ln_f",
-                "attn", "attn.c_proj", "ln_1", "ln_2", "mlp", "mlp.c_proj", "mlp.c_fc", None, "mlp.act")
+                "attn", "attn.c_proj", "ln_1", "ln_2", "mlp", "mlp.c_proj", "mlp.c_fc", None, "mlp.act",
+                 qkv=("attn.c_attn",) * 3)
 
 LAYOUTS: dict[str, _Layout] = {"llama": _LLAMA, "mistral": _LLAMA, "qwen2": _LLAMA, "gpt2": _GPT2}
 
@@ -353,6 +366,8 @@ class ModelAdapter(Weights):
         # references to the original modules, kept before any engine wraps them
         self.attn = [_get(b, lay.attn) for b in self.blocks]
         self.o_proj = [_get(b, lay.o_proj) for b in self.blocks]
+        #: per layer, the (query, key, value) projection modules (the same fused module thrice for GPT-2)
+        self.qkv = [tuple(_get(b, path) for path in lay.qkv) for b in self.blocks]
         self.ln1 = [_get(b, lay.ln1) for b in self.blocks]
         self.ln2 = [_get(b, lay.ln2) for b in self.blocks]
         self.mlp = [_get(b, lay.mlp) for b in self.blocks]

@@ -44,10 +44,10 @@ from .tokens import Batch
 
 OPS = ("set", "add", "scale", "block")
 WRITABLE = ("embed", "resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "mlp_post",
-            "attn_z", "attn_scores")
+            "attn_q", "attn_k", "attn_v", "attn_z", "attn_scores")
 #: number of axes after (batch, pos) of each writable site
 _TRAILING_NDIM = {"embed": 1, "resid_pre": 1, "resid_mid": 1, "resid_post": 1, "attn_out": 1,
-                  "mlp_out": 1, "mlp_post": 1, "attn_z": 2}
+                  "mlp_out": 1, "mlp_post": 1, "attn_q": 2, "attn_k": 2, "attn_v": 2, "attn_z": 2}
 
 
 @dataclass

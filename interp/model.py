@@ -176,7 +176,8 @@ class Model:
         a = self.adapter
         d = (a.d_model,)
         return {"embed": d, "resid_pre": d, "resid_mid": d, "resid_post": d, "attn_out": d,
-                "mlp_out": d, "mlp_post": (a.d_mlp,), "attn_z": (a.n_heads, a.d_head)}
+                "mlp_out": d, "mlp_post": (a.d_mlp,), "attn_z": (a.n_heads, a.d_head),
+                "attn_q": (a.n_heads, a.d_head), "attn_k": (a.n_kv_heads, a.d_head), "attn_v": (a.n_kv_heads, a.d_head)}
 
     # ------------------------------------------------------------------ reads
     def points(self, reads: ReadSpec | Iterable[ReadSpec], layers: Iterable[int] | None = None
@@ -208,7 +209,8 @@ class Model:
     def compile(self, plan: InterventionPlan):
         """Validate ``plan`` against this model and compile it (see :meth:`InterventionPlan.compile`)."""
         a = self.adapter
-        return plan.compile(a.n_layers, {"attn_z": a.n_heads, "mlp_post": a.d_mlp, "attn_scores": a.n_heads},
+        return plan.compile(a.n_layers, {"attn_z": a.n_heads, "mlp_post": a.d_mlp, "attn_scores": a.n_heads,
+                                         "attn_q": a.n_heads, "attn_k": a.n_kv_heads, "attn_v": a.n_kv_heads},
                             self.site_shapes)
 
     def run(self, prompts: str | Sequence[str] | Batch | None = None, *, reads: ReadSpec | Iterable[ReadSpec] = (),

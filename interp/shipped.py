@@ -154,7 +154,9 @@ def walk(steps, visit, n_heads: int, d_head: int) -> None:
     ``slot`` says how the site sits on its module: ``output``; ``output0`` / ``output1`` of the
     attention module's output tuple (``attn_out`` / ``attn_pattern``: touched once together);
     ``input``; ``heads`` (the output projection's input, as ``[..., head, d_head]``); ``mask`` (the
-    ``attention_mask`` keyword); ``post`` (a block or MLP output, a tensor or a tuple).
+    ``attention_mask`` keyword); ``post`` (a block or MLP output, a tensor or a tuple); ``proj``
+    (a query / key / value projection's output, as ``[..., head, d_head]``); ``qkv0`` / ``qkv1`` /
+    ``qkv2`` (the thirds of a fused projection's output: touched once together).
     """
     i = 0
     while i < len(steps):
@@ -169,6 +171,18 @@ def walk(steps, visit, n_heads: int, d_head: int) -> None:
                 i += 1
             env.output = (parts[0], parts[1]) + tuple(out[2:])
             continue
+        if slot in ("qkv0", "qkv1", "qkv2"):
+            out = env.output
+            d = out.shape[-1] // 3
+            parts = [out[..., k * d:(k + 1) * d] for k in range(3)]
+            while i < len(steps) and steps[i][2] is env and steps[i][3] in ("qkv0", "qkv1", "qkv2"):
+                s, l, _, sl = steps[i]
+                k = int(sl[-1])
+                x = parts[k]
+                parts[k] = visit(s, l, x.reshape(*x.shape[:-1], -1, d_head)).reshape(x.shape)
+                i += 1
+            env.output = torch.cat(parts, -1)
+            continue
         if slot == "output":
             env.output = visit(site, layer, env.output)
         elif slot == "post":
@@ -179,6 +193,9 @@ def walk(steps, visit, n_heads: int, d_head: int) -> None:
                 env.output = visit(site, layer, out)
         elif slot == "input":
             env.input = visit(site, layer, env.input)
+        elif slot == "proj":
+            x = env.output
+            env.output = visit(site, layer, x.reshape(*x.shape[:-1], -1, d_head)).reshape(x.shape)
         elif slot == "heads":
             x = env.input
             env.input = visit(site, layer, x.reshape(*x.shape[:-1], n_heads, d_head)).reshape(x.shape)

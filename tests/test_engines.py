@@ -7,7 +7,7 @@ from conftest import tiny, tiny_hf
 
 ENGINES = ("hf", "transformer_lens", "nnsight")
 ALL_READS = ["embed", "resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "mlp_post",
-             "attn_z", "head_out", "attn_pattern"]
+             "attn_q", "attn_k", "attn_v", "attn_z", "head_out", "attn_pattern"]
 PROMPTS = ["The Eiffel Tower is located in the city of", "Rome is the capital of", "Hi"]
 
 

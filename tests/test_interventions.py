@@ -150,3 +150,32 @@ def test_memory_budget_sizes_chunks_without_changing_results():
     assert len(calls) == 12
     assert (whole.logits - small.logits).abs().max() < 1e-5
     assert (whole.cache.stack("resid_post") - small.cache.stack("resid_post")).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_query_key_value_edits_agree_across_engines_and_mean_what_they_say(arch):
+    """``attn_q`` / ``attn_k`` / ``attn_v``: every engine gives the same logits for the same edits
+    (GPT-2: three edits of one fused projection in one layer; llama: GQA, so keys/values have
+    fewer heads), and the edits do what the sites say: zero queries give uniform attention over
+    the allowed keys, zero values give zero per-head outputs."""
+    ms = {e: tiny(arch, e) for e in ("hf", "transformer_lens", "nnsight")}
+    a = ms["hf"].adapter
+    g = torch.Generator().manual_seed(0)
+    b = ms["hf"].tokenize([PROMPTS[0]] * 4)
+    plan = InterventionPlan(b)
+    plan.set("attn_q", 1, 1, [-1], torch.randn(a.d_head, generator=g), unit=a.n_heads - 1)
+    plan.add("attn_k", 1, 1, [0, 2], torch.randn(a.n_kv_heads, a.d_head, generator=g))
+    plan.scale("attn_v", 1, 1, [1, -1], 2.5, unit=a.n_kv_heads - 1)
+    plan.set("attn_q", 0, 2, list(range(b.lengths[2])), torch.zeros(a.n_heads, a.d_head))
+    plan.set("attn_v", 0, 3, list(range(b.lengths[3])), torch.zeros(a.n_kv_heads, a.d_head))
+    outs = {e: m.run(plan=plan, reads=["attn_pattern", "attn_z"], layers=[0]) for e, m in ms.items()}
+    ref = outs["hf"]
+    for e in ("transformer_lens", "nnsight"):
+        assert (outs[e].logits - ref.logits).abs().max() < 1e-4, e
+    assert all((ref.logits[r] - ref.logits[0]).abs().max() > 1e-4 for r in (1, 2, 3))
+    n = b.lengths[2]
+    pat = ref.cache["attn_pattern", 0][2]                      # [head, query, key]
+    uniform = torch.tril(torch.ones(n, n)) / torch.arange(1, n + 1)[:, None]
+    assert torch.allclose(pat[:, -n:, -n:], uniform.expand_as(pat[:, -n:, -n:]), atol=1e-5)
+    assert ref.cache["attn_z", 0][3].abs().max() < 1e-6
+    assert ref.cache["attn_z", 0][0].abs().max() > 1e-3

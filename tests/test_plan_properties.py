@@ -19,7 +19,7 @@ from interp.interventions import InterventionPlan
 
 PROMPTS = ["The cat sat on the mat today", "A dog ran in the park", "Birds fly south in winter every year"]
 SITES = ["embed", "resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "mlp_post", "attn_z",
-         "attn_scores"]
+         "attn_scores", "attn_q", "attn_k", "attn_v"]
 
 
 def _random_edit(rng: random.Random, m, n_tok: int, copy_ok: bool):
@@ -34,9 +34,12 @@ def _random_edit(rng: random.Random, m, n_tok: int, copy_ok: bool):
     pos = sorted(rng.sample(range(n_tok), rng.randint(1, min(3, n_tok))))
     pos = [p - n_tok if rng.random() < 0.3 else p for p in pos]   # negative positions too
     unit = None
-    if site == "attn_z":
+    if site in ("attn_z", "attn_q"):
         unit = rng.randrange(a.n_heads)
         shape = (a.d_head,)
+    elif site in ("attn_k", "attn_v"):
+        unit = rng.choice([None, rng.randrange(a.n_kv_heads)])
+        shape = (a.d_head,) if unit is not None else (a.n_kv_heads, a.d_head)
     elif site == "mlp_post":
         unit = rng.choice([None, rng.randrange(a.d_mlp)])
         shape = (a.d_mlp,) if unit is None else ()

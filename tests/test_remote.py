@@ -44,7 +44,7 @@ def _twin(arch="llama"):
 
 def _plan(m):
     """Every kind of edit: set / add / scale (units too), copies from another row, a resid_mid write,
-    edge blocks (all heads and one head)."""
+    edge blocks (all heads and one head), queries / keys / values."""
     b = m.tokenize([PROMPT] * 5)
     d = m.adapter.d_model
     g = torch.Generator().manual_seed(0)
@@ -56,6 +56,9 @@ def _plan(m):
     plan.set("resid_pre", 2, 3, [2, 3], source_row=0)
     plan.scale("mlp_post", 1, 4, [-1], 0.0, unit=5)
     plan.set("attn_z", 0, 4, [-2], torch.randn(m.adapter.d_head, generator=g), unit=2)
+    plan.set("attn_q", 1, 4, [-1], torch.randn(m.adapter.d_head, generator=g), unit=1)
+    plan.add("attn_k", 1, 4, [0, 1], torch.randn(m.adapter.d_head, generator=g), unit=0)
+    plan.scale("attn_v", 0, 3, [-1], 2.0)
     return plan
 
 
@@ -64,7 +67,8 @@ def _plan(m):
 def test_plans_reads_and_logits_match_hf(arch):
     m, rm = _twin(arch)
     assert rm.hf.lm_head.weight.is_meta and not rm.supports("skip_work")  # the client holds no weights
-    reads = ["resid_post", ("head_out", 1), ("attn_pattern", 2), ("resid_mid", 0), ("mlp_post", 1)]
+    reads = ["resid_post", ("head_out", 1), ("attn_pattern", 2), ("resid_mid", 0), ("mlp_post", 1), ("attn_q", 1),
+             ("attn_k", 1), ("attn_v", 2)]
     for kw in ({"positions": [-1]}, {"positions": None}):
         a = m.run([PROMPT, "Rome is the capital of"], reads=reads, **kw)
         b = rm.run([PROMPT, "Rome is the capital of"], reads=reads, **kw)

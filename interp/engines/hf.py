@@ -9,6 +9,9 @@ Where each site lives (see :mod:`interp.arch` for the module names):
   the residual that the block adds the MLP output to);
 * ``mlp_post`` = input of the down-projection; ``mlp_out`` = output of the MLP;
 * ``attn_z`` = input of the output projection, reshaped to heads;
+* ``attn_q`` / ``attn_k`` / ``attn_v`` = output of the query / key / value projection, reshaped to
+  heads (key and value: the KV heads of grouped-query attention); GPT-2's fused ``c_attn``
+  output is split into its thirds (:data:`QKV`);
 * ``attn_scores`` = the additive attention mask passed to the attention module (blocking an
   edge there equals blocking its pre-softmax score).
 
@@ -31,6 +34,9 @@ import torch
 
 from ..capabilities import EDIT_SCORES, GRADIENTS, LAST_LOGITS, SKIP_WORK, SWITCH_ATTENTION
 from .base import Engine, HookFn, Point
+
+#: the per-head projection sites, in the order of a fused projection's output
+QKV = ("attn_q", "attn_k", "attn_v")
 
 
 def _keeps_logits(model) -> bool:
@@ -122,6 +128,19 @@ class HFEngine(Engine):
                 h = fn(x.reshape(*x.shape[:-1], a.n_heads, a.d_head))
                 return (h.reshape(x.shape),) + tuple(args[1:])
             return a.o_proj[layer].register_forward_pre_hook(z)
+        if site in QKV:
+            part = QKV.index(site)
+            mod = a.qkv[layer][part]
+            fused = a.layout.fused_qkv
+
+            def proj(m, i, o):
+                if fused:
+                    d = o.shape[-1] // 3
+                    x = o[..., part * d:(part + 1) * d]
+                    h = fn(x.reshape(*x.shape[:-1], -1, a.d_head)).reshape(x.shape)
+                    return torch.cat([o[..., :part * d], h, o[..., (part + 1) * d:]], -1)
+                return fn(o.reshape(*o.shape[:-1], -1, a.d_head)).reshape(o.shape)
+            return mod.register_forward_hook(proj)
         if site == "attn_scores":
             def sc(m, args, kwargs):
                 kwargs["attention_mask"] = fn(kwargs["attention_mask"])

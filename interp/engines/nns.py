@@ -71,6 +71,8 @@ class NNsightEngine(Engine):
             "attn_out": (f"{blk}.{lay.attn}", "output0"), "attn_pattern": (f"{blk}.{lay.attn}", "output1"),
             "resid_mid": (f"{blk}.{lay.ln2}", "input"), "mlp_post": (f"{blk}.{lay.down}", "input"),
             "mlp_out": (f"{blk}.{lay.mlp}", "post"),
+            **{site: (f"{blk}.{lay.qkv[i]}", f"qkv{i}" if lay.fused_qkv else "proj")
+               for i, site in enumerate(("attn_q", "attn_k", "attn_v"))},
         }[site]
 
     def steps(self, points) -> list[tuple]:

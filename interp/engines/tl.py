@@ -26,6 +26,9 @@ _NAMES = {
     "mlp_out": "blocks.{l}.hook_mlp_out",
     "mlp_post": "blocks.{l}.mlp.hook_post",
     "attn_z": "blocks.{l}.attn.hook_z",
+    "attn_q": "blocks.{l}.attn.hook_q",
+    "attn_k": "blocks.{l}.attn.hook_k",
+    "attn_v": "blocks.{l}.attn.hook_v",
     "attn_pattern": "blocks.{l}.attn.hook_pattern",
     "attn_scores": "blocks.{l}.attn.hook_attn_scores",
 }

@@ -23,11 +23,14 @@ Everything is rows of **one** :class:`~interp.interventions.InterventionPlan`, o
 * receivers: ``"logits"`` — the residual stream at the last position after the last layer, so
   the stage-1 row's own logits are the answer (after the last layer nothing mixes positions);
   ``("resid", r)`` — the residual entering layer ``r`` at the last position: a *stage-2* row copies
-  it from its stage-1 row (``source_row``) and recomputes layers ``r…`` normally.
-
-Receiving into a head's queries / keys / values (Wang's S-inhibition → name-mover paths) needs
-per-head ``attn_q`` / ``attn_k`` / ``attn_v`` sites in :mod:`interp.arch` and the engines, which
-do not exist yet; with them it is the same plan with the stage-2 edit at that site and head.
+  it from its stage-1 row (``source_row``) and recomputes layers ``r…`` normally;
+  ``("q", r, h)`` / ``("k", r, h)`` / ``("v", r, h)`` — the queries / keys / values of head ``h`` of
+  layer ``r`` (Wang et al.'s S-inhibition → name-mover paths go into the name movers' queries):
+  the stage-2 row copies that head's ``attn_q`` / ``attn_k`` / ``attn_v`` from its stage-1 row,
+  queries at the last position, keys and values at every position (a head reads the keys and
+  values of all earlier tokens), unless ``receiver_positions`` says otherwise.  ``h`` of a key
+  or value counts the model's KV heads (grouped-query attention shares one between several
+  query heads, so a path into it reaches all of them).
 
 Metric: the patched metric per sender, ``effect = value − base metric`` and ``normalized``
 (``effect / (source − base)``, the fraction of the total clean↔corrupt difference carried by the
@@ -85,17 +88,49 @@ def _senders(model, senders, receiver_layer: int) -> list[Sender]:
     return out
 
 
-def _receiver_layer(model, receiver) -> int:
-    """``"logits"`` → n_layers; ``("resid", r)`` → r (the residual entering layer r)."""
+#: receiver kinds that address one head's input, and the site each copies in stage 2
+HEAD_RECEIVERS = {"q": "attn_q", "k": "attn_k", "v": "attn_v"}
+
+
+@dataclass(frozen=True)
+class Receiver:
+    """Where the paths end: ``layer`` (n_layers for the logits), the stage-2 ``site`` (None: the
+    stage-1 row's logits are the answer), its ``unit`` (a head) and default ``positions``
+    (``"last"`` or ``"all"``)."""
+
+    layer: int
+    site: str | None = None
+    unit: int | None = None
+    positions: str = "last"
+    label: str = "logits"
+
+
+def _receiver(model, receiver) -> Receiver:
+    """``"logits"``, ``("resid", r)`` or ``("q" | "k" | "v", r, head)`` as a :class:`Receiver`."""
+    a = model.adapter
     if receiver == "logits":
-        return model.n_layers
-    if isinstance(receiver, (tuple, list)) and len(receiver) == 2 and receiver[0] == "resid":
-        r = model.adapter.check_layer(receiver[1])
+        return Receiver(model.n_layers)
+    kind = receiver[0] if isinstance(receiver, (tuple, list)) and receiver else None
+    if kind == "resid" and len(receiver) == 2:
+        r = a.check_layer(receiver[1])
         if r == 0:
             raise LayerIndexError("receiver ('resid', 0) has no sender before it; use a later layer")
-        return r
-    raise InterventionError(f"receiver must be 'logits' or ('resid', layer), not {receiver!r}; receiving into "
-                            f"a head's queries/keys/values needs per-head attn_q/attn_k/attn_v sites")
+        return Receiver(r, "resid_pre", None, "last", f"resid_pre {r} (last position)")
+    if kind in HEAD_RECEIVERS and len(receiver) == 3:
+        r = a.check_layer(receiver[1])
+        if r == 0:
+            raise LayerIndexError(f"receiver {tuple(receiver)!r} has no sender before it; use a later layer")
+        n = a.n_heads if kind == "q" else a.n_kv_heads
+        h = receiver[2]
+        if not isinstance(h, int) or not 0 <= h < n:
+            what = "head" if kind == "q" else "KV head"
+            why = "" if kind == "q" else f" (keys and values have the model's {n} KV heads)"
+            raise LayerIndexError(f"receiver {what} {h!r} out of range 0..{n - 1}{why}")
+        where = "last position" if kind == "q" else "every position"
+        return Receiver(r, HEAD_RECEIVERS[kind], h, "last" if kind == "q" else "all",
+                        f"{HEAD_RECEIVERS[kind]} L{r}{'H' if kind == 'q' else 'KV'}{h} ({where})")
+    raise InterventionError(f"receiver must be 'logits', ('resid', layer) or ('q' | 'k' | 'v', layer, head), "
+                            f"not {receiver!r}")
 
 
 @dataclass
@@ -145,15 +180,18 @@ class PathPatchingResult(PairResult):
         return path_patching_figure(self)
 
 
-def build_path_plan(model, pair_batch, senders: list[Sender], receiver_layer: int, *, base_row: int, src_row: int,
-                    positions: list[int] | None, freeze_mlps: bool) -> tuple[InterventionPlan, list[int]]:
+def build_path_plan(model, pair_batch, senders: list[Sender], receiver: Receiver, *, base_row: int, src_row: int,
+                    positions: list[int] | None, freeze_mlps: bool, receiver_positions: list[int] | None = None
+                    ) -> tuple[InterventionPlan, list[int]]:
     """The plan of the design note; returns it and, per sender, the row whose logits are the answer."""
-    L = model.n_layers
     n = pair_batch.lengths[0]
     every = list(range(n))
     pos = every if positions is None else list(positions)
+    receiver_layer = receiver.layer
+    rpos = receiver_positions if receiver_positions is not None else \
+        [n - 1] if receiver.positions == "last" else every
     stage1 = len(senders)
-    stage2 = len(senders) if receiver_layer < L else 0
+    stage2 = len(senders) if receiver.site is not None else 0
     plan = InterventionPlan(pair_batch.select([0, 1] + [base_row] * (stage1 + stage2)))
     answer_rows = []
     for i, s in enumerate(senders):
@@ -169,7 +207,7 @@ def build_path_plan(model, pair_batch, senders: list[Sender], receiver_layer: in
                 plan.set("mlp_out", l, r1, every, source_row=base_row)
         if stage2:
             r2 = 2 + stage1 + i
-            plan.set("resid_pre", receiver_layer, r2, [n - 1], source_row=r1)
+            plan.set(receiver.site, receiver_layer, r2, rpos, source_row=r1, unit=receiver.unit)
             answer_rows.append(r2)
         else:
             answer_rows.append(r1)
@@ -179,44 +217,58 @@ def build_path_plan(model, pair_batch, senders: list[Sender], receiver_layer: in
 def path_patching(model, clean: str, corrupt: str, *, senders: Sequence | None = None,
                   receiver="logits", direction: str = "noise", metric: str | Callable = "logit_diff",
                   answer: str | None = None, wrong: str | None = None, positions: Sequence[int] | None = None,
-                  freeze_mlps: bool = False, max_rows: int | None = None, progress: bool = False
-                  ) -> PathPatchingResult:
+                  freeze_mlps: bool = False, receiver_positions: Sequence[int] | None = None,
+                  max_rows: int | None = None, progress: bool = False) -> PathPatchingResult:
     """Path patching from each sender to the receiver (see the module note), one batched forward.
 
     Args:
         clean, corrupt: prompts of equal token length.
         senders: ``("head", layer, head)`` / ``("mlp", layer)`` tuples or :class:`Sender`; default
             every head and MLP before the receiver.
-        receiver: ``"logits"`` (the final residual at the last position) or ``("resid", r)``.
+        receiver: ``"logits"`` (the final residual at the last position), ``("resid", r)``, or
+            ``("q" | "k" | "v", r, head)`` (a head's queries / keys / values; see the module note).
         direction: ``"noise"`` (Wang et al.: clean run, sender from the corrupted one) or ``"denoise"``.
         positions: positions where the sender is patched (default all; prompt-relative).
         freeze_mlps: freeze MLP outputs too, so only the direct residual path remains.
+        receiver_positions: positions where the receiver's input is replaced (default: the last
+            for ``resid`` and ``q``, all for ``k`` / ``v``; prompt-relative).
     """
     if direction not in ("noise", "denoise"):
         raise InterventionError(f"direction must be 'noise' (sender from the corrupted run into the clean one, "
                                 f"as Wang et al.) or 'denoise', not {direction!r}")
     setup = prepare_pair(model, clean, corrupt, answer=answer, wrong=wrong)
-    r = _receiver_layer(model, receiver)
-    snd = _senders(model, senders, r)
-    if positions is not None:
-        for p in positions:
-            if not -setup.n <= p < setup.n:
-                raise LayerIndexError(f"position {p} out of range for prompts of {setup.n} tokens")
-        positions = [p % setup.n for p in positions]
+    rcv = _receiver(model, receiver)
+    snd = _senders(model, senders, rcv.layer)
+    positions, receiver_positions = (_positions(p, setup.n) for p in (positions, receiver_positions))
+    if receiver_positions is not None and rcv.site is None:
+        raise InterventionError("receiver_positions applies to a receiver inside the model, not to 'logits'")
     fn, mname = metric_fn(model, metric, setup.answer_id, setup.wrong_id)
     base_row, src_row = (0, 1) if direction == "noise" else (1, 0)
     pair = model.tokenize([setup.clean_text, setup.corrupt_text])
-    plan, rows = build_path_plan(model, pair, snd, r, base_row=base_row, src_row=src_row, positions=positions,
-                                 freeze_mlps=freeze_mlps)
+    plan, rows = build_path_plan(model, pair, snd, rcv, base_row=base_row, src_row=src_row, positions=positions,
+                                 freeze_mlps=freeze_mlps, receiver_positions=receiver_positions)
     v = model.run(plan=plan, logits=fn, max_rows=max_rows, progress=progress).logits.double().cpu()
     return PathPatchingResult(setup.clean_text, setup.corrupt_text, setup.tokens, direction, mname, setup.answer,
                               setup.wrong, float(v[0]), float(v[1]),
-                              "logits" if r == model.n_layers else f"resid_pre {r} (last position)",
+                              rcv.label if receiver_positions is None else
+                              f"{rcv.label.split(' (')[0]} (positions {receiver_positions})",
                               [[s.kind, s.layer, s.head] for s in snd], v[rows].tolist(), model.n_layers,
                               model.adapter.n_heads, freeze_mlps, positions,
                               {"engine": model.engine_name, "frozen": "attention heads of layers after the sender"
                                + (" and MLPs" if freeze_mlps else " (MLPs recomputed)"),
-                               "sender_site": {"head": "attn_z (one head)", "mlp": "mlp_out"}}, model.name)
+                               "sender_site": {"head": "attn_z (one head)", "mlp": "mlp_out"},
+                               "receiver_site": rcv.site, "receiver_unit": rcv.unit,
+                               "receiver_positions": receiver_positions}, model.name)
+
+
+def _positions(positions, n: int) -> list[int] | None:
+    """Prompt-relative positions, checked and made non-negative (None stays None)."""
+    if positions is None:
+        return None
+    for p in positions:
+        if not -n <= p < n:
+            raise LayerIndexError(f"position {p} out of range for prompts of {n} tokens")
+    return [p % n for p in positions]
 
 
 def path_patching_figure(res: PathPatchingResult, title: str | None = None, values: Tensor | None = None):
