@@ -9,7 +9,12 @@ clean → corrupt logit-difference change carried by the direct path) is average
 with per-cell statistics (:func:`interp.stats.cell_stats`: bootstrap CI over prompts, sign-flip
 p-values, maxT over all senders).  Resumable: one ``items.jsonl`` line per prompt.
 
+``--receiver q:23:3`` instead ends the paths at the queries of head 23.3 (at the last position;
+``k:…`` / ``v:…`` at a KV head's keys / values, every position): Wang et al.'s next step, which
+finds the heads (S-inhibition) that tell a name mover where to look.
+
 Run: ``.venv/bin/python benchmarks/path_patching_ioi.py --out figures/results/path_patching_ioi``
+and ``… --receiver q:23:3 --out figures/results/path_patching_ioi_q``
 """
 
 from __future__ import annotations
@@ -37,7 +42,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default="figures/results/path_patching_ioi")
     ap.add_argument("--fig", default="figures")
     ap.add_argument("--max-rows", type=int, default=None)
+    ap.add_argument("--receiver", default="logits",
+                    help="'logits' or KIND:LAYER:HEAD with KIND q, k or v (a head's queries / keys / values)")
     args = ap.parse_args(argv)
+    receiver = parse_receiver(args.receiver)
 
     import torch
 
@@ -48,8 +56,11 @@ def main(argv=None) -> dict:
     from interp.sweep import Checkpoint
 
     model = interp.load()
-    ck = Checkpoint(args.out, {"method": "path patching to logits, IOI vs ABC", "model": model.name,
-                               "direction": "noise", "freeze_mlps": False, "prompts": PROMPTS})
+    config = {"method": "path patching to logits, IOI vs ABC", "model": model.name,
+              "direction": "noise", "freeze_mlps": False, "prompts": PROMPTS}
+    if receiver != "logits":
+        config.update(method="path patching IOI vs ABC", receiver=list(receiver))
+    ck = Checkpoint(args.out, config)
     last = None
     for i, (tpl, io, s, (c, d, e)) in enumerate(PROMPTS):
         clean = tpl.format(A=io, B=s)
@@ -57,24 +68,28 @@ def main(argv=None) -> dict:
             "{B} handed", "{E} handed").replace("{B} said", "{E} said").replace("{B} sent", "{E} sent").format(
             A=c, B=d, E=e)
         if str(i) not in ck:
-            res = path_patching(model, clean, corrupt, answer=" " + io, wrong=" " + s, max_rows=args.max_rows)
+            res = path_patching(model, clean, corrupt, answer=" " + io, wrong=" " + s, max_rows=args.max_rows,
+                                receiver=receiver)
             ck.add(i, {"clean": clean, "corrupt": corrupt, "clean_metric": res.clean_metric,
                        "corrupt_metric": res.corrupt_metric, "senders": res.senders, "values": res.values,
-                       "normalized": res.normalized().tolist()})
+                       "normalized": res.normalized().tolist(), "base_metric": res.base_metric,
+                       "receiver": res.receiver})
             last = res
     recs = [ck.done[str(i)] for i in range(len(PROMPTS))]
     if last is None:
         from interp.mediation.path_patching import PathPatchingResult
         last = PathPatchingResult(recs[0]["clean"], recs[0]["corrupt"], [], "noise", "logit_diff", "", "",
-                                  recs[0]["clean_metric"], recs[0]["corrupt_metric"], "logits", recs[0]["senders"],
+                                  recs[0]["clean_metric"], recs[0]["corrupt_metric"], recs[0].get("receiver", "logits"),
+                                  recs[0]["senders"],
                                   recs[0]["values"], model.n_layers, model.adapter.n_heads, model=model.name)
     x = torch.tensor([r["normalized"] for r in recs], dtype=torch.float64)  # prompt sender
     st = cell_stats(x)
     # the mean normalised effect over prompts, non-significant senders blanked
+    to = "the logits" if receiver == "logits" else last.receiver
     fig = path_patching_figure(last, values=st.masked(),
-                               title=(f"Path patching to the logits, {len(recs)} IOI prompts vs ABC (noising)<br>"
+                               title=(f"Path patching to {to}, {len(recs)} IOI prompts vs ABC (noising)<br>"
                                       f"<sup>mean normalised effect, blank if p_adj ≥ 0.05 (maxT) — {model.name}</sup>"))
-    files = save_figure(fig, args.fig, "path_patching_ioi")
+    files = save_figure(fig, args.fig, figure_stem(receiver))
     order = st.mean.argsort()
     top = [{"sender": recs[0]["senders"][int(k)], "mean": float(st.mean[k]),
             "ci": [float(st.ci_low[k]), float(st.ci_high[k])], "p_adj": float(st.p_adj[k])} for k in order[:8]]
@@ -82,13 +97,29 @@ def main(argv=None) -> dict:
     sig.sort(key=lambda k: -abs(float(st.mean[k])))
     significant = [{"sender": recs[0]["senders"][k], "mean": float(st.mean[k]),
                     "ci": [float(st.ci_low[k]), float(st.ci_high[k])], "p_adj": float(st.p_adj[k])} for k in sig]
-    summary = {"prompts": len(recs), "significant": significant, "mean_clean_logit_diff": sum(r["clean_metric"] for r in recs) / len(recs),
+    summary = {"prompts": len(recs), "receiver": to, "significant": significant, "mean_clean_logit_diff": sum(r["clean_metric"] for r in recs) / len(recs),
                "mean_corrupt_logit_diff": sum(r["corrupt_metric"] for r in recs) / len(recs),
                "n_significant": int(st.significant().sum()), "strongest_negative": top, "files": files,
                "stats": st.settings}
     (ck.dir / "summary.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary, indent=1))
     return summary
+
+
+def parse_receiver(text: str):
+    """``"logits"`` or ``"q:23:3"`` → ``("q", 23, 3)`` (the receiver argument of path_patching)."""
+    if text == "logits":
+        return text
+    parts = text.split(":")
+    if len(parts) != 3 or parts[0] not in ("q", "k", "v") or not all(p.lstrip("-").isdigit() for p in parts[1:]):
+        raise SystemExit(f"--receiver {text!r}: give 'logits' or KIND:LAYER:HEAD with KIND q, k or v (e.g. q:23:3)")
+    return (parts[0], int(parts[1]), int(parts[2]))
+
+
+def figure_stem(receiver) -> str:
+    """``path_patching_ioi`` (to the logits) or e.g. ``path_patching_ioi_q_L23H3``."""
+    return "path_patching_ioi" if receiver == "logits" else \
+        f"path_patching_ioi_{receiver[0]}_L{receiver[1]}H{receiver[2]}"
 
 
 if __name__ == "__main__":

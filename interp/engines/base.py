@@ -41,7 +41,8 @@ class Engine(ABC):
         return ``[batch, 1, vocab]``.
 
         Canonical layouts: residual-type sites ``[batch, pos, d_model]``; ``mlp_post``
-        ``[batch, pos, d_mlp]``; ``attn_z`` ``[batch, pos, head, d_head]``; ``attn_pattern``
+        ``[batch, pos, d_mlp]``; ``attn_z`` and ``attn_q`` ``[batch, pos, head, d_head]``;
+        ``attn_k`` / ``attn_v`` ``[batch, pos, kv_head, d_head]``; ``attn_pattern``
         ``[batch, head, query, key]``; ``attn_scores`` a tensor ``[batch, head or 1, query,
         key]`` *added to* the pre-softmax scores (an engine may pass the scores themselves or
         the additive mask: the only edit allowed, blocking, gives the same softmax either way).
