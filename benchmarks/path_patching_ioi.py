@@ -84,22 +84,31 @@ def main(argv=None) -> dict:
                                   recs[0]["values"], model.n_layers, model.adapter.n_heads, model=model.name)
     x = torch.tensor([r["normalized"] for r in recs], dtype=torch.float64)  # prompt sender
     st = cell_stats(x)
-    # the mean normalised effect over prompts, non-significant senders blanked
+    # the mean normalised effect over prompts, the senders significant after maxT marked
     to = "the logits" if receiver == "logits" else last.receiver
-    fig = path_patching_figure(last, values=st.masked(),
-                               title=(f"Path patching to {to}, {len(recs)} IOI prompts vs ABC (noising)<br>"
-                                      f"<sup>mean normalised effect, blank if p_adj ≥ 0.05 (maxT) — {model.name}</sup>"))
+    short, _, where = to.partition(" (")
+    fig = path_patching_figure(last, values=st.mean, marks=st.significant(),
+                               title=(f"Path patching to {short}, {len(recs)} IOI prompts vs ABC (noising)<br>"
+                                      f"<sup>mean normalised effect, * = p_adj < 0.05 (maxT)"
+                                      f"{'; receiver at ' + where.rstrip(')') if where else ''} — {model.name}</sup>"))
     files = save_figure(fig, args.fig, figure_stem(receiver))
     order = st.mean.argsort()
-    top = [{"sender": recs[0]["senders"][int(k)], "mean": float(st.mean[k]),
-            "ci": [float(st.ci_low[k]), float(st.ci_high[k])], "p_adj": float(st.p_adj[k])} for k in order[:8]]
+    def entry(k):
+        return {"sender": recs[0]["senders"][int(k)], "mean": float(st.mean[k]),
+                "ci": [float(st.ci_low[k]), float(st.ci_high[k])], "p_adj": float(st.p_adj[k])}
+    top = [entry(k) for k in order[:8]]
+    top_positive = [entry(k) for k in order.flip(0)[:8]]
     sig = [int(k) for k in st.significant().nonzero().flatten()]
     sig.sort(key=lambda k: -abs(float(st.mean[k])))
     significant = [{"sender": recs[0]["senders"][k], "mean": float(st.mean[k]),
                     "ci": [float(st.ci_low[k]), float(st.ci_high[k])], "p_adj": float(st.p_adj[k])} for k in sig]
-    summary = {"prompts": len(recs), "receiver": to, "significant": significant, "mean_clean_logit_diff": sum(r["clean_metric"] for r in recs) / len(recs),
+    command = ".venv/bin/python benchmarks/path_patching_ioi.py" + (
+        "" if receiver == "logits" else f" --receiver {args.receiver}") + f" --out {args.out}"
+    summary = {"prompts": len(recs), "receiver": to, "stem": figure_stem(receiver), "command": command,
+               "significant": significant, "mean_clean_logit_diff": sum(r["clean_metric"] for r in recs) / len(recs),
                "mean_corrupt_logit_diff": sum(r["corrupt_metric"] for r in recs) / len(recs),
-               "n_significant": int(st.significant().sum()), "strongest_negative": top, "files": files,
+               "n_significant": int(st.significant().sum()), "strongest_negative": top, "strongest_positive": top_positive,
+               "files": files,
                "stats": st.settings}
     (ck.dir / "summary.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary, indent=1))
@@ -117,9 +126,12 @@ def parse_receiver(text: str):
 
 
 def figure_stem(receiver) -> str:
-    """``path_patching_ioi`` (to the logits) or e.g. ``path_patching_ioi_q_L23H3``."""
-    return "path_patching_ioi" if receiver == "logits" else \
-        f"path_patching_ioi_{receiver[0]}_L{receiver[1]}H{receiver[2]}"
+    """``path_patching_ioi`` (to the logits) or e.g. ``path_patching_ioi_q_L23H3`` /
+    ``path_patching_ioi_v_L23KV1`` (keys and values belong to KV heads)."""
+    if receiver == "logits":
+        return "path_patching_ioi"
+    kind, layer, head = receiver
+    return f"path_patching_ioi_{kind}_L{layer}{'H' if kind == 'q' else 'KV'}{head}"
 
 
 if __name__ == "__main__":

@@ -185,6 +185,11 @@ def test_all_senders_grid_and_identities(tmp_path):
     res.save(tmp_path)
     again = PathPatchingResult.load(tmp_path)
     assert again.values == res.values and again.figure() is not None
+    # marked senders (e.g. significant after a correction) carry a "*": here the last-layer heads
+    from interp.mediation.path_patching import path_patching_figure
+    marks = [kind == "head" and layer == 2 for kind, layer, _ in res.senders]
+    text = path_patching_figure(res, marks=marks).data[0].text
+    assert [row.count("*") for row in text] == [0, 0, 4] and text[2][-1] == ""
 
 
 def test_bad_senders_and_receivers():

@@ -271,11 +271,13 @@ def _positions(positions, n: int) -> list[int] | None:
     return [p % n for p in positions]
 
 
-def path_patching_figure(res: PathPatchingResult, title: str | None = None, values: Tensor | None = None):
+def path_patching_figure(res: PathPatchingResult, title: str | None = None, values: Tensor | None = None,
+                         marks: Tensor | None = None):
     """Heatmap of the normalised path effect per head (layer × head), with the MLPs as a last column.
 
     ``values`` (one per sender, NaN = blank) replaces the result's own normalised effects, e.g. a
-    mean over prompts with non-significant senders masked (:meth:`interp.stats.CellStats.masked`).
+    mean over prompts; ``marks`` (one bool per sender) puts a ``*`` on those cells, e.g. the
+    senders significant after a multiple-comparison correction (:meth:`interp.stats.CellStats.significant`).
     """
     import plotly.graph_objects as go
 
@@ -283,11 +285,18 @@ def path_patching_figure(res: PathPatchingResult, title: str | None = None, valu
 
     g = res.head_grid(values=values)
     m = res.mlp_grid(values=values)
-    z = torch.cat([g, m[:, None]], 1).numpy()
+    top = max((l for _, l, _ in res.senders), default=res.n_layers - 1) + 1   # no rows above the last sender
+    z = torch.cat([g, m[:, None]], 1)[:top].numpy()
     x = [f"H{h}" for h in range(res.n_heads)] + ["MLP"]
     lim = float(torch.tensor(z).nan_to_num(0).abs().max()) or 1.0
-    fig = go.Figure(go.Heatmap(z=z, x=x, y=list(range(res.n_layers)), colorscale=DIVERGING, zmid=0,
-                               zmin=-lim, zmax=lim, colorbar=dict(title="normalised"),
+    text = None
+    if marks is not None:
+        flags = torch.tensor([1.0 if bool(f) else float("nan") for f in marks], dtype=torch.float64)
+        star = torch.cat([res.head_grid(values=flags), res.mlp_grid(values=flags)[:, None]], 1)[:top]
+        text = [["*" if v == 1 else "" for v in row] for row in star.tolist()]
+    fig = go.Figure(go.Heatmap(z=z, x=x, y=list(range(top)), colorscale=DIVERGING, zmid=0,
+                               zmin=-lim, zmax=lim, colorbar=dict(title="normalised"), text=text,
+                               texttemplate="%{text}" if text else None, textfont=dict(size=16),
                                hovertemplate="layer %{y} %{x}: %{z:.3f}<extra></extra>"))
     fig.update_xaxes(title="sender")
     fig.update_yaxes(title="layer", autorange="reversed")

@@ -246,6 +246,49 @@ ATP_STAR_COMMAND = ".venv/bin/python benchmarks/atp_star_validation.py --pairs 2
 IOI_COMMAND = ".venv/bin/python benchmarks/path_patching_ioi.py --out figures/results/path_patching_ioi"
 
 
+def _sender_name(sender) -> str:
+    """``["head", 23, 3]`` → ``L23H3``; ``["mlp", 12, None]`` → ``MLP L12``."""
+    kind, layer, *head = sender
+    return f"L{layer}H{head[0]}" if kind == "head" else f"MLP L{layer}"
+
+
+def _ioi_entry(sm: dict, stem: str, command: str, d: Path) -> dict:
+    """REPORT entry of one IOI path-patching run (to the logits, or into a head's queries / keys / values)."""
+    nums = {"IOI prompts (each vs an ABC corruption)": sm["prompts"],
+            "mean clean / corrupt logit diff (IO − S)": f"{sm['mean_clean_logit_diff']:.2f} / "
+                                                       f"{sm['mean_corrupt_logit_diff']:.2f}",
+            "senders significant after maxT (p_adj < 0.05)": sm["n_significant"]}
+    for t in sm["significant"]:
+        nums[f"sender {_sender_name(t['sender'])}: mean normalised effect [95% CI], p_adj"] = (
+            f"{t['mean']:+.3f} [{t['ci'][0]:+.3f}, {t['ci'][1]:+.3f}], p_adj {t['p_adj']:.3g}")
+    for key, label in (("strongest_positive", "largest positive"), ("strongest_negative", "largest negative")):
+        if sm.get(key):   # what the grid shows even where nothing survives the correction
+            nums[f"{label} mean effects (p_adj)"] = ", ".join(
+                f"{_sender_name(t['sender'])} {t['mean']:+.3f} ({t['p_adj']:.2g})" for t in sm[key][:3])
+    to = sm.get("receiver", "the logits")
+    if to == "the logits":
+        title = "Name movers: path patching from every head and MLP to the logits"
+        what = ("each head's and MLP's direct path to the logits patched from an ABC run (noising), as a "
+                "fraction of the clean → corrupt logit-difference change (mean over prompts; * = p_adj < 0.05 "
+                "after maxT; the significant senders in the numbers: positive = a name mover, "
+                "negative = a negative name mover)")
+    else:
+        title = f"Into a name mover: path patching from every earlier head and MLP to {to.split(' (')[0]}"
+        what = (f"each earlier head's and MLP's path into {to} patched from an ABC "
+                f"run (noising; heads between sender and receiver frozen), as a fraction of the clean → corrupt "
+                f"logit-difference change (mean over prompts; * = p_adj < 0.05 after maxT). "
+                + ("Queries: the senders that tell the name mover where to look (Wang et al.'s S-inhibition heads)"
+                   if to.startswith("attn_q") else
+                   "Keys: the senders that make a position look like the one to attend to" if to.startswith("attn_k")
+                   else "Values: the senders whose output the name mover copies forward")
+                + ("" if to.startswith("attn_q") else
+                   " (with grouped-query attention a KV head serves several query heads: the path reaches them all)"))
+    return {"stem": stem, "title": title, "numbers": nums, "command": command, "results": [d],
+            "caption": (f"Wang et al. 2022's name-mover experiment on {sm['prompts']} indirect-object prompts"
+                        f"{'' if to == 'the logits' else ', one step upstream'}: {what}. The figure is drawn by the "
+                        f"benchmark command.")}
+
+
 def _cell_name(c: dict) -> str:
     """A patching cell of the AtP* validation as "site L<layer>[H<head>] position <t>"."""
     return f"{c['site']} L{c['layer']}" + (f"H{c['head']}" if "head" in c else "") + f" position {c['position']}"
@@ -300,27 +343,13 @@ def method_entries(out_dir: Path) -> list[dict]:
                         f"each method's order, and the cells the QK fix corrects most.")})
     else:
         print(f"[figures] mediation: no AtP* validation in {d}: {ATP_STAR_COMMAND}")
-    d = out_dir / "results" / "path_patching_ioi"
-    if (d / "summary.json").exists() and (out_dir / "path_patching_ioi.png").exists():
-        sm = json.loads((d / "summary.json").read_text())
-        top = sm["significant"]
-        nums = {"IOI prompts (each vs an ABC corruption)": sm["prompts"],
-                "mean clean / corrupt logit diff (IO − S)": f"{sm['mean_clean_logit_diff']:.2f} / "
-                                                           f"{sm['mean_corrupt_logit_diff']:.2f}",
-                "senders significant after maxT (p_adj < 0.05)": sm["n_significant"]}
-        for t in top:
-            kind, layer, *head = t["sender"]
-            name = f"L{layer}H{head[0]}" if kind == "head" else f"MLP L{layer}"
-            nums[f"sender {name}: mean normalised effect [95% CI], p_adj"] = (f"{t['mean']:+.3f} [{t['ci'][0]:+.3f}, {t['ci'][1]:+.3f}], "
-                                              f"p_adj {t['p_adj']:.3g}")
-        entries.append({
-            "stem": "path_patching_ioi", "title": "Name movers: path patching from every head and MLP to the logits",
-            "numbers": nums, "command": IOI_COMMAND, "results": [d],
-            "caption": (f"Wang et al. 2022's name-mover experiment on {sm['prompts']} indirect-object prompts: each "
-                        f"head's and MLP's direct path to the logits patched from an ABC run (noising), as a "
-                        f"fraction of the clean → corrupt logit-difference change (mean over prompts; cells with "
-                        f"p_adj ≥ 0.05 blank; the significant senders in the numbers: positive = a name mover, "
-                        f"negative = a negative name mover). The figure is drawn by the benchmark command.")})
-    else:
-        print(f"[figures] mediation: no name-mover path patching in {d}: {IOI_COMMAND}")
+    # to the logits first, then the runs into a name mover's queries / keys / values (any saved)
+    dirs = [out_dir / "results" / "path_patching_ioi"] + sorted((out_dir / "results").glob("path_patching_ioi_*"))
+    for d in dirs:
+        sm = json.loads((d / "summary.json").read_text()) if (d / "summary.json").exists() else None
+        stem = (sm or {}).get("stem", "path_patching_ioi")
+        if sm is None or not (out_dir / f"{stem}.png").exists():
+            print(f"[figures] mediation: no name-mover path patching in {d}: {IOI_COMMAND}")
+            continue
+        entries.append(_ioi_entry(sm, stem, sm.get("command", IOI_COMMAND), d))
     return entries
