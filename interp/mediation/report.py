@@ -168,7 +168,7 @@ def report_sections(model, out_dir: Path, quick: bool) -> list[dict]:
     for src, by_c in rg.by_source.items():   # each source alone: does pooling hide a difference?
         for c, s in by_c.items():
             if {"mlp_last_subject_peak", "resid_last_subject_peak", "attn_last_peak"} <= set(s):
-                nums[f"{src} only, {c}: mlp / resid last subject, attn last peaks"] = (
+                nums[f"{src} only ({rg.sources.get(src)} facts), {c}: mlp / resid last subject, attn last peaks"] = (
                     f"{s['mlp_last_subject_peak']:.3f} / {s['resid_last_subject_peak']:.3f} / "
                     f"{s['attn_last_peak']:.3f}")
     sections.append({
