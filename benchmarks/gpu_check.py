@@ -36,7 +36,9 @@ PROMPTS = [
     ("The Statue of Liberty is located in the city of", "Statue of Liberty"),
     ("The Louvre is located in the city of", "Louvre"),
 ]
-CLEAN, CORRUPT = "The Eiffel Tower is located in the city of", "The Louvre Museum is located in the city of"
+#: the figures job's pair: answers " Paris" vs " Moscow" (a Louvre corruption would answer " Paris" too,
+#: and a logit difference of a token with itself measures nothing)
+CLEAN, CORRUPT = "The Eiffel Tower is located in the city of", "The Kremlin Palace is located in the city of"
 
 
 def sync(dev):
@@ -76,7 +78,7 @@ def compare(a, b) -> dict:
             "p_top1_max_abs": float((pa.gather(1, top_a[:, None]) - pb.gather(1, top_a[:, None])).abs().max()),
             "trace_max_abs": float((ga - gb).abs().max()), "trace_corr": corr,
             "patch_norm_max_abs": float((a["patch"].normalized("resid_pre") - b["patch"].normalized("resid_pre"))
-                                        .nan_to_num().abs().max()),
+                                        .abs().max()),
             "knockout_rel_max_abs": float((ka - kb).abs().max())}
 
 

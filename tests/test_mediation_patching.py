@@ -139,6 +139,11 @@ def test_bad_input(tm):
         activation_patching(tm, CLEAN, CORRUPT, answer="")
     with pytest.raises(InterventionError, match="metric"):
         activation_patching(tm, CLEAN, CORRUPT, metric="kl")
+    # the same answer token on both sides: a logit difference of 0 everywhere would be all-NaN effects
+    with pytest.raises(InterventionError, match="same token"):
+        activation_patching(tm, CLEAN, CORRUPT, answer=" Paris", wrong=" Paris")
+    assert activation_patching(tm, CLEAN, CORRUPT, answer=" Paris", wrong=" Paris", metric="prob",
+                               sites="resid_pre", layers=[0]).clean_metric > 0
 
 
 def test_atp_correlates_with_patching_and_zero_for_identical(tm):

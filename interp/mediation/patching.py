@@ -59,6 +59,13 @@ def metric_fn(model, metric, answer_id: int | None, wrong_id: int | None) -> tup
     if callable(metric):
         return metric, getattr(metric, "__name__", "user")
     if metric == "logit_diff":
+        if answer_id == wrong_id:
+            tok = model.tokenizer.decode([answer_id])
+            raise InterventionError(
+                f"the answer and the wrong answer are the same token ({tok!r}; by default the clean and the "
+                f"corrupted prompt's top-1): their logit difference is 0 in every run, so nothing can be "
+                f"measured; give answer= and wrong= (CLI --answer / --wrong), choose a corruption the model "
+                f"answers differently, or use metric='prob'")
         return (lambda lg: lg[:, answer_id].float() - lg[:, wrong_id].float()), "logit_diff"
     if metric == "prob":
         return (lambda lg: lg.float().softmax(-1)[:, answer_id]), "prob"
