@@ -60,7 +60,9 @@ def analyses(m, samples: int, kinds, max_rows):
     lg = m.run([p for p, _ in PROMPTS]).logits.float().cpu()
     tr = causal_trace(m, CLEAN, "Eiffel Tower", kinds=kinds, samples=samples, max_rows=max_rows)
     pa = activation_patching(m, CLEAN, CORRUPT, sites="resid_pre", max_rows=max_rows)
-    ko = attention_knockout(m, CLEAN, subject="Eiffel Tower", max_rows=max_rows)
+    # with a BOS, as the figures job: without one, blocking position 0 (the attention sink) makes the
+    # run unstable, and bf16 vs fp32 differ by 0.3 in relative change there (0.14 at most with it)
+    ko = attention_knockout(m, CLEAN, subject="Eiffel Tower", max_rows=max_rows, bos=True)
     return {"logits": lg, "trace": tr, "patch": pa, "knock": ko}
 
 
