@@ -45,7 +45,7 @@ def test_every_method_builds_the_same_rag_prompt():
     tr = causal_trace(m, Q, "Eiffel Tower", context=CTX, kinds=("resid",), samples=1, positions=[-1])
     assert "".join(tr.tokens) == text
     pt = activation_patching(m, Q, "The Kremlin Palace is located in the city of", context=CTX, layers=[0],
-                             positions=[-1])
+                             positions=[-1], answer=" Paris", wrong=" Moscow")
     assert pt.clean == text
     assert _prompt_and_context(SimpleNamespace(prompt=Q, context=CTX))[0] == text
 

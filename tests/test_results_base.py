@@ -21,8 +21,9 @@ def test_patching_and_attribution_share_one_base(tmp_path):
         own = {f.name for f in dataclasses.fields(cls)} - shared
         assert own and not own & shared
     m = tiny("llama")
-    pt = activation_patching(m, CLEAN, CORRUPT, sites=("resid_pre", "head"), layers=[0, 2], positions=[-2, -1])
-    at = attribution_patching(m, CLEAN, CORRUPT, sites=("resid_pre", "head"), layers=[0, 2], positions=[-2, -1])
+    kw = dict(sites=("resid_pre", "head"), layers=[0, 2], positions=[-2, -1], answer=" Paris", wrong=" Moscow")
+    pt = activation_patching(m, CLEAN, CORRUPT, **kw)   # (the random model's top-1 is the same for both)
+    at = attribution_patching(m, CLEAN, CORRUPT, **kw)
     for r in (pt, at):
         assert r.grid("resid_pre").shape == (2, 2) and r.grid("head").shape == (2, 2, m.adapter.n_heads)
         r.save(tmp_path)
