@@ -100,8 +100,7 @@ def main(argv=None) -> dict:
     top_positive = [entry(k) for k in order.flip(0)[:8]]
     sig = [int(k) for k in st.significant().nonzero().flatten()]
     sig.sort(key=lambda k: -abs(float(st.mean[k])))
-    significant = [{"sender": recs[0]["senders"][k], "mean": float(st.mean[k]),
-                    "ci": [float(st.ci_low[k]), float(st.ci_high[k])], "p_adj": float(st.p_adj[k])} for k in sig]
+    significant = [entry(k) for k in sig]
     command = ".venv/bin/python benchmarks/path_patching_ioi.py" + (
         "" if receiver == "logits" else f" --receiver {args.receiver}") + f" --out {args.out}"
     summary = {"prompts": len(recs), "receiver": to, "stem": figure_stem(receiver), "command": command,

@@ -58,6 +58,9 @@ UNIT_SITES: dict[str, str] = {"head": "attn_z", "neuron": "mlp_post"}
 UNIT_AXES: dict[str, str] = {**{site: unit for unit, site in UNIT_SITES.items()}, "attn_scores": "head",
                              "attn_q": "head", "attn_k": "kv_head", "attn_v": "kv_head"}
 
+#: the per-head query / key / value sites, in the order of a fused projection's output ([q | k | v])
+QKV_SITES = ("attn_q", "attn_k", "attn_v")
+
 #: sites an engine provides natively; the others are derived by :mod:`interp.model`.
 PRIMITIVE_SITES = ("embed", "resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out",
                    "mlp_post", "attn_q", "attn_k", "attn_v", "attn_z", "attn_pattern", "attn_scores")

@@ -115,6 +115,9 @@ def test_bad_edits_have_clear_errors():
         (lambda p: p.set("resid_post", 0, 5, [0], torch.zeros(48)), InterventionError, "row 5"),
         (lambda p: p.set("resid_post", 0, 0, [0]), InterventionError, "value or a source_row"),
         (lambda p: p.set("resid_post", 0, 0, [40], torch.zeros(48)), LayerIndexError, "position 40"),
+        # keys / values have the model's KV heads (tiny llama: 2), queries its heads (6)
+        (lambda p: p.set("attn_k", 0, 0, [0], torch.zeros(8), unit=2), LayerIndexError, "kv_head 2 out of range 0..1"),
+        (lambda p: p.set("attn_q", 0, 0, [0], torch.zeros(8), unit=6), LayerIndexError, "head 6 out of range 0..5"),
     ]
     for build, exc, msg in cases:
         plan = InterventionPlan(b)

@@ -152,3 +152,7 @@ def test_rag_fill_from_fact_file_with_swapped_objects(model_dir, tmp_path, capsy
     # no fill needed: the fill file is not read into the result
     assert main(argv + ["--n-facts", "1", "--out", str(tmp_path / "one")]) == 0
     assert json.loads(capsys.readouterr().out)["sources"] == {"fake.jsonl": 1}
+    # a fill file that is not there: one line naming it, exit 2
+    missing = [a if a != str(k1000) else str(tmp_path / "nope.json") for a in argv]
+    assert main(missing + ["--n-facts", "5", "--out", str(tmp_path / "two")]) == 2
+    assert "nope.json does not exist" in capsys.readouterr().err

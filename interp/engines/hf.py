@@ -11,7 +11,7 @@ Where each site lives (see :mod:`interp.arch` for the module names):
 * ``attn_z`` = input of the output projection, reshaped to heads;
 * ``attn_q`` / ``attn_k`` / ``attn_v`` = output of the query / key / value projection, reshaped to
   heads (key and value: the KV heads of grouped-query attention); GPT-2's fused ``c_attn``
-  output is split into its thirds (:data:`QKV`);
+  output is split into its thirds (:data:`interp.arch.QKV_SITES` order);
 * ``attn_scores`` = the additive attention mask passed to the attention module (blocking an
   edge there equals blocking its pre-softmax score).
 
@@ -33,10 +33,8 @@ from typing import Mapping
 import torch
 
 from ..capabilities import EDIT_SCORES, GRADIENTS, LAST_LOGITS, SKIP_WORK, SWITCH_ATTENTION
+from ..arch import QKV_SITES
 from .base import Engine, HookFn, Point
-
-#: the per-head projection sites, in the order of a fused projection's output
-QKV = ("attn_q", "attn_k", "attn_v")
 
 
 def _keeps_logits(model) -> bool:
@@ -128,8 +126,8 @@ class HFEngine(Engine):
                 h = fn(x.reshape(*x.shape[:-1], a.n_heads, a.d_head))
                 return (h.reshape(x.shape),) + tuple(args[1:])
             return a.o_proj[layer].register_forward_pre_hook(z)
-        if site in QKV:
-            part = QKV.index(site)
+        if site in QKV_SITES:
+            part = QKV_SITES.index(site)
             mod = a.qkv[layer][part]
             fused = a.layout.fused_qkv
 

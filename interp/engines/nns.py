@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from ..arch import SITE_ORDER
+from ..arch import QKV_SITES, SITE_ORDER
 from ..capabilities import EDIT_SCORES, GRADIENTS, LAST_LOGITS, REMOTE, SWITCH_ATTENTION
 from ..shipped import walk
 from .base import Engine, HookFn, Point
@@ -72,7 +72,7 @@ class NNsightEngine(Engine):
             "resid_mid": (f"{blk}.{lay.ln2}", "input"), "mlp_post": (f"{blk}.{lay.down}", "input"),
             "mlp_out": (f"{blk}.{lay.mlp}", "post"),
             **{site: (f"{blk}.{lay.qkv[i]}", f"qkv{i}" if lay.fused_qkv else "proj")
-               for i, site in enumerate(("attn_q", "attn_k", "attn_v"))},
+               for i, site in enumerate(QKV_SITES)},
         }[site]
 
     def steps(self, points) -> list[tuple]:

@@ -85,6 +85,15 @@ def _token_or_top(model, text: str | None, top: Tensor, what: str) -> int:
     return tid
 
 
+def pair_positions(positions, n: int) -> list[int]:
+    """Prompt-relative positions of a pair of ``n``-token prompts, checked and made non-negative."""
+    from ..errors import LayerIndexError
+    for p in positions:
+        if not -n <= p < n:
+            raise LayerIndexError(f"position {p} out of range for prompts of {n} tokens")
+    return [p % n for p in positions]
+
+
 @dataclass
 class PairSetup:
     """A resolved clean / corrupted pair: texts, tokens, answer and wrong tokens, context span."""
@@ -225,14 +234,7 @@ def _check(model, sites, layers, positions, n, heads, neurons, direction):
                                 f"(corrupt → clean), not {direction!r}")
     layers = list(range(model.n_layers)) if layers is None else [model.adapter.check_layer(l) % model.n_layers
                                                                  for l in layers]
-    if positions is None:
-        positions = list(range(n))
-    else:
-        from ..errors import LayerIndexError
-        for p in positions:
-            if not -n <= p < n:
-                raise LayerIndexError(f"position {p} out of range for prompts of {n} tokens")
-        positions = [p % n for p in positions]
+    positions = list(range(n)) if positions is None else pair_positions(positions, n)
     a = model.adapter
     heads = list(range(a.n_heads)) if heads is None else list(heads)
     if "neuron" in sites and not neurons:

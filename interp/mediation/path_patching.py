@@ -46,9 +46,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from ..arch import QKV_SITES
 from ..errors import InterventionError, LayerIndexError
 from ..interventions import InterventionPlan
-from .patching import PairResult, metric_fn, prepare_pair
+from .patching import PairResult, metric_fn, pair_positions, prepare_pair
 
 SENDER_KINDS = ("head", "mlp")
 
@@ -89,7 +90,7 @@ def _senders(model, senders, receiver_layer: int) -> list[Sender]:
 
 
 #: receiver kinds that address one head's input, and the site each copies in stage 2
-HEAD_RECEIVERS = {"q": "attn_q", "k": "attn_k", "v": "attn_v"}
+HEAD_RECEIVERS = {site[-1]: site for site in QKV_SITES}
 
 
 @dataclass(frozen=True)
@@ -239,7 +240,8 @@ def path_patching(model, clean: str, corrupt: str, *, senders: Sequence | None =
     setup = prepare_pair(model, clean, corrupt, answer=answer, wrong=wrong)
     rcv = _receiver(model, receiver)
     snd = _senders(model, senders, rcv.layer)
-    positions, receiver_positions = (_positions(p, setup.n) for p in (positions, receiver_positions))
+    positions, receiver_positions = (None if p is None else pair_positions(p, setup.n)
+                                     for p in (positions, receiver_positions))
     if receiver_positions is not None and rcv.site is None:
         raise InterventionError("receiver_positions applies to a receiver inside the model, not to 'logits'")
     fn, mname = metric_fn(model, metric, setup.answer_id, setup.wrong_id)
@@ -259,16 +261,6 @@ def path_patching(model, clean: str, corrupt: str, *, senders: Sequence | None =
                                "sender_site": {"head": "attn_z (one head)", "mlp": "mlp_out"},
                                "receiver_site": rcv.site, "receiver_unit": rcv.unit,
                                "receiver_positions": receiver_positions}, model.name)
-
-
-def _positions(positions, n: int) -> list[int] | None:
-    """Prompt-relative positions, checked and made non-negative (None stays None)."""
-    if positions is None:
-        return None
-    for p in positions:
-        if not -n <= p < n:
-            raise LayerIndexError(f"position {p} out of range for prompts of {n} tokens")
-    return [p % n for p in positions]
 
 
 def path_patching_figure(res: PathPatchingResult, title: str | None = None, values: Tensor | None = None,

@@ -348,8 +348,9 @@ def method_entries(out_dir: Path) -> list[dict]:
     for d in dirs:
         sm = json.loads((d / "summary.json").read_text()) if (d / "summary.json").exists() else None
         stem = (sm or {}).get("stem", "path_patching_ioi")
+        command = (sm or {}).get("command", IOI_COMMAND)
         if sm is None or not (out_dir / f"{stem}.png").exists():
-            print(f"[figures] mediation: no name-mover path patching in {d}: {IOI_COMMAND}")
+            print(f"[figures] mediation: no name-mover path patching in {d}: {command}")
             continue
-        entries.append(_ioi_entry(sm, stem, sm.get("command", IOI_COMMAND), d))
+        entries.append(_ioi_entry(sm, stem, command, d))
     return entries
