@@ -46,12 +46,11 @@ figures demo: $(STAMP)
 paper: $(STAMP)
 	$(VENV)/bin/interp figures --out figures $(FIGURES_ARGS)
 
-# The suite runs in TEST_WORKERS processes (pytest-xdist), one torch thread each: two 2-thread torch
-# processes on 2 cores spin against each other (OpenMP), one thread per process uses both cores.
-# A file's tests stay together (its module fixtures load once), except that each notebook's execution
-# is its own unit and the slowest start first (tests/conftest.py), so the two processes end together.
+# The suite runs its files in TEST_WORKERS processes (pytest-xdist; a file's tests stay together, so
+# its module fixtures load once), one torch thread each: two 2-thread torch processes on 2 cores
+# spin against each other (OpenMP), one thread per process uses both cores.
 TEST_WORKERS ?= 2
-PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test: $(STAMP)
 	$(PYTEST) tests $(PYTEST_ARGS)

@@ -14,8 +14,7 @@
 The tests never reach a model hub: ``HF_HUB_OFFLINE=1`` is set before transformers is imported
 (also for the CLI subprocesses and notebook kernels they start), so a hub id that is not cached
 fails at once instead of after the hub client's network retries.  ``make test`` runs the files in
-two processes (pytest-xdist, ``--dist loadgroup``), each with one torch thread; the notebooks'
-executions are units of their own and start first (``pytest_collection_modifyitems`` below).
+two processes (pytest-xdist, ``--dist loadfile``), each with one torch thread.
 """
 
 from __future__ import annotations
@@ -134,34 +133,3 @@ def data_dir() -> Path:
     if not DATA.exists():
         pytest.fail(f"evaluation data not found at {DATA}; set INTERP_DATA to ../shared/data")
     return DATA
-
-
-# ----------------------------------------------------------------------------- scheduling (xdist)
-#: Executing a notebook (a kernel, the default model, a pipeline) takes 30–100 s, several times a
-#: whole ordinary file; the slowest first.  Each one is its own unit of work so that two workers
-#: share them, and they start first so that no worker begins a long notebook when the other is done.
-SLOW_FIRST = ("05_neurons", "06_concept_vectors", "02_causal_tracing", "07_conflict_probes",
-              "04_attention", "03_patching", "01_logit_lens_and_engines")
-
-
-def _unit(item) -> tuple[int, str]:
-    """(rank, group) of a test for ``--dist loadgroup``: a notebook's execution (and the test that
-    renders the executed notebook 04, which reuses it in the same process) is its own group, ranked
-    by :data:`SLOW_FIRST`; every other test keeps its file's group (its module fixtures load once)."""
-    name = item.name
-    for rank, stem in enumerate(SLOW_FIRST):
-        if name == f"test_notebook_runs_checks_claims_and_prints_no_warning[{stem}]" or (
-                stem == "04_attention" and name == "test_rendered_attention_notebook_draws_every_figure_offline"):
-            return rank, f"notebook-{stem}"
-    return len(SLOW_FIRST), item.nodeid.split("::")[0]
-
-
-def pytest_collection_modifyitems(config, items):
-    """Under ``--dist loadgroup`` (``make test``): one group per file, one per notebook execution,
-    notebooks first (see :func:`_unit`; xdist's own hook, which runs last, reads the marks)."""
-    if config.getvalue("dist") != "loadgroup":
-        return
-    units = {id(it): _unit(it) for it in items}
-    for it in items:
-        it.add_marker(pytest.mark.xdist_group(units[id(it)][1]))
-    items.sort(key=lambda it: units[id(it)][0])   # stable: files keep their order after the notebooks
