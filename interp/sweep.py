@@ -22,6 +22,15 @@ next to ``<dir>/config.json`` (the settings that produced it).  The contract:
   file (atomically), then one log record names that file and its progress; the last record wins.
   Tensors and progress can never disagree, because the record is written only after the file.
 
+* **Shards.**  A sweep can be split over processes (or machines sharing the directory):
+  ``Checkpoint(out_dir, config, shard=(k, n))`` writes its own log in ``<dir>/shards/k-of-n/``
+  (same ``config.json``), treats the items of the main log as done without writing to it, and
+  owns every n-th item (:meth:`Checkpoint.owns`).  Each log keeps a single writer.  Opening the
+  main log without ``shard`` appends every shard record it lacks (after checking the shard's
+  settings), and :func:`read_sweep` reads the shards too, so ``--from-log`` sees them at once.
+  Items are computed the same way in any process, so a sharded sweep gives the numbers of an
+  unsharded one.
+
 Errors inside a sweep are not results: :class:`SweepErrors` counts and lists them (row, fact,
 error) for the result and stderr, and the sweep goes on; an item that failed is not logged, so a
 resumed sweep tries it again (the same input fails the same way, so the result is unchanged).
@@ -42,6 +51,7 @@ from .errors import InterpError
 
 ITEMS = "items.jsonl"
 CONFIG = "config.json"
+SHARDS = "shards"
 
 
 class SweepConfigMismatch(InterpError, ValueError):
@@ -100,11 +110,45 @@ def read_log(path: str | Path) -> tuple[dict[str, Any], int, bytes]:
     return done, skipped, data
 
 
+def parse_shard(spec) -> tuple[int, int] | None:
+    """``"K/N"`` (or ``(K, N)``) → ``(K, N)`` with 1 ≤ K ≤ N; None stays None.  Anything else is a
+    :class:`~interp.errors.SettingError` that says the form."""
+    from .errors import SettingError
+
+    if spec is None:
+        return None
+    try:
+        k, n = (int(x) for x in (spec.split("/") if isinstance(spec, str) else spec))
+    except (ValueError, TypeError):
+        k = n = 0
+    if not 1 <= k <= n:
+        raise SettingError(f"shard {spec!r} is not K/N with 1 ≤ K ≤ N: give e.g. --shard 1/2 and --shard 2/2 "
+                           f"to two processes, then run once without --shard to merge")
+    return k, n
+
+
+def _shard_logs(d: Path, config: dict) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """``(shard dir, results by id)`` of every shard log under ``d``; a shard made with other
+    settings is refused (:class:`SweepConfigMismatch`) rather than mixed in."""
+    for sd in sorted((d / SHARDS).glob("*-of-*")):
+        if not (sd / ITEMS).is_file():
+            continue
+        try:
+            theirs = json.loads((sd / CONFIG).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            theirs = None
+        if theirs != config:
+            raise SweepConfigMismatch(f"{sd} holds a shard made with other settings than {d}; delete {sd} "
+                                      f"(or rerun that shard with the settings of {d / CONFIG})")
+        yield sd, read_log(sd / ITEMS)[0]
+
+
 def read_sweep(out_dir: str | Path) -> tuple[dict, dict[str, Any]]:
-    """``(config, results by id)`` of a sweep directory, read without writing anything.
+    """``(config, results by id)`` of a sweep directory and its shards, read without writing anything.
 
     For summaries and figures drawn from a log (also one a running sweep is still appending to:
-    a torn last line is skipped).  A directory without ``config.json`` and ``items.jsonl`` raises
+    a torn last line is skipped).  Records of shard logs (``<dir>/shards/k-of-n/``) not yet merged
+    are included.  A directory without ``config.json`` and ``items.jsonl`` raises
     :class:`~interp.errors.ResultMissingError` naming the directory.
     """
     from .errors import ResultMissingError
@@ -113,31 +157,68 @@ def read_sweep(out_dir: str | Path) -> tuple[dict, dict[str, Any]]:
     if not (d / CONFIG).is_file() or not (d / ITEMS).is_file():
         raise ResultMissingError(f"{d} is not a sweep directory (no {CONFIG} + {ITEMS}); give the directory "
                                  f"a sweep writes its log to (e.g. a knockout sweep's OUT/sweep)")
-    return json.loads((d / CONFIG).read_text(encoding="utf-8")), read_log(d / ITEMS)[0]
+    config = json.loads((d / CONFIG).read_text(encoding="utf-8"))
+    done = read_log(d / ITEMS)[0]
+    for _, theirs in _shard_logs(d, config):
+        for k, v in theirs.items():
+            done.setdefault(k, v)
+    return config, done
 
 
 class Checkpoint:
     """Append-only result log of one sweep in ``out_dir`` (see the module docstring).
 
     ``config`` is every setting that changes the results, the model's name included; it must be
-    JSON-serialisable (other values are stored as ``str``).
+    JSON-serialisable (other values are stored as ``str``).  ``shard=(k, n)`` (see
+    :func:`parse_shard`) opens shard k of n instead: its log is ``out_dir/shards/k-of-n/``, the main
+    log's items count as done (read, never written), and :meth:`owns` says which items are its own.
+    Without ``shard``, opening merges every shard's records into the main log.
     """
 
-    def __init__(self, out_dir: str | Path, config: dict):
-        self.dir = Path(out_dir)
-        if self.dir.exists() and not self.dir.is_dir():
-            raise SweepConfigMismatch(f"{self.dir} is a file, not a sweep directory; give another --out")
+    def __init__(self, out_dir: str | Path, config: dict, *, shard: tuple[int, int] | None = None):
+        main = Path(out_dir)
+        if main.exists() and not main.is_dir():
+            raise SweepConfigMismatch(f"{main} is a file, not a sweep directory; give another --out")
+        self.shard = parse_shard(shard)
+        self.config = _normalise(config)
+        inherited: dict[str, Any] = {}
+        if self.shard is not None:
+            if (main / CONFIG).is_file():   # the main log must hold the same sweep; it is only read
+                self._check_config(main / CONFIG, write=False)
+                if (main / ITEMS).is_file():
+                    inherited = read_sweep(main)[1]
+            main = main / SHARDS / "{}-of-{}".format(*self.shard)
+        self.dir = main
         self.dir.mkdir(parents=True, exist_ok=True)
         self.items_path = self.dir / ITEMS
-        self.config = _normalise(config)
         self._check_config(self.dir / CONFIG)
         self.done: dict[str, Any] = {}
         #: lines skipped on reading (torn by a kill, or damaged): their items are computed again
         self.n_torn = 0
         self._read()
+        #: records merged from shard logs when this (main) log was opened
+        self.n_merged = 0
+        if self.shard is None:
+            self._merge_shards()
+        self.done = {**inherited, **self.done}
+
+    def owns(self, index: int) -> bool:
+        """Whether the item at ``index`` (its place in the sweep's fixed order) is this shard's:
+        every item without a shard, else every n-th one (shard k of n: ``index % n == k - 1``)."""
+        return self.shard is None or index % self.shard[1] == self.shard[0] - 1
+
+    def _merge_shards(self) -> None:
+        for _, theirs in _shard_logs(self.dir, self.config):
+            new = [(k, v) for k, v in theirs.items() if k not in self.done]
+            for k, v in new:
+                self.add(k, v)
+            self.n_merged += len(new)
 
     # ------------------------------------------------------------------ opening
-    def _check_config(self, path: Path) -> None:
+    def _check_config(self, path: Path, write: bool = True) -> None:
+        """Refuse a directory (``path.parent``) whose ``config.json`` differs from this sweep's;
+        write it (atomically) when there is none and ``write``."""
+        d = path.parent
         old = None
         if path.exists():
             try:
@@ -145,25 +226,26 @@ class Checkpoint:
             except (json.JSONDecodeError, UnicodeDecodeError):
                 old = None
             if not isinstance(old, dict):
-                if self.items_path.exists() and self.items_path.stat().st_size > 0:
+                if (d / ITEMS).exists() and (d / ITEMS).stat().st_size > 0:
                     raise SweepConfigMismatch(
-                        f"{path} is damaged, so the results in {self.dir} cannot be matched to their "
-                        f"settings; delete {self.dir} to start over or give another --out")
+                        f"{path} is damaged, so the results in {d} cannot be matched to their "
+                        f"settings; delete {d} to start over or give another --out")
                 old = None
         if old is None:
-            write_atomic(path, json.dumps(self.config, indent=1))
+            if write:
+                write_atomic(path, json.dumps(self.config, indent=1))
             return
         if old == self.config:
             return
         keys = sorted(k for k in set(old) | set(self.config) if old.get(k) != self.config.get(k))
         if "model" in keys:
             raise SweepConfigMismatch(
-                f"{self.dir} holds a sweep of model {old.get('model')!r}, not {self.config.get('model')!r}; "
+                f"{d} holds a sweep of model {old.get('model')!r}, not {self.config.get('model')!r}; "
                 f"give another --out (or the same --model to resume it)")
         shown = ", ".join(f"{k}: {old.get(k)!r} → {self.config.get(k)!r}" for k in keys[:4])
         more = f" (+{len(keys) - 4} more)" if len(keys) > 4 else ""
         raise SweepConfigMismatch(
-            f"{self.dir} holds a sweep made with other settings ({shown}{more}); rerun with the "
+            f"{d} holds a sweep made with other settings ({shown}{more}); rerun with the "
             f"same settings to resume it, or give another --out (or delete it) to start over")
 
     def _read(self) -> None:

@@ -54,6 +54,35 @@ def test_trace_with_context_and_dataset(model_dir, tmp_path, capsys):
     assert (sw / "trace_sweep.json").exists() and (sw / "items.jsonl").exists()
 
 
+def test_sharded_trace_sweep_equals_one_process(model_dir, tmp_path, capsys, monkeypatch):
+    import importlib
+    ct = importlib.import_module("interp.mediation.causal_trace")   # the module (the package exports the function)
+    data = tmp_path / "facts.json"
+    data.write_text(json.dumps([{"prompt": PROMPT, "subject": "Eiffel Tower", "attribute": "Paris"},
+                                {"prompt": "Toyota cars are made in", "subject": "Toyota", "attribute": "Japan"},
+                                {"prompt": "The Louvre is in the city of", "subject": "Louvre", "attribute": "Paris"}]))
+    calls = []
+    real = ct.causal_trace
+    monkeypatch.setattr(ct, "causal_trace", lambda *a, **k: (calls.append(a[2]), real(*a, **k))[1])
+    args = ["trace", "--model", model_dir, "--dataset", str(data), "--min-p", "0", "--kinds", "resid,mlp",
+            "--window", "2", "--samples", "2", "--json"]
+    assert main(args + ["--out", str(tmp_path / "one")]) == 0
+    one = json.loads((tmp_path / "one" / "trace_sweep.json").read_text())
+    assert one["n_traced"] == 3 and len(calls) == 3
+    sw, calls[:] = tmp_path / "sharded", []
+    capsys.readouterr()
+    for k in ("1/2", "2/2"):
+        assert main(args + ["--out", str(sw), "--shard", k]) == 0
+        s = json.loads(capsys.readouterr().out)
+        assert s["shard"] == [int(k[0]), 2] and s["dir"].endswith(f"shards/{k[0]}-of-2")
+    assert calls == ["Eiffel Tower", "Louvre", "Toyota"]          # facts 0 and 2, then fact 1: each once
+    assert not (sw / "trace_sweep.json").exists()                # a shard draws nothing in the main directory
+    assert main(args + ["--out", str(sw)]) == 0 and len(calls) == 3  # the merge run traces nothing again
+    two = json.loads((sw / "trace_sweep.json").read_text())
+    assert two["n_traced"] == 3 and two["aie"] == one["aie"] and two["se"] == one["se"]
+    assert len((sw / "items.jsonl").read_text().splitlines()) == 3
+
+
 def test_patch_with_atp(model_dir, tmp_path, capsys):
     out = tmp_path / "p"
     rc = main(["patch", "--model", model_dir, "--clean", PROMPT, "--corrupt", "The Berlin Wall Tower is in the city of",

@@ -1,4 +1,4 @@
-"""The sweep result log: append-only, torn lines, resume/refuse, old format, state snapshots."""
+"""The sweep result log: append-only, torn lines, resume/refuse, old format, state snapshots, shards."""
 
 import json
 import os
@@ -6,7 +6,8 @@ import os
 import pytest
 import torch
 
-from interp.sweep import Checkpoint, SweepConfigMismatch, SweepErrors
+from interp.errors import SettingError
+from interp.sweep import Checkpoint, SweepConfigMismatch, SweepErrors, parse_shard, read_sweep
 
 CFG = {"model": "m", "window": 10, "dataset": "facts.json"}
 
@@ -77,6 +78,46 @@ def test_damaged_config(tmp_path):
     (tmp_path / "config.json").write_text("")
     with pytest.raises(SweepConfigMismatch, match="is damaged.*delete"):
         Checkpoint(tmp_path, CFG)
+
+
+def test_shards_split_the_items_never_write_the_main_log_and_merge_into_it(tmp_path):
+    main = Checkpoint(tmp_path, CFG)
+    main.add("row0", 0)                                   # finished before the split
+    before = (tmp_path / "items.jsonl").read_bytes()
+    shards = [Checkpoint(tmp_path, CFG, shard=(k, 3)) for k in (1, 2, 3)]
+    assert [[i for i in range(7) if s.owns(i)] for s in shards] == [[0, 3, 6], [1, 4], [2, 5]]
+    assert main.owns(5)                                   # without a shard: every item
+    for s in shards:
+        assert "row0" in s                                # the main log's items count as done
+        for i in range(1, 7):
+            if s.owns(i):
+                s.add(f"row{i}", i)
+    assert (tmp_path / "items.jsonl").read_bytes() == before  # shards wrote only their own logs
+    assert (tmp_path / "shards" / "2-of-3" / "items.jsonl").is_file()
+    # read-only readers (figures from a log) see the shards at once
+    assert read_sweep(tmp_path)[1] == {f"row{i}": i for i in range(7)}
+    # a shard reopened resumes its own items; opening the main log merges every shard's, once
+    assert "row4" in Checkpoint(tmp_path, CFG, shard=(2, 3))
+    merged = Checkpoint(tmp_path, CFG)
+    assert merged.n_merged == 6 and dict(merged.results()) == {f"row{i}": i for i in range(7)}
+    assert Checkpoint(tmp_path, CFG).n_merged == 0 and len(Checkpoint(tmp_path, CFG)) == 7
+
+
+def test_shards_with_other_settings_or_bad_numbers_are_refused(tmp_path):
+    Checkpoint(tmp_path, CFG).add(0, 1)
+    with pytest.raises(SweepConfigMismatch, match=r"other settings \(window: 10 → 9\)"):
+        Checkpoint(tmp_path, {**CFG, "window": 9}, shard=(1, 2))    # the main log holds another sweep
+    odd = tmp_path / "shards" / "1-of-2"
+    odd.mkdir(parents=True)
+    (odd / "config.json").write_text(json.dumps({**CFG, "window": 9}))
+    (odd / "items.jsonl").write_text('{"id": "a", "result": 1}\n')
+    for open_ in (lambda: Checkpoint(tmp_path, CFG), lambda: read_sweep(tmp_path)):
+        with pytest.raises(SweepConfigMismatch, match="shards/1-of-2 holds a shard made with other settings"):
+            open_()
+    assert parse_shard("2/3") == (2, 3) and parse_shard((1, 1)) == (1, 1) and parse_shard(None) is None
+    for bad in ("0/2", "3/2", "1", "a/b", "1/2/3", "-1/2"):
+        with pytest.raises(SettingError, match=f"shard '{bad}' is not K/N with 1 ≤ K ≤ N.*--shard 1/2"):
+            parse_shard(bad)
 
 
 def test_state_snapshots_last_record_wins(tmp_path):

@@ -540,7 +540,8 @@ def trace_dataset(model, dataset, out_dir: str | Path, *, kinds: Sequence[str] =
                   window: int = 10, samples: int = 10, noise: str | float = "3sd", seed: int = 0,
                   min_p: float | None = None, limit: int | None = None, max_known: int | None = None,
                   window_convention: str = DEFAULT_CONVENTION, min_p_clean: float | None = MIN_P_CLEAN,
-                  max_rows: int | None = None, progress: bool = True) -> TraceSweepResult:
+                  max_rows: int | None = None, progress: bool = True,
+                  shard: str | tuple[int, int] | None = None) -> TraceSweepResult:
     """ROME's average indirect effects (Meng et al. 2022): causal traces of every known fact of a
     known_1000-style dataset, averaged by token category.
 
@@ -554,6 +555,10 @@ def trace_dataset(model, dataset, out_dir: str | Path, *, kinds: Sequence[str] =
         limit: scan only the first ``limit`` usable rows; ``max_known``: trace at most this many.
         min_p_clean: traced facts whose target has p_clean below it (or is not the top-1, under
             the ``min_p`` rule) are counted in ``n_unknown_target`` — one warning at the end.
+        shard: ``"K/N"``: trace only every N-th known fact (the K-th of each N) into
+            ``out_dir/shards/K-of-N/`` (see :mod:`interp.sweep`), so N processes share the sweep;
+            the result (saved in the shard's directory) covers the facts finished so far.  A run
+            without ``shard`` merges the shards' logs and traces whatever is left.
 
     Rows with a missing field or a subject not in its prompt are reported in ``skipped`` with
     their row number; an error while scanning or tracing a fact is counted and listed in
@@ -594,11 +599,11 @@ def trace_dataset(model, dataset, out_dir: str | Path, *, kinds: Sequence[str] =
     config = {"dataset": name, "kinds": list(kinds), "window": window, "samples": samples, "noise": noise,
               "noise_level": round(level, 8), "seed": seed, "min_p": min_p, "model": model.name,
               "limit": limit, "window_convention": window_convention}
-    ck = Checkpoint(out_dir, config)
-    it = known
+    ck = Checkpoint(out_dir, config, shard=shard)
+    it = [ft for i, ft in enumerate(known) if ck.owns(i)]
     if progress:
         from tqdm.auto import tqdm
-        it = tqdm(known, desc="trace facts", unit="fact")
+        it = tqdm(it, desc="trace facts" + (" (shard {}/{})".format(*ck.shard) if ck.shard else ""), unit="fact")
     for f, tid in it:
         key = f"row{f.row}"
         if key in ck and "error" not in ck.get(key):  # older logs stored errors: those are retried
@@ -620,7 +625,7 @@ def trace_dataset(model, dataset, out_dir: str | Path, *, kinds: Sequence[str] =
     res = summarise_trace_sweep(items, config, model.n_layers, n_rows=n_rows, n_loaded=n_loaded,
                                 n_scanned=len(facts), n_known=n_known, skipped=skipped, errors=errors.by_row(),
                                 min_p_clean=min_p_clean)
-    res.save(out_dir)
+    res.save(ck.dir)
     if res.n_unknown_target:
         warnings.warn(f"trace_dataset: {res.n_unknown_target} of {len(items)} traced facts track a target the model "
                       f"does not predict (p_clean < {min_p_clean} or not its top-1)", UnknownTargetWarning,
@@ -633,9 +638,11 @@ def summarise_trace_sweep(items: list[dict], config: dict, n_layers: int, *, n_r
                           min_p_clean: float | None = MIN_P_CLEAN, **stats_kw) -> TraceSweepResult:
     """The :class:`TraceSweepResult` of logged traces (``items``: the facts' log records, ``config``:
     the sweep's settings): AIE, s.e. and per-cell statistics by token category, peaks, counts.
-    ``stats_kw`` go to :func:`interp.stats.cell_stats`."""
+    ``stats_kw`` go to :func:`interp.stats.cell_stats`.  Facts are taken in dataset-row order, so the
+    numbers do not depend on the order they finished in (one process, shards, a resumed run)."""
     from ..known import KNOWN_RULES, unknown_target
 
+    items = sorted(items, key=lambda i: i.get("row", 0))
     kinds = list(config["kinds"])
     aie, se, nf, stats = _aggregate(items, kinds, n_layers, **stats_kw) if items else ({}, {}, {}, {})
     n_unknown = sum(unknown_target(i["p_clean"], i.get("top1", True), min_p_clean) is not None for i in items)

@@ -14,8 +14,12 @@ correlation in the summary; ``--atp-star`` adds AtP* (QK fix + GradDrop, Kramár
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..clitools import (add_from_log_args, add_index_arg, add_target_check_args, load_model, out_dir, probability,
                         save_result, save_sweep_result)
+from ..errors import SettingError
+from ..sweep import SHARDS, parse_shard
 
 
 def _noise(s: str):
@@ -29,6 +33,10 @@ def _cmd_trace(args) -> dict:
     from ..errors import PromptError
     from .causal_trace import causal_trace, trace_dataset, trace_sweep_from_log
     kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
+    shard = parse_shard(args.shard)   # a bad K/N is refused before the model loads
+    if shard and not args.dataset:
+        raise SettingError("--shard splits a dataset sweep: give it with --dataset (a --from-log summary reads "
+                           "the shards' logs by itself)")
     if args.dataset or args.from_log:
         out = out_dir(args, "trace_sweep")
         if args.from_log:
@@ -37,7 +45,14 @@ def _cmd_trace(args) -> dict:
             res = trace_dataset(load_model(args), args.dataset, out, kinds=kinds, window=args.window,
                                 samples=args.samples, noise=_noise(args.noise), seed=args.seed, min_p=args.min_p,
                                 limit=args.limit, max_known=args.max_known, min_p_clean=args.min_p_clean,
-                                progress=not args.json)
+                                progress=not args.json, shard=shard)
+        if shard:   # a shard's result lives in its own log directory; the merge run draws the figures
+            if not args.json:
+                print("shard {}/{}: ".format(*shard) + f"{res.n_traced} of the {res.n_known} known facts are finished "
+                      f"(this shard's, the other shards' and the main log's); run the same command without "
+                      f"--shard to merge the shards and draw the figures")
+            return {"shard": list(shard), "n_known": res.n_known, "n_traced": res.n_traced,
+                    "dir": str(Path(out) / SHARDS / "{}-of-{}".format(*shard))}
         paths = save_sweep_result(res, "trace_sweep", args, "trace_sweep")
         summary = {"dataset": res.dataset, "n_rows": res.n_rows, "n_scanned": res.n_scanned,
                    "n_known": res.n_known, "n_traced": res.n_traced, "skipped": res.skipped[:20],
@@ -170,6 +185,9 @@ def register(sub, common) -> None:
     p.add_argument("--max-known", type=int, default=None, help="dataset: trace at most N known facts")
     p.add_argument("--min-p", type=float, default=None,
                    help="dataset: known if p(attribute) >= this (default: clean top-1 == attribute)")
+    p.add_argument("--shard", default=None, metavar="K/N",
+                   help="dataset: trace every N-th known fact (the K-th) into OUT/shards/K-of-N, so N processes "
+                        "share a sweep; a run without --shard merges them")
     add_from_log_args(p, "a trace sweep's --out directory")
     add_target_check_args(p)
     p.set_defaults(func=_cmd_trace)
