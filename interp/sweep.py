@@ -127,6 +127,11 @@ def parse_shard(spec) -> tuple[int, int] | None:
     return k, n
 
 
+def shard_dir(out_dir: str | Path, shard: tuple[int, int]) -> Path:
+    """Where shard ``(k, n)`` of the sweep in ``out_dir`` keeps its log: ``out_dir/shards/k-of-n``."""
+    return Path(out_dir) / SHARDS / "{}-of-{}".format(*shard)
+
+
 def _shard_logs(d: Path, config: dict) -> Iterator[tuple[Path, dict[str, Any]]]:
     """``(shard dir, results by id)`` of every shard log under ``d``; a shard made with other
     settings is refused (:class:`SweepConfigMismatch`) rather than mixed in."""
@@ -187,7 +192,7 @@ class Checkpoint:
                 self._check_config(main / CONFIG, write=False)
                 if (main / ITEMS).is_file():
                     inherited = read_sweep(main)[1]
-            main = main / SHARDS / "{}-of-{}".format(*self.shard)
+            main = shard_dir(main, self.shard)
         self.dir = main
         self.dir.mkdir(parents=True, exist_ok=True)
         self.items_path = self.dir / ITEMS

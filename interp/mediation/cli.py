@@ -14,12 +14,10 @@ correlation in the summary; ``--atp-star`` adds AtP* (QK fix + GradDrop, Kramár
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from ..clitools import (add_from_log_args, add_index_arg, add_target_check_args, load_model, out_dir, probability,
                         save_result, save_sweep_result)
 from ..errors import SettingError
-from ..sweep import SHARDS, parse_shard
+from ..sweep import parse_shard, shard_dir
 
 
 def _noise(s: str):
@@ -52,7 +50,7 @@ def _cmd_trace(args) -> dict:
                       f"(this shard's, the other shards' and the main log's); run the same command without "
                       f"--shard to merge the shards and draw the figures")
             return {"shard": list(shard), "n_known": res.n_known, "n_traced": res.n_traced,
-                    "dir": str(Path(out) / SHARDS / "{}-of-{}".format(*shard))}
+                    "dir": str(shard_dir(out, shard))}
         paths = save_sweep_result(res, "trace_sweep", args, "trace_sweep")
         summary = {"dataset": res.dataset, "n_rows": res.n_rows, "n_scanned": res.n_scanned,
                    "n_known": res.n_known, "n_traced": res.n_traced, "skipped": res.skipped[:20],
