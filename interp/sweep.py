@@ -212,6 +212,33 @@ class Checkpoint:
         every item without a shard, else every n-th one (shard k of n: ``index % n == k - 1``)."""
         return self.shard is None or index % self.shard[1] == self.shard[0] - 1
 
+    def finished(self, item_id) -> bool:
+        """Whether ``item_id`` is logged as done: a record that is an ``{"error": ...}`` dict (logs of
+        older versions stored failures so) is not, so a resumed sweep tries that item again."""
+        rec = self.done.get(str(item_id))
+        return str(item_id) in self.done and not (isinstance(rec, dict) and "error" in rec)
+
+    def pending(self, items: list, key, *, progress: bool = False, desc: str = "items", unit: str = "item"):
+        """The items of this sweep (this shard's: :meth:`owns`) not yet :meth:`finished`, in order.
+
+        ``items`` is the sweep's fixed order, ``key(item)`` its log id.  With ``progress`` a bar counts
+        the owned items and starts at those already done, so a resumed sweep shows where it stands
+        (``desc`` names the bar; a shard adds ``(shard k/n)``).  The bar advances when the caller asks
+        for the next item, i.e. once the previous one is handled, logged or failed.
+        """
+        mine = [x for i, x in enumerate(items) if self.owns(i)]
+        todo = [x for x in mine if not self.finished(key(x))]
+        if not progress:
+            yield from todo
+            return
+        from tqdm.auto import tqdm
+        if self.shard is not None:
+            desc += " (shard {}/{})".format(*self.shard)
+        with tqdm(total=len(mine), initial=len(mine) - len(todo), desc=desc, unit=unit) as bar:
+            for x in todo:
+                yield x
+                bar.update(1)
+
     def _merge_shards(self) -> None:
         for _, theirs in _shard_logs(self.dir, self.config):
             new = [(k, v) for k, v in theirs.items() if k not in self.done]

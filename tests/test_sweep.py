@@ -103,6 +103,28 @@ def test_shards_split_the_items_never_write_the_main_log_and_merge_into_it(tmp_p
     assert Checkpoint(tmp_path, CFG).n_merged == 0 and len(Checkpoint(tmp_path, CFG)) == 7
 
 
+def test_pending_skips_finished_items_retries_old_error_records_and_counts_the_resumed_bar(tmp_path, capsys):
+    ck = Checkpoint(tmp_path, CFG)
+    ck.add("row1", {"ie": 1})
+    ck.add("row2", {"error": "old logs stored failures"})   # not finished: tried again
+    items = list(range(6))
+    key = "row{}".format
+    assert ck.finished("row1") and not ck.finished("row2") and not ck.finished("row9")
+    got = []
+    for i in ck.pending(items, key, progress=True, desc="facts", unit="fact"):
+        got.append(i)
+        if i == 3:
+            ck.add(key(i), {"ie": i})
+    assert got == [0, 2, 3, 4, 5]
+    bar = capsys.readouterr().err
+    assert "facts:  17%|" in bar and "1/6" in bar and "6/6" in bar   # starts at the one already done
+    # a shard yields its own items only, and counts only those
+    shard = Checkpoint(tmp_path, CFG, shard=(2, 2))
+    assert list(shard.pending(items, key)) == [5]                  # owns 1, 3, 5; 1 and 3 are done
+    list(shard.pending(items, key, progress=True, desc="facts"))
+    assert "facts (shard 2/2):  67%|" in capsys.readouterr().err
+
+
 def test_shards_with_other_settings_or_bad_numbers_are_refused(tmp_path):
     Checkpoint(tmp_path, CFG).add(0, 1)
     with pytest.raises(SweepConfigMismatch, match=r"other settings \(window: 10 → 9\)"):

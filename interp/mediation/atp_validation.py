@@ -84,13 +84,7 @@ def validate_attribution(model, pairs: Sequence[PromptPair], out_dir: str | Path
     ck = Checkpoint(out_dir, {"method": "attribution validation", "model": model.name, "sites": sites,
                               "methods": methods, "heads_last_only": heads_last_only,
                               "metric": "logit_diff", "direction": "denoise"})
-    it = pairs
-    if progress:
-        from tqdm.auto import tqdm
-        it = tqdm(pairs, desc="pairs", unit="pair")
-    for pr in it:
-        if pr.id in ck:
-            continue
+    for pr in ck.pending(pairs, lambda p: p.id, progress=progress, desc="pairs", unit="pair"):
         ta, tb = (model.tokenize(t).token_ids(0) for t in (pr.clean, pr.corrupt))
         first = next(i for i, (x, y) in enumerate(zip(ta, tb)) if x != y)
         n = len(ta)

@@ -600,14 +600,9 @@ def trace_dataset(model, dataset, out_dir: str | Path, *, kinds: Sequence[str] =
               "noise_level": round(level, 8), "seed": seed, "min_p": min_p, "model": model.name,
               "limit": limit, "window_convention": window_convention}
     ck = Checkpoint(out_dir, config, shard=shard)
-    it = [ft for i, ft in enumerate(known) if ck.owns(i)]
-    if progress:
-        from tqdm.auto import tqdm
-        it = tqdm(it, desc="trace facts" + (" (shard {}/{})".format(*ck.shard) if ck.shard else ""), unit="fact")
-    for f, tid in it:
+    for f, tid in ck.pending(known, lambda ft: f"row{ft[0].row}", progress=progress, desc="trace facts",
+                             unit="fact"):
         key = f"row{f.row}"
-        if key in ck and "error" not in ck.get(key):  # older logs stored errors: those are retried
-            continue
         try:
             with warnings.catch_warnings():  # counted below, warned about once at the end
                 warnings.simplefilter("ignore", UnknownTargetWarning)
@@ -621,7 +616,7 @@ def trace_dataset(model, dataset, out_dir: str | Path, *, kinds: Sequence[str] =
                      "p_clean": res.p_clean, "p_corrupt": res.p_corrupt, "ie": res.indirect_effect,
                      "top1": res.target_is_top1})
     wanted = {f"row{f.row}" for f, _ in known}
-    items = [v for k, v in ck.results() if k in wanted and "error" not in v]
+    items = [v for k, v in ck.results() if k in wanted and ck.finished(k)]
     res = summarise_trace_sweep(items, config, model.n_layers, n_rows=n_rows, n_loaded=n_loaded,
                                 n_scanned=len(facts), n_known=n_known, skipped=skipped, errors=errors.by_row(),
                                 min_p_clean=min_p_clean)

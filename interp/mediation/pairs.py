@@ -158,13 +158,7 @@ def patching_sweep(model, pairs: Sequence[PromptPair], out_dir: str | Path, *,
                                 f"{', '.join(GRID_SITES)}")
     ck = Checkpoint(out_dir, {"method": "activation patching over pairs", "model": model.name, "sites": list(sites),
                               "direction": direction, "metric": "logit_diff (normalised)"})
-    it = pairs
-    if progress:
-        from tqdm.auto import tqdm
-        it = tqdm(pairs, desc="patch pairs", unit="pair")
-    for pr in it:
-        if pr.id in ck:
-            continue
+    for pr in ck.pending(pairs, lambda p: p.id, progress=progress, desc="patch pairs", unit="pair"):
         res = activation_patching(model, pr.clean, pr.corrupt, sites=list(sites), direction=direction,
                                   answer=pr.answer, wrong=pr.wrong, max_rows=max_rows)
         ck.add(pr.id, {"pair": pr.to_dict(), "tokens": res.tokens,

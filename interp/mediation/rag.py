@@ -269,23 +269,29 @@ def rag_comparison(model, fakepedia_path: str | Path, out_dir: str | Path | None
                 **{k: settings[k] for k in ("window", "samples", "noise", "seed", "kinds", "min_p_clean")},
                 "scan": sources[si][1], "known_rule": settings["known_rule"], "facts": how,
                 "noise_level": round(level, 8)})
-        it = known
-        if progress:
-            from tqdm.auto import tqdm
-            it = tqdm(known, desc=f"rag facts ({path.name})", unit="fact")
+        desc = f"rag facts ({path.name})"
+        if ck is not None:
+            it = ck.pending(known, lambda f: f.key, progress=progress, desc=desc, unit="fact")
+        else:
+            it = known
+            if progress:
+                from tqdm.auto import tqdm
+                it = tqdm(known, desc=desc, unit="fact")
+        new = {}
         for f in it:
-            if ck is not None and f.key in ck:
-                done.append((path.name, ck.get(f.key)))
-                continue
             try:
-                rec = _trace_fact(model, f, kinds=kinds, window=window, samples=samples, level=level, seed=seed,
-                                  min_p_clean=min_p_clean, max_rows=max_rows, causal_trace=causal_trace)
+                new[f.key] = _trace_fact(model, f, kinds=kinds, window=window, samples=samples, level=level,
+                                         seed=seed, min_p_clean=min_p_clean, max_rows=max_rows,
+                                         causal_trace=causal_trace)
             except Exception as e:  # noqa: BLE001 — count and list the fact, go on with the rest
                 errors.add(f.row, f"{path.name}: {f.subject}: {f.query}", e)
                 continue
             if ck is not None:
-                ck.add(f.key, rec)
-            done.append((path.name, rec))
+                ck.add(f.key, new[f.key])
+        for f in known:  # in the facts' order, logged by this run or an earlier one
+            rec = new.get(f.key) if ck is None else ck.get(f.key)
+            if rec is not None:
+                done.append((path.name, rec))
     if len(errors):
         print(errors.summary(), file=sys.stderr)
     settings.update({"n_scanned": sum(n_scanned.values()), "n_known": sum(n_known.values())})
