@@ -126,8 +126,9 @@ def report_sections(model, out_dir: Path, quick: bool) -> list[dict]:
     sections.append({
         "stem": "mediation_trace_sweep", "title": "Average indirect effect on known_1000", "numbers": nums,
         "command": cmd, "results": [d],
-        "caption": (f"ROME's average indirect effect by token category and layer over {sw.n_traced} of the "
-                    f"{sw.n_known} facts the model knows among the first {sw.n_scanned} rows (known: "
+        "caption": (f"ROME's average indirect effect by token category and layer over "
+                    + (f"all {sw.n_known}" if sw.n_traced == sw.n_known else f"{sw.n_traced} of the {sw.n_known}")
+                    + f" facts the model knows among the first {sw.n_scanned} rows (known: "
                     f"{sw.settings.get('known_rule', 'clean top-1 == attribute')}), {sw.settings['samples']} "
                     f"noise sample(s) each, {sw.settings['window']}-layer windows; standard errors in the hover."
                     + (f" The sweep covers {sw.n_traced} of {sw.n_known} known facts so far; the command "
