@@ -48,9 +48,10 @@ paper: $(STAMP)
 
 # The suite runs its files in TEST_WORKERS processes (pytest-xdist; a file's tests stay together, so
 # its module fixtures load once), one torch thread each: two 2-thread torch processes on 2 cores
-# spin against each other (OpenMP), one thread per process uses both cores.
+# spin against each other (OpenMP), one thread per process uses both cores.  Files go out in
+# collection order, the longest first (tests/conftest.py), so the workers end together.
 TEST_WORKERS ?= 2
-PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test: $(STAMP)
 	$(PYTEST) tests $(PYTEST_ARGS)
