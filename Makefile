@@ -48,10 +48,9 @@ paper: $(STAMP)
 
 # The suite runs its files in TEST_WORKERS processes (pytest-xdist; a file's tests stay together, so
 # its module fixtures load once), one torch thread each: two 2-thread torch processes on 2 cores
-# spin against each other (OpenMP), one thread per process uses both cores.  Files go out in
-# collection order, the longest first (tests/conftest.py), so the workers end together.
+# spin against each other (OpenMP), one thread per process uses both cores.
 TEST_WORKERS ?= 2
-PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test: $(STAMP)
 	$(PYTEST) tests $(PYTEST_ARGS)

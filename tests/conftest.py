@@ -14,8 +14,7 @@
 The tests never reach a model hub: ``HF_HUB_OFFLINE=1`` is set before transformers is imported
 (also for the CLI subprocesses and notebook kernels they start), so a hub id that is not cached
 fails at once instead of after the hub client's network retries.  ``make test`` runs the files in
-two processes (pytest-xdist, ``--dist loadfile``), each with one torch thread, the longest files
-first (``pytest_collection_modifyitems`` below).
+two processes (pytest-xdist, ``--dist loadfile``), each with one torch thread.
 """
 
 from __future__ import annotations
@@ -134,19 +133,3 @@ def data_dir() -> Path:
     if not DATA.exists():
         pytest.fail(f"evaluation data not found at {DATA}; set INTERP_DATA to ../shared/data")
     return DATA
-
-
-# ----------------------------------------------------------------------------- scheduling (xdist)
-#: The files that take longest, longest first (seconds of one worker in a fresh-clone ``make test``,
-#: ``PYTEST_ARGS=--durations=0``: notebooks ≈ 390, remote ≈ 290, kill/resume ≈ 100, …).  ``make test``
-#: hands whole files to its workers in collection order (``--dist loadfile --no-loadscope-reorder``);
-#: starting the long ones first lets the short ones fill in at the end, so the workers end together
-#: (xdist's own order, by number of tests, put the 6-minute notebook file in the middle and left one
-#: worker idle for its last minutes).  Order only: every test still runs.
-LONGEST_FIRST = ("test_notebooks.py", "test_remote.py", "test_kill_resume.py", "test_dtype.py",
-                 "test_cli_bad_input.py", "test_cli.py", "test_neurons_cli.py", "test_cache.py")
-
-
-def pytest_collection_modifyitems(config, items):
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
