@@ -13,8 +13,9 @@
 
 The tests never reach a model hub: ``HF_HUB_OFFLINE=1`` is set before transformers is imported
 (also for the CLI subprocesses and notebook kernels they start), so a hub id that is not cached
-fails at once instead of after the hub client's network retries.  ``make test`` runs the files in
-two processes (pytest-xdist, ``--dist loadfile``), each with one torch thread.
+fails at once instead of after the hub client's network retries.  Figures are written as HTML only
+(``INTERP_FIGURE_FORMATS=html``), except where a test exports PNG/PDF on purpose.  ``make test`` runs
+the files in two processes (pytest-xdist, ``--dist loadfile``), each with one torch thread.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Figures are written as HTML only (no Chromium start and PNG/PDF render per figure, ≈ 0.7 s each
+# over hundreds of CLI runs); tests/test_report.py exports PNG and PDF for real.
+os.environ.setdefault("INTERP_FIGURE_FORMATS", "html")
 
 from pathlib import Path  # noqa: E402
 

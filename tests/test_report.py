@@ -22,10 +22,26 @@ def test_unknown_section_is_refused(tmp_path):
 
 
 def test_no_chromium_still_writes_html(tmp_path, monkeypatch):
+    monkeypatch.delenv("INTERP_FIGURE_FORMATS")           # the default formats, PNG and PDF included
     monkeypatch.setattr(figures, "find_chromium", lambda: None)
     paths = figures.save_figure(figures.style(go.Figure(go.Scatter(y=[1, 2]))), tmp_path, "fig")
     assert (tmp_path / "fig.html").exists() and paths["png"] is None and paths["pdf"] is None
     assert "no Chromium found" in paths["skipped"] and "apt-get install chromium" in paths["skipped"]
+
+
+def test_static_export_writes_png_and_pdf(tmp_path, monkeypatch):
+    """The suite writes HTML only (conftest); here the default formats export PNG and PDF for real
+    (``make test`` installs a Chromium; without one the HTML is written and the reason given)."""
+    monkeypatch.delenv("INTERP_FIGURE_FORMATS")
+    paths = figures.save_figure(figures.style(go.Figure(go.Heatmap(z=[[1, 2], [3, 4]]))), tmp_path, "fig")
+    assert (tmp_path / "fig.html").is_file()
+    ok, why = figures.static_export_available()
+    if not ok:
+        assert paths["png"] is None and paths["skipped"] == why
+        return
+    assert paths["skipped"] is None, paths["skipped"]
+    assert (tmp_path / "fig.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "fig.pdf").read_bytes()[:5] == b"%PDF-"
 
 
 def test_figures_cli_unknown_model_exits_2(tmp_path):
