@@ -570,8 +570,6 @@ def knockout_sweep(model, dataset: str | Path | Sequence, out_dir: str | Path, *
                               "window_convention": window_convention})
     errors = SweepErrors("knockout sweep")
 
-    done = lambda f: ck.finished(f.row)  # noqa: E731 — older logs stored errors as unknown facts: retried
-
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -581,7 +579,7 @@ def knockout_sweep(model, dataset: str | Path | Sequence, out_dir: str | Path, *
     while i < len(facts) and (n_facts is None or n_known < n_facts):
         block = facts[i:i + scan_batch]
         i += scan_batch
-        todo = [f for f in block if not done(f)]
+        todo = [f for f in block if not ck.finished(f.row)]  # old error records: retried
         checks = dict(zip([f.row for f in todo], map_batches(
             lambda b: check_known(model, [replace(f, prompt=prefix + f.prompt) for f in b], rule="first_token",
                                   batch_size=len(b)), todo, scan_batch, errors,
@@ -589,7 +587,7 @@ def knockout_sweep(model, dataset: str | Path | Sequence, out_dir: str | Path, *
         for f in block:
             if n_facts is not None and n_known >= n_facts:
                 break
-            if done(f):
+            if ck.finished(f.row):
                 n_known += bool(ck.get(f.row).get("known"))
                 if bar is not None and ck.get(f.row).get("known"):
                     bar.update(1)
