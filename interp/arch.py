@@ -20,7 +20,7 @@ Supported families:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from jaxtyping import Float
@@ -254,11 +254,17 @@ class Weights:
             x = x + self.pos_embed_module(position_ids).to(x.dtype)
         return x
 
-    def unembed(self, h: Float[Tensor, "... d_model"], *, norm: bool = True) -> Float[Tensor, "... vocab"]:
-        """Logits of a residual-stream vector: final norm (optional) then the LM head."""
+    def unembed(self, h: Float[Tensor, "... d_model"], *, norm: bool = True,
+                tokens: Sequence[int] | None = None) -> Float[Tensor, "... vocab"]:
+        """Logits of a residual-stream vector: final norm (optional) then the LM head — only the
+        columns of ``tokens`` (in that order) when given."""
         x = self.final_norm(h) if norm else h
-        out = x @ self.W_U
-        return out if self.b_U is None else out + self.b_U
+        W, b = self.W_U, self.b_U
+        if tokens is not None:
+            idx = torch.as_tensor(list(tokens), device=W.device)
+            W, b = W[:, idx], (None if b is None else b[idx])
+        out = x @ W
+        return out if b is None else out + b
 
     def final_norm_linear(self, x_final: Float[Tensor, "d_model"]
                           ) -> tuple[Callable[[Tensor], Tensor], Float[Tensor, "d_model"]]:

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from conftest import tiny
+from interp import skipping
 from interp.capabilities import SKIP_WORK
 from interp.errors import InterventionError
 from interp.interventions import InterventionPlan
@@ -135,21 +136,62 @@ def test_skipping_computes_less():
     assert skipped < 0.35 * full, (skipped, full)
 
 
-def test_max_rows_bounds_token_positions_per_chunk():
-    """``max_rows`` bounds a full forward's rows; rows that compute the last columns only come
-    in chunks holding as many token positions (no chunk ever holds more)."""
-    m = tiny("llama", n_layers=4)
-    b, spec = _trace_like(m, samples=1)
-    plan = _build(b, spec)
-    W, cap = plan.batch.width, 8
+def _last_layer_calls(m, plan, cap):
+    """(rows, columns) of every call of the last decoder layer in a skipping run."""
     seen = []
     h = m.adapter.blocks[-1].register_forward_hook(lambda mod, i, o: seen.append((o.shape[0], o.shape[1])))
     try:
         m.run(plan=plan, max_rows=cap)
     finally:
         h.remove()
+    return seen
+
+
+def test_max_rows_bounds_token_positions_per_chunk(monkeypatch):
+    """``max_rows`` bounds a full forward's rows; rows that compute the last columns only come
+    in chunks holding as many token positions (no chunk ever holds more)."""
+    m = tiny("llama", n_layers=4)
+    b, spec = _trace_like(m, samples=1)
+    plan = _build(b, spec)
+    W, cap = plan.batch.width, 8
+    with monkeypatch.context() as mp:                     # every column its own chunks
+        mp.setattr(skipping, "MERGE_WORK", 0.0)
+        seen = _last_layer_calls(m, plan, cap)
     assert max(r * w for r, w in seen) <= cap * W
     assert max(r for r, w in seen if w == 1) > cap      # the last column's rows share one chunk
+    # narrow chunks merged into wider ones: still no chunk above the bound, the narrowest many rows
+    seen = _last_layer_calls(m, plan, cap)
+    narrowest = min(w for r, w in seen)
+    assert 1 < narrowest < W
+    assert max(r * w for r, w in seen) <= cap * W
+    assert max(r for r, w in seen if w == narrowest) > cap
+
+
+def test_merging_narrow_chunks_stays_within_its_work_budget(monkeypatch):
+    """Merging the narrowest chunks into wider ones adds at most MERGE_WORK of the derived
+    rows' work and really merges (fewer layer calls); the numbers are the same."""
+    m = tiny("llama", n_layers=6)
+    b, spec = _trace_like(m, samples=2)
+    plan = _build(b, spec)
+
+    def work():
+        seen = []
+        hs = [blk.register_forward_hook(lambda mod, i, o: seen.append(o.shape[0] * o.shape[1]))
+              for blk in m.adapter.blocks]
+        try:
+            out = m.run(plan=plan, max_rows=64)
+        finally:
+            for h in hs:
+                h.remove()
+        return out.logits, sum(seen[m.n_layers:]), len(seen)    # (the roots' forward first)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(skipping, "MERGE_WORK", 0.0)
+        lg0, w0, calls0 = work()
+    lg, w, calls = work()
+    assert w0 < w <= (1 + skipping.MERGE_WORK) * w0, (w0, w)
+    assert calls < calls0
+    assert (lg - lg0).abs().max() < 1e-5
 
 
 def test_engines_without_the_capability_run_in_full():

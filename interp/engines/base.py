@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 from jaxtyping import Float, Int
 from torch import Tensor
@@ -78,6 +78,7 @@ class Engine(ABC):
         these positions) and ``cache`` supplying the earlier positions' keys/values."""
         self._no_skip()
 
-    def unembed(self, h: Float[Tensor, "rows d_model"]) -> Float[Tensor, "rows vocab"]:
-        """Final norm and LM head."""
+    def unembed(self, h: Float[Tensor, "rows d_model"], tokens: Sequence[int] | None = None
+                ) -> Float[Tensor, "rows vocab"]:
+        """Final norm and LM head (only the columns of ``tokens`` when given)."""
         self._no_skip()

@@ -200,5 +200,5 @@ class HFEngine(Engine):
         out = self.a.blocks[layer](hidden, **{**args, name: cache, "use_cache": True})
         return _first(out)
 
-    def unembed(self, h):
-        return self.a.unembed(h)
+    def unembed(self, h, tokens=None):
+        return self.a.unembed(h, tokens=tokens)

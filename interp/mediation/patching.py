@@ -48,6 +48,7 @@ from torch import Tensor
 from ..arch import UNIT_SITES
 from ..errors import InterventionError, PromptError
 from ..interventions import Edit, InterventionPlan
+from ..model import token_logits
 from ..results import Result
 
 GRID_SITES = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
@@ -66,7 +67,7 @@ def metric_fn(model, metric, answer_id: int | None, wrong_id: int | None) -> tup
                 f"corrupted prompt's top-1): their logit difference is 0 in every run, so nothing can be "
                 f"measured; give answer= and wrong= (CLI --answer / --wrong), choose a corruption the model "
                 f"answers differently, or use metric='prob'")
-        return (lambda lg: lg[:, answer_id].float() - lg[:, wrong_id].float()), "logit_diff"
+        return token_logits([answer_id, wrong_id], lambda lg: lg[:, 0].float() - lg[:, 1].float()), "logit_diff"
     if metric == "prob":
         return (lambda lg: lg.float().softmax(-1)[:, answer_id]), "prob"
     if metric == "logprob":
