@@ -222,3 +222,22 @@ def test_bad_derivations_are_refused():
     plan.derive(1, 2).derive(2, 1)
     with pytest.raises(InterventionError, match="cycle"):
         m.run(plan=plan)
+
+
+def test_token_logits_reduction_computes_only_its_tokens(monkeypatch):
+    """A ``token_logits`` reduction gives the numbers of the same function of the full logits,
+    on both paths; the skipping path's LM head computes only those tokens' columns."""
+    from interp.model import token_logits
+    m = tiny("llama", n_layers=4)
+    b, spec = _trace_like(m, samples=1)
+    plan = _build(b, spec)
+    ref = m.run(plan=plan, skip=False, logits=lambda lg: lg[:, 5] - lg[:, 7]).logits
+    fn = token_logits([5, 7], lambda lg: lg[:, 0] - lg[:, 1])
+    widths = []
+    unembed = m.engine.unembed
+    monkeypatch.setattr(m.engine, "unembed", lambda h, tokens=None: widths.append(
+        (out := unembed(h, tokens)).shape[-1]) or out)
+    sk = m.run(plan=plan, logits=fn)
+    assert sk.extra["path"] == "skip" and widths and set(widths) == {2}
+    assert (sk.logits - ref).abs().max() < 1e-5
+    assert (m.run(plan=plan, skip=False, logits=fn).logits - ref).abs().max() < 1e-6
