@@ -304,6 +304,7 @@ class InterventionPlan:
         # the k-th edit of a row at a point goes to a group of k-th edits: a row's edits at one
         # point apply in the order they were added (other rows' edits touch other rows)
         ordinal: dict[tuple, int] = defaultdict(int)
+        fits: dict[tuple, bool] = {}       # (value shape, site shape) -> broadcasts (checked once)
         b = self.batch
         for k, e in enumerate(self.edits):
             check_site(e.site)
@@ -364,12 +365,16 @@ class InterventionPlan:
                                             f"{len(pos)} positions")
                 want = shapes.get(e.site)
                 if want is not None:
-                    want = want[1:] if e.unit is not None else want
-                    try:
-                        torch.broadcast_shapes(tuple(v.shape[1:]), tuple(want))
-                        ok = len(v.shape[1:]) <= len(want)
-                    except RuntimeError:
-                        ok = False
+                    want = tuple(want[1:] if e.unit is not None else want)
+                    have = tuple(v.shape[1:])
+                    ok = fits.get((have, want))
+                    if ok is None:
+                        try:
+                            torch.broadcast_shapes(have, want)
+                            ok = len(have) <= len(want)
+                        except RuntimeError:
+                            ok = False
+                        fits[(have, want)] = ok
                     if not ok:
                         raise InterventionError(
                             f"edit {k}: value of shape {tuple(v.shape[1:])} per position does not fit "

@@ -32,20 +32,6 @@ from .tokens import Batch, find_span, tokenize
 ReadSpec = str | tuple[str, "int | None"]
 
 
-def token_logits(tokens: Sequence[int], fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
-    """A ``logits=`` reduction that reads the logits of ``tokens`` only: ``fn`` gets
-    ``[rows, len(tokens)]`` (in the order given).  A logit difference needs two of the
-    vocabulary's columns; where the LM head is computed by interp (the work-skipping path) only
-    those are, not the whole ``d_model × vocab`` product per row.  Everywhere else it is an
-    ordinary function of the last-token logits."""
-    idx = [int(t) for t in tokens]
-
-    def reduce(lg: Tensor) -> Tensor:
-        return fn(lg[:, idx])
-    reduce.tokens, reduce.of_tokens = idx, fn
-    return reduce
-
-
 class ActivationCache:
     """Activations keyed by ``(site, layer)``; ``cache["resid_post", 3]`` or ``cache.stack(site)``."""
 

@@ -20,6 +20,8 @@ The same functions run locally: :meth:`interp.interventions.CompiledPlan.apply` 
 * :func:`edit_point` — one hook point of a compiled plan: its edits, and the ``resid_mid``
   write, which no engine can make directly (``attn_out += new_mid − old_mid``);
 * :func:`gather` — the kept columns of a read;
+* :func:`token_prob` / :func:`token_logits` — metrics of a few tokens' logits (a reduction of
+  :func:`token_logits` lets the work-skipping LM head compute only those columns);
 * :func:`run_chunk` — the body of one remote trace: touch every hook point in execution order,
   apply the edits, keep the reads, reduce the logits, and return only what was asked for.
 
@@ -355,3 +357,24 @@ def cat_rows(parts: list):
     if isinstance(first, (list, tuple)):
         return type(first)(cat_rows([p[i] for p in parts]) for i in range(len(first)))
     return first
+
+
+def token_prob(logits, token: int):
+    """Softmax probability of ``token`` per row, in fp32, as ``exp(logit − logsumexp)``: the same
+    number as ``softmax(-1)[:, token]`` without writing a ``rows × vocab`` softmax."""
+    lg = logits.float()
+    return (lg[:, token] - lg.logsumexp(-1)).exp()
+
+
+def token_logits(tokens, fn):
+    """A ``logits=`` reduction that reads the logits of ``tokens`` only: ``fn`` gets
+    ``[rows, len(tokens)]`` (in the order given).  A logit difference needs two of the
+    vocabulary's columns; where the LM head is computed by interp (the work-skipping path) only
+    those are, not the whole ``d_model × vocab`` product per row.  Everywhere else it is an
+    ordinary function of the last-token logits."""
+    idx = [int(t) for t in tokens]
+
+    def reduce(lg):
+        return fn(lg[:, idx])
+    reduce.tokens, reduce.of_tokens = idx, fn
+    return reduce

@@ -35,7 +35,7 @@ builds them from the model's own modules):
    wider chunk's column instead, within :data:`MERGE_WORK` extra work: wider matrix products.
 3. The final norm and LM head run on the last column, gathered over chunks into calls of
    :data:`UNEMBED_ROWS` rows; the reduction (``logits=fn``) is applied per call.  A reduction
-   of a few tokens' logits (:func:`~interp.model.token_logits`) gets only those columns.
+   of a few tokens' logits (:func:`~interp.shipped.token_logits`) gets only those columns.
 
 The edits of a chunk are the compiled plan re-addressed to it (:meth:`CompiledPlan.localize`):
 a row's edits at or after its start, columns shifted; copied values are taken from the roots'

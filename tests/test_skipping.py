@@ -227,7 +227,7 @@ def test_bad_derivations_are_refused():
 def test_token_logits_reduction_computes_only_its_tokens(monkeypatch):
     """A ``token_logits`` reduction gives the numbers of the same function of the full logits,
     on both paths; the skipping path's LM head computes only those tokens' columns."""
-    from interp.model import token_logits
+    from interp.shipped import token_logits
     m = tiny("llama", n_layers=4)
     b, spec = _trace_like(m, samples=1)
     plan = _build(b, spec)

@@ -53,6 +53,7 @@ from ..interventions import InterventionPlan
 from ..known import MIN_P_CLEAN
 from ..remote import ships_with_requests
 from ..results import Result
+from ..shipped import token_prob
 from ..windows import DEFAULT_CONVENTION, check_convention, check_window, window_layers
 
 ships_with_requests(__name__)  # its reductions run where the model runs (interp.remote)
@@ -426,7 +427,7 @@ def attention_knockout(model, prompt: str, sources: Iterable = DEFAULT_SETS, *, 
 def answer_stats(logits: Float[Tensor, "row vocab"], answer_id: int) -> Float[Tensor, "row 2"]:
     """Per row: the probability of ``answer_id`` and its rank (0 = top-1), as float64 columns."""
     lg = logits.float()
-    p = lg.softmax(-1)[:, answer_id]
+    p = token_prob(lg, answer_id)
     rank = (lg > lg[:, answer_id:answer_id + 1]).sum(-1)
     return torch.stack([p.double(), rank.double()], -1)
 

@@ -62,6 +62,7 @@ from ..interventions import InterventionPlan
 from ..known import MIN_P_CLEAN, check_target
 from ..remote import ships_with_requests
 from ..results import Result
+from ..shipped import token_prob
 from ..windows import DEFAULT_CONVENTION, WINDOW_CONVENTIONS, check_convention, window_layers
 
 ships_with_requests(__name__)  # its reductions run where the model runs (interp.remote)
@@ -245,7 +246,7 @@ def restoration_probs(model, setup: TraceSetup, restorations: Sequence[Restorati
             for site, layer, pos in restore:
                 edits.append(Edit(site, layer, r, list(pos), "set", None, 0))
     tid = setup.target_id
-    out = model.run(plan=plan, logits=lambda lg: lg.float().softmax(-1)[:, tid], max_rows=max_rows,
+    out = model.run(plan=plan, logits=lambda lg: token_prob(lg, tid), max_rows=max_rows,
                     skip=skip, progress=progress)
     p = out.logits.cpu().double()
     p_clean = float(p[0])

@@ -48,7 +48,7 @@ from torch import Tensor
 from ..arch import UNIT_SITES
 from ..errors import InterventionError, PromptError
 from ..interventions import Edit, InterventionPlan
-from ..model import token_logits
+from ..shipped import token_logits, token_prob
 from ..results import Result
 
 GRID_SITES = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
@@ -69,7 +69,7 @@ def metric_fn(model, metric, answer_id: int | None, wrong_id: int | None) -> tup
                 f"answers differently, or use metric='prob'")
         return token_logits([answer_id, wrong_id], lambda lg: lg[:, 0].float() - lg[:, 1].float()), "logit_diff"
     if metric == "prob":
-        return (lambda lg: lg.float().softmax(-1)[:, answer_id]), "prob"
+        return (lambda lg: token_prob(lg, answer_id)), "prob"
     if metric == "logprob":
         return (lambda lg: lg.float().log_softmax(-1)[:, answer_id]), "logprob"
     raise InterventionError(f"metric must be 'logit_diff', 'prob', 'logprob' or a function of the "
