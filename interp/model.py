@@ -227,7 +227,9 @@ class Model:
             plan: an :class:`InterventionPlan` built on this batch.
             logits: ``"last"`` → ``[batch, vocab]`` at each prompt's last token, ``"all"`` →
                 ``[batch, pos, vocab]``, ``"none"``, or a function of the last-token logits
-                applied per chunk (to reduce a large sweep on the fly).
+                applied per chunk (to reduce a large sweep on the fly); one made by
+                :func:`interp.shipped.token_logits` reads a few tokens' logits, and the skipping
+                path computes only those columns of the LM head.
             max_rows: rows per forward (default ``self.max_rows``, else as many as fit
                 ``self.memory_budget``; see :meth:`rows_for`).  On the work-skipping path a
                 chunk of rows that compute only the last ``k`` of ``W`` columns holds
