@@ -222,13 +222,13 @@ def _run(model, plan: InterventionPlan, reduce: Callable, max_rows, progress):
     parents = {r: p for r, p in plan.parents.items() if r not in sources}   # copied-from rows run in full
     roots = [r for r in range(N) if r not in parents]
     has_children = set(parents.values())
-    depth = {}
+    levels: dict[int, list[int]] = defaultdict(list)     # depth below a root -> derived rows
     for r in parents:
         d, q = 0, r
         while q in parents:
             q, d = parents[q], d + 1
-        depth[r] = d
-    col = _merge_narrow_columns(col, bound, depth, W, L)
+        levels[d].append(r)
+    col = _merge_narrow_columns(col, bound, levels, W, L)
     st = _States(parents, bound, col)
     ids, mask, pos = b.input_ids.to(dev), b.attention_mask.to(dev), b.position_ids.to(dev)
     results: list = [None] * N
@@ -299,9 +299,9 @@ def _run(model, plan: InterventionPlan, reduce: Callable, max_rows, progress):
 
     # ---------------------------------------------------------------- 2. derived rows, by level
     work = []
-    for d in sorted(set(depth.values())):
+    for d in sorted(levels):
         by_col = defaultdict(list)
-        for r in (r for r in parents if depth[r] == d):
+        for r in levels[d]:
             by_col[col[r]].append(r)
         for c in sorted(by_col):
             rs = sorted(by_col[c], key=lambda r: bound[r])
@@ -334,12 +334,13 @@ def _run(model, plan: InterventionPlan, reduce: Callable, max_rows, progress):
     return torch.stack(results)
 
 
-def _merge_narrow_columns(col: list[int], bound: list[int], depth: dict[int, int], W: int, L: int,
+def _merge_narrow_columns(col: list[int], bound: list[int], levels: dict[int, list[int]], W: int, L: int,
                           budget: float | None = None) -> list[int]:
     """Start columns with the narrowest chunks of each level merged into wider ones.
 
-    Rows of one level are grouped by the column they start at; the group starting at ``c``
-    computes ``W − c`` columns.  The narrowest groups run layer calls of few token positions
+    ``levels`` holds the derived rows of each level (depth below their root).  Rows of one level
+    are grouped by the column they start at; the group starting at ``c`` computes ``W − c``
+    columns.  The narrowest groups run layer calls of few token positions
     (a group of the last column: one position per row, and only the rows started so far), where
     matrix products run far below the core's speed.  Starting them at the next wider group's
     column instead (the columns in between are their parent's, recomputed: the same numbers)
@@ -348,9 +349,6 @@ def _merge_narrow_columns(col: list[int], bound: list[int], depth: dict[int, int
     column of every row (derived rows only change).  ``budget`` defaults to :data:`MERGE_WORK`."""
     budget = MERGE_WORK if budget is None else budget
     col = list(col)
-    levels: dict[int, list[int]] = defaultdict(list)
-    for r, d in depth.items():
-        levels[d].append(r)
     for rows in levels.values():
         by_col: dict[int, list[int]] = defaultdict(list)
         for r in rows:
