@@ -261,7 +261,9 @@ class Weights:
         x = self.final_norm(h) if norm else h
         W, b = self.W_U, self.b_U
         if tokens is not None:
-            idx = torch.as_tensor(list(tokens), device=W.device)
+            idx = torch.as_tensor(list(tokens), dtype=torch.long, device=W.device)
+            if idx.numel() and not 0 <= int(idx.min()) <= int(idx.max()) < W.shape[1]:
+                raise LayerIndexError(f"token ids {list(tokens)} outside the vocabulary 0..{W.shape[1] - 1}")
             W, b = W[:, idx], (None if b is None else b[idx])
         out = x @ W
         return out if b is None else out + b

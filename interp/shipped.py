@@ -32,6 +32,8 @@ where a dataclass would travel as byte code.
 
 from __future__ import annotations
 
+import operator
+
 import torch
 
 
@@ -371,9 +373,17 @@ def token_logits(tokens, fn):
     vocabulary's columns; where the LM head is computed by interp (the work-skipping path) only
     those are, not the whole ``d_model × vocab`` product per row.  Everywhere else it is an
     ordinary function of the last-token logits."""
-    idx = [int(t) for t in tokens]
+    try:
+        idx = [operator.index(t) for t in tokens]      # ints, numpy / torch integers
+    except TypeError:
+        idx = []
+    if not idx or min(idx) < 0:
+        raise ValueError(f"token_logits needs a non-empty list of token ids (ints ≥ 0), not {tokens!r}; "
+                         f"get ids with model.tokenizer.encode(...) or model.encode_target(text)")
 
     def reduce(lg):
+        if max(idx) >= lg.shape[-1]:
+            raise IndexError(f"token id {max(idx)} is outside the vocabulary of {lg.shape[-1]} logits")
         return fn(lg[:, idx])
     reduce.tokens, reduce.of_tokens = idx, fn
     return reduce

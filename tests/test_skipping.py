@@ -120,20 +120,23 @@ def test_skipping_computes_less():
     m = tiny("llama", n_layers=6)
     b, spec = _trace_like(m, samples=2)
     plan = _build(b, spec)
+    skipped = sum(_block_work(m, plan)[1])
+    full = sum(_block_work(m, plan, skip=False)[1])
+    assert full >= plan.batch.size * plan.batch.width * m.n_layers   # (+ the copied-from row per chunk)
+    assert skipped < 0.35 * full, (skipped, full)
+
+
+def _block_work(m, plan, **run_kw):
+    """``(run output, (row, position) pairs of every decoder-layer call in order)`` of one run."""
     seen = []
     hs = [blk.register_forward_hook(lambda mod, i, o: seen.append(o.shape[0] * o.shape[1]))
           for blk in m.adapter.blocks]
     try:
-        m.run(plan=plan, max_rows=64)
-        skipped = sum(seen)
-        seen.clear()
-        m.run(plan=plan, skip=False, max_rows=64)
-        full = sum(seen)
+        out = m.run(plan=plan, max_rows=64, **run_kw)
     finally:
         for h in hs:
             h.remove()
-    assert full >= plan.batch.size * plan.batch.width * m.n_layers   # (+ the copied-from row per chunk)
-    assert skipped < 0.35 * full, (skipped, full)
+    return out, seen
 
 
 def _last_layer_calls(m, plan, cap):
@@ -175,14 +178,7 @@ def test_merging_narrow_chunks_stays_within_its_work_budget(monkeypatch):
     plan = _build(b, spec)
 
     def work():
-        seen = []
-        hs = [blk.register_forward_hook(lambda mod, i, o: seen.append(o.shape[0] * o.shape[1]))
-              for blk in m.adapter.blocks]
-        try:
-            out = m.run(plan=plan, max_rows=64)
-        finally:
-            for h in hs:
-                h.remove()
+        out, seen = _block_work(m, plan)
         return out.logits, sum(seen[m.n_layers:]), len(seen)    # (the roots' forward first)
 
     with monkeypatch.context() as mp:
@@ -241,3 +237,18 @@ def test_token_logits_reduction_computes_only_its_tokens(monkeypatch):
     assert sk.extra["path"] == "skip" and widths and set(widths) == {2}
     assert (sk.logits - ref).abs().max() < 1e-5
     assert (m.run(plan=plan, skip=False, logits=fn).logits - ref).abs().max() < 1e-6
+
+
+def test_token_logits_refuses_bad_token_ids():
+    from interp.errors import LayerIndexError
+    from interp.shipped import token_logits
+    m = tiny("llama", n_layers=2)
+    for bad in ([], [-1, 3], ["a"], [1.5]):
+        with pytest.raises(ValueError, match="non-empty list of token ids"):
+            token_logits(bad, lambda lg: lg[:, 0])
+    V = m.adapter.vocab_size
+    fn = token_logits([V], lambda lg: lg[:, 0])
+    with pytest.raises(IndexError, match=f"token id {V} is outside the vocabulary of {V} logits"):
+        m.run(["The Eiffel Tower"], logits=fn)
+    with pytest.raises(LayerIndexError, match="outside the vocabulary"):
+        m.adapter.unembed(torch.zeros(1, m.adapter.d_model), tokens=[V])
